@@ -1,0 +1,95 @@
+"""Input checks shared by both sides (not math: written once, used by reference/ and torch_port/).
+
+Every check raises :class:`InputError` with a message that names the argument, what was
+expected and what was given. The CLIs catch ``InputError`` and print the message without a
+traceback.
+"""
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """A user-facing error: bad argument, bad file, bad flag. The message names the problem."""
+
+
+def check_choice(value, allowed, what):
+    """Return ``value`` if it is one of ``allowed``; otherwise raise naming the choices."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, list(allowed), n=1)
+        if close:
+            hint = f" (did you mean {close[0]!r}?)"
+    raise InputError(f"unknown {what} {value!r}{hint}; choose one of: {', '.join(map(repr, allowed))}")
+
+
+def check_T(T):
+    """T is the number of diffusion steps: an integer >= 1."""
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
+        raise InputError(f"T (number of diffusion steps) must be an integer, got {T!r}")
+    if T < 1:
+        raise InputError(f"T (number of diffusion steps) must be >= 1, got {T}")
+    return int(T)
+
+
+def check_betas(betas):
+    """Betas must be a 1-D, finite float array with every entry in (0, 1]."""
+    b = np.asarray(betas, dtype=np.float64)
+    if b.ndim != 1:
+        raise InputError(f"betas must be a 1-D array of length T, got shape {b.shape}")
+    if b.size < 1:
+        raise InputError("betas is empty: T (number of diffusion steps) must be >= 1")
+    if not np.all(np.isfinite(b)):
+        bad = int(np.flatnonzero(~np.isfinite(b))[0])
+        raise InputError(f"betas must be finite; betas[{bad}] = {b[bad]}")
+    if np.any(b <= 0) or np.any(b > 1):
+        bad = int(np.flatnonzero((b <= 0) | (b > 1))[0])
+        raise InputError(f"every beta must lie in (0, 1]; betas[{bad}] = {b[bad]!r}")
+    return b
+
+
+def check_timesteps(t, T, n=None):
+    """t is an integer or an integer array of shape (N,) with values in {0, ..., T-1}.
+
+    ``n`` is the batch size it must match (the leading dimension of the data), if known.
+    Returns an int64 array of shape () or (N,).
+    """
+    ta = np.asarray(t)
+    if ta.dtype == bool or not np.issubdtype(ta.dtype, np.integer):
+        if np.issubdtype(ta.dtype, np.floating) and np.all(np.isfinite(ta)) and np.all(ta == np.round(ta)):
+            ta = ta.astype(np.int64)
+        else:
+            raise InputError(f"t must be an integer time index (0-based, 0..T-1), got dtype {ta.dtype}")
+    if ta.ndim > 1:
+        raise InputError(f"t must be an int or an int array of shape (N,), got shape {ta.shape}")
+    if ta.ndim == 1 and n is not None and ta.shape[0] != n:
+        raise InputError(f"t has shape {ta.shape} but the batch has N={n}; t must be an int or shape ({n},)")
+    if ta.size and (ta.min() < 0 or ta.max() > T - 1):
+        bad = ta.min() if ta.min() < 0 else ta.max()
+        raise InputError(f"t out of range: got {int(bad)}, valid indices are 0..{T - 1} (0-based; paper step = t+1)")
+    return ta.astype(np.int64)
+
+
+def check_finite(x, name):
+    """Raise if the array ``x`` holds NaN or inf."""
+    a = np.asarray(x)
+    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+        n_bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise InputError(f"{name} holds {n_bad} non-finite value(s) (NaN or inf)")
+    return x
+
+
+def check_same_shape(a, b, name_a, name_b):
+    if np.shape(a) != np.shape(b):
+        raise InputError(f"shape mismatch: {name_a} has shape {np.shape(a)} but {name_b} has shape {np.shape(b)}")
+
+
+def check_batched(x, name):
+    """Data arrays are batched: at least 1-D with the batch first, (N, ...)."""
+    if np.ndim(x) < 1:
+        raise InputError(f"{name} must be a batch with the batch dimension first, (N, ...), got a scalar")
+    return x
