@@ -48,7 +48,8 @@ def check_betas(betas):
         raise InputError(f"betas must be finite; betas[{bad}] = {b[bad]}")
     if np.any(b <= 0) or np.any(b > 1):
         bad = int(np.flatnonzero((b <= 0) | (b > 1))[0])
-        raise InputError(f"every beta must lie in (0, 1]; betas[{bad}] = {b[bad]!r}")
+        n_bad = int(np.count_nonzero((b <= 0) | (b > 1)))
+        raise InputError(f"every beta must lie in (0, 1]; {n_bad} do not, first betas[{bad}] = {float(b[bad])!r}")
     return b
 
 
