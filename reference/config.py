@@ -1,0 +1,118 @@
+"""The run configuration, shared by both sides (not math): one dataclass, tuned defaults per dataset.
+
+A checkpoint stores this configuration as JSON, so `sample` and `eval` rebuild the exact model
+and schedule the run was trained with, on either side.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .errors import InputError, check_choice
+
+PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("none", "min_snr")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 200                # linear LR warmup steps (O4)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0           # global gradient-norm clip (O3); 0 disables
+    ema_decay: float = 0.995         # EMA of the weights (O2); samples use the EMA weights
+    T: int = 1000
+    schedule: str = "cosine"
+    zero_terminal_snr: bool = False
+    prediction: str = "eps"
+    weighting: str = "none"          # L_simple weighting: none or min_snr (gamma 5)
+    seed: int = 0
+    model: dict = field(default_factory=dict)   # constructor arguments of UNet / MLP
+    image_size: int | None = None    # digits only: upsample 8x8 to this size
+    data_dir: str | None = None
+    n_data: int | None = None        # use only the first n training items (None: all)
+    log_every: int = 50
+    sample_every: int = 1000         # a sample grid picture every N steps (0: only at the end)
+    save_every: int = 1000           # checkpoint every N steps (and always at the end)
+    sample_steps: int = 100          # steps of the sampler used for the pictures during training
+    dtype: str = "float32"
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown configuration field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self):
+        check_choice(self.prediction, PREDICTIONS, "prediction")
+        check_choice(self.weighting, WEIGHTINGS, "weighting")
+        check_choice(self.dtype, ("float32", "float64"), "dtype")
+        for name in ("steps", "batch_size", "T"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("log_every", "sample_every", "save_every", "warmup"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+        if self.zero_terminal_snr and self.prediction == "eps":
+            raise InputError("--zero-terminal-snr needs --prediction v or x0: x0 cannot be recovered from eps "
+                             "at the last step, where alpha_bar = 0")
+        return self
+
+
+# Tuned recipes. `train --data NAME --out DIR` with no other flag uses these; the README quotes
+# what they reach and in how long. Image models are UNets, 2-D data use the MLP.
+RECIPES = {
+    "digits": dict(steps=4000, batch_size=64, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
+                   model=dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
+                              attention=(False, True), groups=8)),
+    "2d": dict(steps=6000, batch_size=256, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
+               sample_every=2000, save_every=2000, model=dict(hidden=128, num_layers=3)),
+    "image": dict(steps=20000, batch_size=128, lr=2e-4, warmup=1000, ema_decay=0.9999, T=1000, schedule="linear",
+                  sample_every=5000, save_every=5000,
+                  model=dict(base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
+                             attention=(False, True, False), groups=32)),
+}
+TWO_D = ("moons", "swissroll", "gaussians8", "checkerboard")
+
+
+def recipe_for(data):
+    if data == "digits":
+        return RECIPES["digits"]
+    if data in TWO_D:
+        return RECIPES["2d"]
+    return RECIPES["image"]
+
+
+def make_config(data, **overrides):
+    """The tuned recipe for ``data`` with ``overrides`` (None values are ignored) on top."""
+    base = dict(recipe_for(data))
+    base["model"] = dict(base["model"])
+    model_over = overrides.pop("model", None) or {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["model"].update(model_over)
+    base["data"] = data
+    return TrainConfig.from_dict(base).validate()
+
+
+def config_from_json(text):
+    try:
+        d = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"checkpoint configuration is not valid JSON: {e}") from None
+    if "model" in d:
+        d["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}
+    return TrainConfig.from_dict(d)

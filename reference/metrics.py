@@ -1,0 +1,138 @@
+"""Sample-quality figures, shared by both sides (not model math).
+
+- 2-D points: the sliced Wasserstein-1 distance (SWD) between two point clouds.
+- Images: a Fréchet distance (FD) between Gaussians fitted to features of a small classifier
+  trained on the dataset itself (like FID, whose Inception features make no sense for 8x8
+  digits). The classifier is an MLP trained once per dataset and cached.
+
+Each figure means something only beside its floor: the same figure between two independent
+real sets of the same size (`floor_*`). A model is good when its figure is near that floor.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def sliced_wasserstein(a, b, n_proj=256, seed=0):
+    """SWD_1 between point clouds a (N, D) and b (M, D): the mean over random directions of the
+    1-D Wasserstein-1 distance of the projections (exact in 1-D through quantiles)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise InputError(f"sliced_wasserstein needs (N, D) and (M, D) arrays, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((a.shape[1], n_proj))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    pa, pb = np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0)
+    if pa.shape[0] != pb.shape[0]:  # compare on a common quantile grid
+        q = (np.arange(1000) + 0.5) / 1000
+        pa, pb = np.quantile(pa, q, axis=0), np.quantile(pb, q, axis=0)
+    return float(np.mean(np.abs(pa - pb)))
+
+
+def frechet_distance(f1, f2):
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussians fitted to two feature sets."""
+    from scipy import linalg
+
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real  # tiny imaginary parts from round-off
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+class FeatureNet:
+    """A small MLP classifier (flattened image -> 256 -> 128 -> classes) in NumPy, trained with
+    plain minibatch Adam on the dataset's labels. Its 128-d penultimate layer gives the features."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def features(self, x):
+        h = np.asarray(x, np.float64).reshape(len(x), -1)
+        for i in (1, 2):
+            h = np.maximum(h @ self.params[f"w{i}"].T + self.params[f"b{i}"], 0.0)
+        return h
+
+    def logits(self, x):
+        return self.features(x) @ self.params["w3"].T + self.params["b3"]
+
+    def accuracy(self, x, y):
+        return float(np.mean(np.argmax(self.logits(x), 1) == y))
+
+    @classmethod
+    def fit(cls, x, y, epochs=30, batch=128, lr=1e-3, seed=0):
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        y = np.asarray(y, np.int64)
+        k, dims = int(y.max()) + 1, [x.shape[1], 256, 128]
+        p = {}
+        for i, (a, b) in enumerate(zip(dims, dims[1:] + [k]), start=1):
+            p[f"w{i}"] = rng.standard_normal((b, a)) * np.sqrt(2.0 / a)
+            p[f"b{i}"] = np.zeros(b)
+        m = {n: np.zeros_like(v) for n, v in p.items()}
+        v2 = {n: np.zeros_like(v) for n, v in p.items()}
+        step = 0
+        for _ in range(epochs):
+            for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch)):
+                xb, yb = x[idx], y[idx]
+                h1 = np.maximum(xb @ p["w1"].T + p["b1"], 0)
+                h2 = np.maximum(h1 @ p["w2"].T + p["b2"], 0)
+                z = h2 @ p["w3"].T + p["b3"]
+                z -= z.max(1, keepdims=True)
+                prob = np.exp(z)
+                prob /= prob.sum(1, keepdims=True)
+                dz = prob
+                dz[np.arange(len(yb)), yb] -= 1
+                dz /= len(yb)
+                g = {"w3": dz.T @ h2, "b3": dz.sum(0)}
+                dh2 = (dz @ p["w3"]) * (h2 > 0)
+                g["w2"], g["b2"] = dh2.T @ h1, dh2.sum(0)
+                dh1 = (dh2 @ p["w2"]) * (h1 > 0)
+                g["w1"], g["b1"] = dh1.T @ xb, dh1.sum(0)
+                step += 1
+                for n in p:
+                    m[n] = 0.9 * m[n] + 0.1 * g[n]
+                    v2[n] = 0.999 * v2[n] + 0.001 * g[n] ** 2
+                    p[n] -= lr * (m[n] / (1 - 0.9**step)) / (np.sqrt(v2[n] / (1 - 0.999**step)) + 1e-8)
+        return cls(p)
+
+
+def _cache_dir():
+    return Path(os.environ.get("DDPM_CACHE_DIR", Path.home() / ".cache" / "ddpm-executable"))
+
+
+def feature_net(name, x_train, y_train, cache=True):
+    """The dataset's feature classifier, trained on first use and cached by a hash of the data."""
+    key = hashlib.sha1(np.ascontiguousarray(x_train, np.float32).tobytes()).hexdigest()[:16]
+    path = _cache_dir() / f"featurenet_{name.replace('/', '_').replace(':', '_')}_{key}.npz"
+    if cache and path.exists():
+        try:
+            with np.load(path) as f:
+                return FeatureNet({k: f[k] for k in f.files})
+        except (OSError, ValueError):
+            pass  # a corrupt cache file: train again
+    net = FeatureNet.fit(x_train, y_train)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **net.params)
+        os.replace(tmp, path)
+    return net
+
+
+def image_fd(net, samples, real):
+    """Fréchet distance between the classifier features of samples and of real images."""
+    return frechet_distance(net.features(samples), net.features(real))
+
+
+def floor_image_fd(net, real_a, real_b):
+    """The real-vs-real Fréchet distance at the same sample count: the best a model can hope for."""
+    return frechet_distance(net.features(real_a), net.features(real_b))
