@@ -1,0 +1,146 @@
+"""``train``: fit a denoiser on a dataset (both sides; registered into reference/cli.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from . import checkpoint
+from .cli import add_command, add_demo_step, command_args
+from .config import PREDICTIONS, WEIGHTINGS, TrainConfig, config_from_json, make_config, recipe_for
+from .errors import InputError
+from .schedules import SCHEDULES
+
+# Flags that map one-to-one onto TrainConfig fields. Defaults are None: the dataset's tuned
+# recipe (reference/config.py) fills what the user did not say; on --resume the checkpoint does.
+_FIELDS = {
+    "steps": (int, "number of optimisation steps"),
+    "batch_size": (int, "images (or points) per step; with torchrun, the global batch over all processes"),
+    "lr": (float, "peak AdamW learning rate (after the linear warmup)"),
+    "warmup": (int, "linear learning-rate warmup steps"),
+    "weight_decay": (float, "AdamW decoupled weight decay"),
+    "grad_clip": (float, "clip the global gradient norm to this value (0: no clipping)"),
+    "ema_decay": (float, "decay of the exponential moving average of the weights used for sampling"),
+    "T": (int, "number of diffusion steps (t is 0-based: 0..T-1, paper step t+1)"),
+    "seed": (int, "seed of the initial weights, the data order and the noise"),
+    "image_size": (int, "digits/folder: resize images to this size (digits are 8x8 natively)"),
+    "data_dir": (str, "where MNIST/Fashion-MNIST/CIFAR-10 files live (downloaded there when missing)"),
+    "n_data": (int, "train on the first N items only"),
+    "log_every": (int, "write a line to log.jsonl every N steps (the loss is read from the device only then)"),
+    "sample_every": (int, "write a sample picture every N steps (0: only at the end)"),
+    "save_every": (int, "checkpoint DIR/ckpt.npz every N steps (and always at the end)"),
+    "sample_steps": (int, "sampler steps for the pictures written during training"),
+}
+_MODEL = {
+    "base_channels": (int, "UNet: channels at the first level"),
+    "channel_mults": (lambda s: tuple(int(v) for v in s.split(",")), "UNet: channel multiplier per level, e.g. 1,2,2"),
+    "num_res_blocks": (int, "UNet: residual blocks per level"),
+    "hidden": (int, "MLP (2-D data): hidden width"),
+    "num_layers": (int, "MLP (2-D data): hidden layers"),
+}
+
+
+def configure(p):
+    p.add_argument("--data", required=True, metavar="NAME",
+                   help="moons, swissroll, gaussians8, checkerboard (2-D points); digits, mnist, fashion-mnist, "
+                        "cifar10, or folder:PATH (images)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: ckpt.npz, log.jsonl, loss.png, samples_*.png")
+    for name, (typ, hlp) in {**_FIELDS, **_MODEL}.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=hlp)
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="noise schedule (recipe default: cosine)")
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None,
+                   help="rescale the schedule so alpha_bar_T = 0 exactly (needs --prediction v or x0)")
+    p.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                   help="what the network predicts: eps (the noise, Ho et al.), x0 (the clean image) or v")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None, help="L_simple weighting over t (min_snr: gamma 5)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
+    p.add_argument("--resume", action="store_true", help="continue the run in DIR from DIR/ckpt.npz")
+    p.add_argument("--overwrite", action="store_true", help="start again even if DIR/ckpt.npz exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("torch_port only")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train")
+    g.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the model (default: on for CUDA)")
+    g.add_argument("--no-compile", dest="compile", action="store_false")
+    g.add_argument("--amp", dest="amp", action="store_true", default=None,
+                   help="bf16 autocast with fp32 master weights (default: on for CUDA)")
+    g.add_argument("--no-amp", dest="amp", action="store_false")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="NHWC memory format (default: on for CUDA)")
+    g.add_argument("--cuda-graphs", action="store_true", help="compile with mode='reduce-overhead' (CUDA graphs)")
+
+
+def config_from_args(args):
+    """The run's TrainConfig: recipe defaults, or the checkpoint's config on --resume, plus the flags given."""
+    given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
+                                                             "weighting", "dtype"] if getattr(args, k) is not None}
+    model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
+    ckpt = Path(args.out) / "ckpt.npz"
+    if args.resume and ckpt.exists():
+        cfg = config_from_json(json.dumps(checkpoint.load(ckpt).config))
+        if cfg.data != args.data:
+            raise InputError(f"--resume: the checkpoint in {args.out} was trained on {cfg.data!r}, not {args.data!r}")
+        d = dataclasses.asdict(cfg)
+        d.update(given)
+        d["model"] = {**d["model"], **model}
+        return TrainConfig.from_dict(d).validate()
+    base_model = recipe_for(args.data)["model"]
+    unknown = [k for k in model if k not in base_model]
+    if unknown:
+        kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
+        raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
+    return make_config(args.data, model=model, **given)
+
+
+def run(args, B):
+    from . import data
+
+    data.check_name(args.data)
+    cfg = config_from_args(args)
+    kw = {}
+    if B.name == "torch":
+        kw = dict(device=args.device, compile=args.compile, amp=args.amp, channels_last=args.channels_last,
+                  cuda_graphs=args.cuda_graphs)
+    elif args.device == "cuda" or args.compile or args.amp or args.channels_last or args.cuda_graphs:
+        raise InputError("--device cuda, --compile, --amp, --channels-last and --cuda-graphs are torch_port "
+                         "options: run `python -m torch_port train ...`")
+    from .runner import TrainingDiverged
+
+    try:
+        res = B.train.train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite, **kw)
+    except TrainingDiverged as e:
+        print(f"error: {e}")
+        return 1
+    if "samples" in res:
+        print(f"trained {res['step']} steps: checkpoint {res['ckpt']}, samples {res['samples']}, log {res['log']}")
+    return 0
+
+
+add_command(
+    "train", "train a denoiser on a dataset (tuned defaults per dataset)", configure, run,
+    description="""
+    Trains a network to predict the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, for t drawn
+    uniformly (Ho et al. 2020, Algorithm 1), with AdamW, gradient clipping, warmup and an EMA of the weights.
+    With only --data and --out it uses the dataset's tuned recipe (reference/config.py). It writes into DIR:
+    ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
+    samples_*.png. Ctrl-C or a crash loses at most --save-every steps: `--resume` continues bit for bit.
+    """,
+    epilog="""
+    examples:
+      python -m reference train --data digits --out runs/digits
+      python -m reference train --data moons --out runs/moons --steps 3000
+      python -m reference train --data digits --out runs/digits --resume --steps 8000
+      torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar
+    """)
+
+
+def _demo_train(args, B, out_dir):
+    """demo: train on the digits with the tuned recipe, then the sampling pictures."""
+    run_dir = out_dir / "digits"
+    targs = command_args("train", ["--data", "digits", "--out", str(run_dir), "--overwrite"]
+                         + (["--steps", str(args.steps)] if getattr(args, "steps", None) else []))
+    run(targs, B)
+    return sorted(run_dir.glob("*.png"))
+
+
+add_demo_step("train", _demo_train)
