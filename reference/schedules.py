@@ -102,6 +102,10 @@ def rescale_zero_terminal_snr(betas):
     if b.size < 2:
         raise InputError("rescale_zero_terminal_snr needs T >= 2 (it pins the first and the last step)")
     sqrt_abar = np.sqrt(np.cumprod(1.0 - b))
+    if np.any(sqrt_abar[:-1] == 0):
+        k = int(np.flatnonzero(sqrt_abar == 0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: alpha_bar already reaches 0 at step {k} of {b.size} "
+                         "(a beta of 1 before the last step); there is nothing left to rescale")
     first, last = sqrt_abar[0], sqrt_abar[-1]
     if not first > last:
         raise InputError("rescale_zero_terminal_snr: alpha_bar must decrease from the first to the last step")
@@ -134,25 +138,30 @@ class Schedule:
         self.betas = b
         # (F1)
         self.alphas = 1.0 - b
-        # (F2)  abar_t = prod_{s=0}^{t} alpha_s
-        self.alpha_bar = np.cumprod(self.alphas)
+        # (F2)  abar_t = prod_{s=0}^{t} alpha_s, summed in log space: 1 - abar_t = -expm1(log abar_t)
+        #       stays accurate (and non-zero) even when every beta is tiny; a beta of 1 gives log 0 = -inf.
+        with np.errstate(divide="ignore"):
+            log_abar = np.cumsum(np.log1p(-b))
+        self.alpha_bar = np.exp(log_abar)
+        one_minus = -np.expm1(log_abar)
         self.alpha_bar_prev = np.concatenate([[1.0], self.alpha_bar[:-1]])
-        one_minus = 1.0 - self.alpha_bar
+        one_minus_prev = np.concatenate([[0.0], one_minus[:-1]])
         self.sqrt_alpha_bar = np.sqrt(self.alpha_bar)
         self.sqrt_one_minus_alpha_bar = np.sqrt(one_minus)
         with np.errstate(divide="ignore"):
-            # Infinite where alpha_bar = 0 (zero terminal SNR); diffusion.predict_x0 refuses those steps.
-            self.sqrt_recip_alpha_bar = np.sqrt(1.0 / self.alpha_bar)
-            self.sqrt_recipm1_alpha_bar = np.sqrt(1.0 / self.alpha_bar - 1.0)
+            # Infinite only where alpha_bar = 0 (zero terminal SNR); diffusion.predict_x0 refuses those
+            # steps. Written as 1/sqrt and a ratio of roots so a subnormal alpha_bar does not overflow.
+            self.sqrt_recip_alpha_bar = 1.0 / self.sqrt_alpha_bar
+            self.sqrt_recipm1_alpha_bar = self.sqrt_one_minus_alpha_bar / self.sqrt_alpha_bar
         # (P3)  beta~_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t ; beta~_0 = 0 since abar_{-1} = 1
-        self.posterior_variance = b * (1.0 - self.alpha_bar_prev) / one_minus
+        self.posterior_variance = b * one_minus_prev / one_minus
         # (P4)  log beta~_0 = log 0 = -inf: replace it by log beta~_1 (as Ho et al.'s code does).
         #       With T = 1 there is no beta~_1; the only step then uses log beta_0.
         first = self.posterior_variance[1] if self.T > 1 else b[0]
         self.posterior_log_variance_clipped = np.log(np.concatenate([[first], self.posterior_variance[1:]]))
         # (P2)
         self.posterior_mean_coef_x0 = b * np.sqrt(self.alpha_bar_prev) / one_minus
-        self.posterior_mean_coef_xt = (1.0 - self.alpha_bar_prev) * np.sqrt(self.alphas) / one_minus
+        self.posterior_mean_coef_xt = one_minus_prev * np.sqrt(self.alphas) / one_minus
         # (S7)
         self.snr = self.alpha_bar / one_minus
         with np.errstate(divide="ignore"):

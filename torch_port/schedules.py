@@ -105,6 +105,10 @@ def rescale_zero_terminal_snr(betas):
         raise InputError("rescale_zero_terminal_snr needs T >= 2 (it pins the first and the last step)")
     # (F2)  sqrt(abar_t) = sqrt(prod_{s<=t} (1 - beta_s))
     sqrt_abar = torch.sqrt(torch.cumprod(1.0 - b, dim=0))
+    if bool(torch.any(sqrt_abar[:-1] == 0)):
+        k = int(torch.nonzero(sqrt_abar == 0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: alpha_bar already reaches 0 at step {k} of {b.numel()} "
+                         "(a beta of 1 before the last step); there is nothing left to rescale")
     first, last = float(sqrt_abar[0]), float(sqrt_abar[-1])
     if not first > last:
         raise InputError("rescale_zero_terminal_snr: alpha_bar must decrease from the first to the last step")
@@ -140,24 +144,28 @@ class Schedule:
         # (F1)  alpha_t = 1 - beta_t
         self.alphas = 1.0 - b
         # (F2)  abar_t = prod_{s=0}^{t} alpha_s
-        self.alpha_bar = torch.cumprod(self.alphas, dim=0)
+        #       in log space: 1 - abar_t = -expm1(log abar_t) stays accurate when every beta is tiny
+        log_abar = torch.cumsum(torch.log1p(-b), dim=0)
+        self.alpha_bar = torch.exp(log_abar)
+        one_minus = -torch.expm1(log_abar)
         # abar_{t-1}, with abar_{-1} = 1 (empty product)
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=_F64, device=b.device), self.alpha_bar[:-1]])
-        one_minus = 1.0 - self.alpha_bar
+        one_minus_prev = torch.cat([torch.zeros(1, dtype=_F64, device=b.device), one_minus[:-1]])
         self.sqrt_alpha_bar = torch.sqrt(self.alpha_bar)
         self.sqrt_one_minus_alpha_bar = torch.sqrt(one_minus)
-        # Infinite where abar = 0 (zero terminal SNR); diffusion.predict_x0 refuses those steps.
-        self.sqrt_recip_alpha_bar = torch.sqrt(1.0 / self.alpha_bar)
-        self.sqrt_recipm1_alpha_bar = torch.sqrt(1.0 / self.alpha_bar - 1.0)
+        # Infinite only where abar = 0 (zero terminal SNR); diffusion.predict_x0 refuses those steps.
+        # 1/sqrt and a ratio of roots, so a subnormal abar does not overflow.
+        self.sqrt_recip_alpha_bar = 1.0 / self.sqrt_alpha_bar
+        self.sqrt_recipm1_alpha_bar = self.sqrt_one_minus_alpha_bar / self.sqrt_alpha_bar
         # (P3)  beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t ; beta~_0 = 0 since abar_{-1} = 1
-        self.posterior_variance = b * (1.0 - self.alpha_bar_prev) / one_minus
+        self.posterior_variance = b * one_minus_prev / one_minus
         # (P4)  log beta~_0 = log 0 = -inf: use log beta~_1 there (log beta_0 when T = 1)
         first = self.posterior_variance[1:2] if self.T > 1 else b[:1]
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         # (P2)  coef_x0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t)
         self.posterior_mean_coef_x0 = b * torch.sqrt(self.alpha_bar_prev) / one_minus
         # (P2)  coef_xt = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)
-        self.posterior_mean_coef_xt = (1.0 - self.alpha_bar_prev) * torch.sqrt(self.alphas) / one_minus
+        self.posterior_mean_coef_xt = one_minus_prev * torch.sqrt(self.alphas) / one_minus
         # (S7)  SNR_t = abar_t / (1 - abar_t)
         self.snr = self.alpha_bar / one_minus
         self.log_snr = torch.log(self.alpha_bar) - torch.log(one_minus)
