@@ -45,7 +45,7 @@ def _save(trainer, path, step, data_rng):
     rng_state["data"] = data_rng.bit_generator.state
     checkpoint.save(path, st["params"], ema=st["ema"], opt_state=st["opt_state"],
                     config=json.loads(trainer.cfg.to_json()), step=step, rng_state=rng_state,
-                    extra={"backend": trainer.backend})
+                    extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape)})
 
 
 def _trim_log(log_path, last_step):

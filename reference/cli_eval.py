@@ -1,0 +1,119 @@
+"""``eval``: bits/dim on held-out data and a sample-quality figure beside its floor (both sides)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data as datasets
+from . import metrics
+from .cli import add_command, progress
+from .cli_sample import SAMPLERS, draw, load_trainer
+from .config import TWO_D
+from .errors import InputError
+
+
+def quality(name, samples, cfg, seed=0):
+    """(figure name, model figure, real-vs-real floor) at the sample count of ``samples``."""
+    n = len(samples)
+    if name in TWO_D:
+        real = datasets.load(name, n=n, seed=seed + 101, split="train")
+        real2 = datasets.load(name, n=n, seed=seed + 202, split="test")
+        return "sliced Wasserstein", metrics.sliced_wasserstein(samples, real), metrics.sliced_wasserstein(real2, real)
+    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size)
+    x_tr, y_tr = datasets.load(name, split="train", return_labels=True, **kw)
+    x_te = datasets.load(name, split="test", **kw)
+    pool = np.concatenate([x_tr, x_te])
+    if len(pool) < 2 * n:
+        raise InputError(f"--n {n} is too many for {name!r}: the floor needs 2n = {2 * n} real images, "
+                         f"the dataset has {len(pool)}")
+    net = metrics.feature_net(name, x_tr, y_tr)
+    perm = np.random.default_rng(seed).permutation(len(pool))
+    real, real2 = pool[perm[:n]], pool[perm[n:2 * n]]
+    return ("Frechet distance (classifier features)", metrics.image_fd(net, samples, real),
+            metrics.floor_image_fd(net, real2, real))
+
+
+def bits_per_dim(B, trainer, name, n, seed=0):
+    """The full variational bound on n held-out items, in bits/dim (8-bit images only)."""
+    cfg = trainer.cfg
+    x = datasets.load(name, split="test", data_dir=cfg.data_dir, image_size=cfg.image_size)[:n]
+    x = B.from_numpy(x.astype(np.float64 if cfg.dtype == "float64" else np.float32))
+    if B.name == "torch":
+        x = x.to(trainer.device)
+    rng = np.random.default_rng(seed)
+    return float(B.losses.bits_per_dim(trainer.sched, trainer.denoiser(), x, rng, prediction=cfg.prediction,
+                                       decoder="discretized",
+                                       progress=lambda it: progress(it, desc="bits/dim", total=cfg.T)))
+
+
+def configure(p):
+    p.add_argument("--ckpt", required=True, metavar="FILE", help="a checkpoint written by train (either side)")
+    p.add_argument("--data", default=None, metavar="NAME", help="dataset to compare with (default: the run's)")
+    p.add_argument("--n", type=int, default=None,
+                   help="samples for the quality figure (default: 2000 for 2-D data, 500 for images)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="sampler for the quality figure")
+    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: all T)")
+    p.add_argument("--bpd-n", type=int, default=64, help="held-out images for bits/dim (0 skips it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch_port only")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the figures as JSON here")
+
+
+def run(args, B):
+    if B.name == "reference" and args.device == "cuda":
+        raise InputError("--device cuda is a torch_port option: run `python -m torch_port eval ...`")
+    trainer, ck = load_trainer(B, args.ckpt, device=args.device)
+    cfg = trainer.cfg
+    name = args.data or cfg.data
+    datasets.check_name(name)
+    if name != cfg.data and datasets.info(name, image_size=cfg.image_size).shape != tuple(trainer.item_shape):
+        raise InputError(f"--data {name!r} items do not have the shape the model was trained on {trainer.item_shape}")
+    n = args.n or (2000 if name in TWO_D else 500)
+    res = {"ckpt": str(args.ckpt), "data": name, "step": ck.step, "n": n, "sampler": args.sampler,
+           "sample_steps": args.sample_steps or cfg.T}
+    info = datasets.info(name, image_size=cfg.image_size)
+    if args.bpd_n and info.eight_bit:
+        t0 = time.perf_counter()
+        res["bits_per_dim"] = bits_per_dim(B, trainer, name, args.bpd_n, args.seed)
+        res["bits_per_dim_n"] = args.bpd_n
+        res["bits_per_dim_seconds"] = time.perf_counter() - t0
+    elif args.bpd_n:
+        res["bits_per_dim"] = None
+        what = "continuous 2-D points" if info.levels is None else f"{info.levels}-level images"
+        res["bits_per_dim_note"] = (f"{name!r} holds {what}, not 8-bit data: the discretised decoder's "
+                                    "bits/dim applies to 8-bit images only")
+    t0 = time.perf_counter()
+    samples = draw(B, trainer, n, args.seed, args.sampler, args.sample_steps,
+                   progress=lambda it: progress(it, desc="sampling"))
+    res["sampling_seconds"] = time.perf_counter() - t0
+    fig, value, floor = quality(name, np.asarray(samples, np.float64), cfg, args.seed)
+    res.update({"metric": fig, "value": value, "floor": floor, "ratio_to_floor": value / floor})
+    print(f"eval of {args.ckpt} (step {ck.step}, {name}, {B.name}):")
+    if res.get("bits_per_dim") is not None:
+        print(f"  bits/dim (variational bound, {args.bpd_n} held-out images): {res['bits_per_dim']:.4f}")
+    elif "bits_per_dim_note" in res:
+        print(f"  bits/dim: n/a — {res['bits_per_dim_note']}")
+    print(f"  {fig} of {n} samples ({args.sampler}, {res['sample_steps']} steps): {value:.4g}")
+    print(f"  real-vs-real floor at the same n: {floor:.4g}   (ratio {value / floor:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+add_command(
+    "eval", "bits/dim on held-out data and sample quality beside its real-vs-real floor", configure, run,
+    description="""
+    bits/dim: the full variational bound L_T + sum_t L_{t-1} + L_0 (derivations/elbo.md) on held-out
+    8-bit images, with the discretised Gaussian decoder; T network evaluations per image.
+    Sample quality: for 2-D data the sliced Wasserstein distance to real points, for images a Frechet
+    distance in the features of a small classifier trained on the dataset (cached). Each is printed
+    beside its floor: the same figure between two independent real sets of the same size.
+    """,
+    epilog="""
+    examples:
+      python -m reference eval --ckpt runs/moons/ckpt.npz
+      python -m torch_port eval --ckpt runs/digits/ckpt.npz --sampler ddim --sample-steps 50
+    """)

@@ -1,0 +1,134 @@
+"""``sample``: draw samples from a checkpoint (both sides; registered into reference/cli.py).
+
+The noise is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
+checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
+``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .cli import add_command, progress
+from .config import TWO_D, config_from_json
+from .errors import InputError
+
+SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def load_trainer(B, ckpt_path, device="auto", use_ema=True):
+    """A backend Trainer holding the checkpoint's weights (EMA weights by default) -> (trainer, ckpt)."""
+    ck = checkpoint.load(ckpt_path)
+    cfg = config_from_json(json.dumps(ck.config))
+    shape = ck.extra.get("item_shape")
+    if shape is None:
+        from . import data
+
+        shape = data.info(cfg.data, image_size=cfg.image_size).shape
+    kw = {"device": device} if B.name == "torch" else {}
+    trainer = B.train.Trainer(cfg, tuple(shape), **kw)
+    sd = trainer.state_dict()
+    sd["params"] = ck.params
+    sd["ema"] = (ck.ema or ck.params) if use_ema else ck.params
+    try:
+        trainer.load_state_dict(sd)
+    except (KeyError, ValueError, RuntimeError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"checkpoint {ckpt_path} does not fit the model its configuration describes: {e}") from None
+    return trainer, ck
+
+
+def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance="fixed_small",
+         record=False, progress=None):
+    """Samples as a NumPy array (and the trajectory when ``record``), noise from default_rng(seed)."""
+    cfg = trainer.cfg
+    rng = np.random.default_rng(seed)
+    np_dtype = np.float64 if cfg.dtype == "float64" else np.float32
+    x_T = B.from_numpy(rng.standard_normal((n,) + tuple(trainer.item_shape)).astype(np_dtype))
+    if B.name == "torch":
+        x_T = x_T.to(trainer.device)
+    res = B.samplers.sample_loop(trainer.sched, trainer.denoiser(), x_T, rng, sampler=sampler,
+                                 steps=None if not steps or steps >= cfg.T else steps, spacing=spacing, eta=eta,
+                                 prediction=cfg.prediction, variance=variance, clip_x0=cfg.data not in TWO_D,
+                                 record=record, progress=progress)
+    if record:
+        x, traj = res
+        return B.to_numpy(x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in traj]
+    return B.to_numpy(res)
+
+
+def configure(p):
+    p.add_argument("--ckpt", required=True, metavar="FILE", help="a checkpoint written by train (either side)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--out", required=True, metavar="FILE.npy",
+                   help="float32 samples in [-1, 1] ((N, C, H, W) or (N, 2)); a PNG picture is written beside it")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ddpm: ancestral sampling (Ho et al. Algorithm 2); ddim: Song et al., deterministic at eta 0")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="number of sampling steps (default: all T); fewer steps respaces the schedule")
+    p.add_argument("--spacing", choices=SPACINGS, default="leading", help="which timesteps a shortened sampler keeps")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 ancestral-like")
+    p.add_argument("--variance", choices=("fixed_small", "fixed_large"), default="fixed_small",
+                   help="DDPM reverse variance: posterior beta~_t (small) or beta_t (large)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    p.add_argument("--trajectory", action="store_true",
+                   help="also write the denoising trajectory of the first samples (strip PNG and GIF)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch_port only")
+
+
+def run(args, B):
+    from . import plots
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise InputError(f"--out must name a .npy file, got {args.out!r}")
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1, got {args.n}")
+    if B.name == "reference" and args.device == "cuda":
+        raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
+    trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
+    res = draw(B, trainer, args.n, args.seed, args.sampler, args.sample_steps, args.spacing, args.eta,
+               args.variance, record=args.trajectory, progress=lambda it: progress(it, desc="sampling"))
+    x, traj = res if args.trajectory else (res, None)
+    x = np.asarray(x, dtype=np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, x)
+    png = out.with_suffix(".png")
+    if x.ndim == 2:
+        plots.scatter_2d(x, png)
+    else:
+        plots.image_grid(x, png)
+    written = [str(out), str(png)]
+    if traj is not None and x.ndim == 4:
+        keep = np.unique(np.linspace(0, len(traj) - 1, 10).round().astype(int))
+        frames = [(traj[i][0], traj[i][2][:8]) for i in keep]  # x0_hat of the first 8 samples
+        strip, gif = out.with_name(out.stem + "_trajectory.png"), out.with_name(out.stem + "_trajectory.gif")
+        plots.trajectory_strip(frames, strip)
+        plots.trajectory_gif([(t, xt[:16]) for t, xt, _ in traj[:: max(1, len(traj) // 50)]] + [(-1, x[:16])], gif)
+        written += [str(strip), str(gif)]
+    print(f"{args.n} samples from step {ck.step} of a {ck.config.get('data')} run ({args.sampler}, "
+          f"{args.sample_steps or ck.config.get('T')} steps): " + ", ".join(written))
+    return 0
+
+
+add_command(
+    "sample", "draw samples from a checkpoint into a .npy file and a picture", configure, run,
+    description="""
+    Starts from x_T ~ N(0, I) and runs the reverse process with the trained network (EMA weights).
+    ddpm is the ancestral sampler (noise at every step but the last); ddim with --eta 0 is
+    deterministic and works well with few steps (--sample-steps 50). Writes FILE.npy (float32 in
+    [-1, 1]) and FILE.png; --trajectory adds FILE_trajectory.png and .gif.
+    A checkpoint from either side works on either side: same seed, same samples.
+    """,
+    epilog="""
+    examples:
+      python -m reference sample --ckpt runs/digits/ckpt.npz --n 64 --out runs/digits/samples.npy
+      python -m reference sample --ckpt runs/digits/ckpt.npz --n 64 --out s.npy --sampler ddim --sample-steps 50
+      python -m torch_port sample --ckpt runs/digits/ckpt.npz --n 64 --out s_torch.npy
+    """)
