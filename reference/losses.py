@@ -1,6 +1,6 @@
 """Training losses and the variational bound, term by term.
 
-Derivations: derivations/losses.md (L*), derivations/parameterisations.md (R6).
+Derivations: derivations/elbo.md (L*), derivations/parameterisations.md (R6).
 
 Conventions: ``t`` is the 0-based index (paper step t+1), an int or an int array of shape (N,).
 Data ``x0``, ``eps``, ``model_output`` are (N, ...) arrays ((N, 2) points or NCHW images).

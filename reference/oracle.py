@@ -1,4 +1,4 @@
-"""Gaussian data: the exact optimal denoiser and the exact likelihood — derivations/oracle.md (G1, G2).
+"""Gaussian data: the exact optimal denoiser and the exact likelihood — derivations/gaussian_oracle.md (G1, G2).
 
 For data x_0 ~ N(mu, Sigma) every quantity of the diffusion is Gaussian and known in closed form,
 so tests can run the samplers and the bound with a perfect network. The forward process adds

@@ -1,7 +1,7 @@
 """Training losses and the variational bound, term by term, written again in torch.
 
 Mirror of reference/losses.py: same names, signatures and meaning (see its module docstring for
-which paper term is which index). Derivations: derivations/losses.md (L*),
+which paper term is which index). Derivations: derivations/elbo.md (L*),
 derivations/parameterisations.md (R6).
 
 Conventions: ``t`` is the 0-based index (paper step t+1): an int or an integer tensor (N,).

@@ -1,0 +1,121 @@
+"""Sampling (derivations/sampling.md): M1 eps-form mean, M2 the two variances, A1 Algorithm 2,
+A2/A3 DDIM and sigma_eta, A4 respacing.
+
+Independent routes: the posterior mean at the true x_0 (P2) for M1; regression of x_{t-1} on x_t
+over simulated forward pairs (Monte Carlo) for M2; point-mass data, whose true reverse chain is the
+forward posterior chain, for A1; the forward marginals (F3) for A2; the respaced ancestral sampler
+against DDIM between the same kept steps for A3/A4.
+"""
+import numpy as np
+import pytest
+
+from reference import diffusion, samplers
+from reference.schedules import Schedule, make_betas
+from tolerances import TOL, mc_close
+
+
+@pytest.fixture
+def sched():
+    return Schedule(make_betas("linear", 1000), warn=False)
+
+
+@pytest.mark.parametrize("t", [0, 1, 10, 500, 999])
+def test_M1_eps_form_mean_is_the_posterior_mean_at_the_true_x0(sched, rng, t):
+    """Feed the TRUE eps: the model's mean must be the posterior mean (P2) at the true x_0, and the
+    three parameterisations describing the same x_0 must give the same mean."""
+    x0, eps = rng.uniform(-1, 1, (5, 3)), rng.standard_normal((5, 3))
+    xt = diffusion.q_sample(sched, x0, t, eps)
+    mean_eps = diffusion.p_mean_variance(sched, eps, xt, t, "eps").mean            # (M1)
+    post_mean = diffusion.q_posterior(sched, x0, xt, t)[0]                          # (P2)
+    scale = 1.0 / np.sqrt(sched.alphas[t]) * max(1.0, np.max(np.abs(xt)))          # size of the terms
+    assert np.max(np.abs(mean_eps - post_mean)) <= TOL["exact64"] * scale * sched.sqrt_recip_alpha_bar[t]
+    for prediction, out in [("x0", x0), ("v", diffusion.v_target(sched, x0, t, eps))]:
+        m = diffusion.p_mean_variance(sched, out, xt, t, prediction).mean
+        assert np.max(np.abs(m - post_mean)) <= TOL["exact64"] * scale * sched.sqrt_recip_alpha_bar[t]
+
+
+@pytest.mark.parametrize("t", [1, 20, 300])
+def test_M2_true_reverse_variance_is_beta_tilde_for_a_point_and_beta_for_unit_gaussian_data(sched, rng, t):
+    """Simulate forward pairs (x_{t-1}, x_t); regress x_{t-1} on x_t. For Gaussian (or point) data the
+    regression is exactly linear and its residual variance is Var[x_{t-1} | x_t]."""
+    n = 200000
+    small = diffusion.p_mean_variance(sched, np.zeros((1, 1)), np.zeros((1, 1)), t, variance="fixed_small").variance
+    large = diffusion.p_mean_variance(sched, np.zeros((1, 1)), np.zeros((1, 1)), t, variance="fixed_large").variance
+    for data_sd, want in [(0.0, small[0, 0]), (1.0, large[0, 0])]:
+        x0 = 0.4 + data_sd * rng.standard_normal((n, 1))
+        x_prev = diffusion.q_sample(sched, x0, t - 1, rng.standard_normal((n, 1)))   # (F3) at t-1
+        x_t = diffusion.q_step(sched, x_prev, t, rng.standard_normal((n, 1)))          # (F1)
+        A = np.column_stack([x_t[:, 0], np.ones(n)])
+        coef, *_ = np.linalg.lstsq(A, x_prev[:, 0], rcond=None)
+        resid = x_prev[:, 0] - A @ coef
+        var_hat = resid @ resid / (n - 2)
+        assert mc_close(var_hat, want, want * np.sqrt(2.0 / (n - 2))), (data_sd, var_hat, want)
+    # data with variance in between gives a variance in between (0 < sd < 1)
+    assert small[0, 0] < large[0, 0]
+
+
+def test_A1_point_mass_data_is_reproduced_exactly_and_the_last_step_adds_no_noise(rng):
+    """Data = one point c. The exact denoiser predicts x0 = c; with sigma^2 = beta~ the reverse chain is
+    then the forward posterior chain, so every x_t must have the forward marginal N(sqrt(abar) c, 1 - abar)
+    and the output must be c exactly (no noise at the last step)."""
+    s = Schedule(make_betas("cosine", 200), warn=False)
+    n, c = 20000, np.array([0.5, -1.0])
+    x_T = rng.standard_normal((n, 2))
+    out, traj = samplers.sample_loop(s, lambda xt, t: np.broadcast_to(c, xt.shape).copy(), x_T, rng,
+                                     sampler="ddpm", prediction="x0", variance="fixed_small", record=True)
+    assert np.max(np.abs(out - c)) <= TOL["exact64"]
+    for t, x_t, _ in traj:
+        if t in (150, 20, 1):
+            mean, var = np.sqrt(s.alpha_bar[t]) * c, 1.0 - s.alpha_bar[t]           # (F3)
+            assert mc_close(x_t.mean(0), mean, np.sqrt(var / n)), t
+            assert mc_close(x_t.var(0, ddof=1), var, var * np.sqrt(2.0 / (n - 1))), t
+    # the last step (t = 0) ignores its noise, whatever the variance choice
+    x1 = rng.standard_normal((4, 2))
+    for variance in ("fixed_small", "fixed_large"):
+        a = samplers.ddpm_step(s, x1, x1, 0, np.zeros_like(x1), "eps", variance)[0]
+        b = samplers.ddpm_step(s, x1, x1, 0, 1e3 * rng.standard_normal(x1.shape), "eps", variance)[0]
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("t,t_prev", [(700, 400), (10, 9), (999, -1), (300, 0)])
+def test_A2_A3_ddim_step_keeps_the_forward_marginals_monte_carlo(sched, rng, eta, t, t_prev):
+    """Given the true x_0 and eps (model output = the true eps), x_{t'} from the DDIM step must be
+    distributed as the forward marginal q(x_{t'} | x_0) = N(sqrt(abar_t') x_0, 1 - abar_t') for every eta."""
+    n = 50000
+    x0 = np.tile(np.array([[0.8, -0.3]]), (n, 1))
+    eps = rng.standard_normal(x0.shape)
+    xt = diffusion.q_sample(sched, x0, t, eps)
+    x_prev, x0_hat = samplers.ddim_step(sched, eps, xt, t, t_prev, rng.standard_normal(x0.shape), eta=eta)
+    a_prev = sched.alpha_bar[t_prev] if t_prev >= 0 else 1.0
+    mean, var = np.sqrt(a_prev) * x0[0], 1.0 - a_prev
+    # recovering x_0 from x_t amplifies rounding by 1/sqrt(abar_t) (R1): the exact checks carry that factor
+    cond = sched.sqrt_recip_alpha_bar[t] * max(1.0, np.max(np.abs(xt)))
+    if var == 0:
+        assert np.max(np.abs(x_prev - x0)) <= TOL["exact64"] * cond
+        return
+    assert mc_close(x_prev.mean(0), mean, np.sqrt(var / n))
+    assert mc_close(x_prev.var(0, ddof=1), var, var * np.sqrt(2.0 / (n - 1)))
+    # the conditional spread given (x_t, x_0) is sigma_eta (A3): the residual after removing the mean part
+    sigma2 = eta**2 * (1 - a_prev) / (1 - sched.alpha_bar[t]) * (1 - sched.alpha_bar[t] / a_prev)
+    resid = x_prev - np.sqrt(a_prev) * x0 - np.sqrt(max(1 - a_prev - sigma2, 0.0)) * eps
+    if sigma2 == 0:
+        assert np.max(np.abs(resid)) <= TOL["exact64"] * cond
+    else:
+        assert mc_close(resid.var(0, ddof=1), sigma2, sigma2 * np.sqrt(2.0 / (n - 1)))
+
+
+@pytest.mark.parametrize("spacing,n", [("trailing", 50), ("leading", 7), ("linspace", 1000)])
+def test_A3_A4_ddim_eta1_between_kept_steps_is_ancestral_on_the_respaced_schedule(sched, rng, spacing, n):
+    kept = samplers.timesteps(sched.T, n, spacing)
+    rs = samplers.respace(sched, kept)
+    # (A4) the respaced products are the original alpha_bar at the kept steps (telescoping, by hand)
+    prod = np.cumprod(1.0 - rs.betas)
+    assert np.max(np.abs(prod - sched.alpha_bar[kept])) <= TOL["exact64"]
+    x, out = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    for i in range(kept.size):
+        z = rng.standard_normal(x.shape)
+        a = samplers.ddpm_step(rs, out, x, i, z, "eps", "fixed_small")[0]                     # (A1) respaced
+        b = samplers.ddim_step(sched, out, x, kept[i], kept[i - 1] if i else -1, z, eta=1.0)[0]  # (A2, A3)
+        scale = rs.sqrt_recip_alpha_bar[i] * max(1.0, np.max(np.abs(x)), np.max(np.abs(out)))
+        assert np.max(np.abs(a - b)) <= TOL["exact64"] * scale, (i, kept[i])
