@@ -1,4 +1,5 @@
 """python -m torch_port train|sample|forward|eval|schedules|demo — the same CLI as the reference, torch math."""
 from reference.cli import main
 
-raise SystemExit(main(backend="torch"))
+if __name__ == "__main__":
+    raise SystemExit(main(backend="torch"))
