@@ -1,16 +1,35 @@
 """One training step and the training loop of the PyTorch port — fast on a GPU.
 
-The same step as reference/train.py (F3, L4, O1-O3), plus what makes it quick:
-bf16 autocast with fp32 master weights, channels_last, torch.compile (on by default on CUDA;
-``cuda_graphs`` compiles with mode="reduce-overhead", which captures CUDA graphs), fused AdamW,
-the EMA kept on the device, the whole (small) dataset resident on the device, and no host
-syncs inside the step: the loss is read only every ``log_every`` steps by the shared runner.
+The same step as reference/train.py (Ho et al. Algorithm 1):
+  t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps)                          (F3)
+  loss = L_simple(model(x_t, t), target)                                            (L4)
+  grads by autograd, global-norm clip, AdamW, EMA of the weights.                   (O1-O3)
 
-Multi-GPU: launched with ``torchrun --nproc_per_node=N -m torch_port train ...`` the Trainer
-joins the process group (nccl on CUDA, gloo on CPU), wraps the model in DDP, shards each global
-batch across ranks (``batch_size`` is the global batch), seeds t/eps per rank, and only rank 0
-logs, draws progress, writes pictures and checkpoints (saved from the unwrapped module, so the
-keys carry no ``module.`` prefix and both sides load them).
+What makes it quick on a GPU (each is a Trainer option, on by default on CUDA, off on the CPU):
+  - bf16 autocast around the network only; master weights, loss, optimiser and EMA stay fp32;
+  - channels_last (NHWC) weights and activations;
+  - torch.compile of the network (``cuda_graphs=True``: mode="reduce-overhead", CUDA graphs);
+  - fused AdamW (torch_port.optim.AdamW picks fused=True for CUDA parameters), EMA on the device;
+  - the whole (small) dataset resident on the device: ``prepare_data`` returns a ``DeviceData``
+    whose ``[idx]`` copies the batch's indices host-to-device without blocking and gathers there;
+  - no host sync inside a step: the loss and gradient norm come back as device tensors that the
+    runner reads every ``log_every`` steps. A non-finite step is still refused, on the device:
+    fused AdamW takes a ``found_inf`` flag and skips the update (the runner then stops the run at its
+    next read). On the CPU the reference's per-step check raises NonFiniteError instead.
+
+Only the network is compiled. The optimiser step, the clipping and the EMA run eagerly as a handful
+of fused/foreach kernels, so the learning rate (a Python float that changes every warmup step) is a
+kernel argument, never a graph constant: no recompiles, and the CUDA graphs hold no optimiser state.
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m torch_port train ...`` starts N processes; each Trainer
+joins the process group (nccl on CUDA, gloo on CPU), uses cuda:LOCAL_RANK, wraps the model in DDP
+(then compiles the DDP module, the documented order). ``batch_size`` is the global batch: every rank
+draws the same global indices (the runner's seeded data order) and keeps its own contiguous
+``batch_size / N`` slice, so DDP's gradient average is the full batch's mean. t and eps come from a
+generator seeded by (seed, rank, step): distinct per rank, and a resumed run draws exactly the noise
+the uninterrupted run would have. The logged loss is rank 0's (its shard's mean). Rank 0 alone logs,
+draws progress, writes pictures and checkpoints, saved from the unwrapped module: keys have no
+``module.`` / ``_orig_mod.`` prefix, so both sides load them.
 """
 from __future__ import annotations
 
@@ -23,6 +42,7 @@ import torch.distributed as dist
 from reference import data as datasets
 from reference import runner
 from reference.config import TWO_D, TrainConfig
+from reference.errors import InputError
 
 from .diffusion import q_sample
 from .losses import simple_loss
@@ -31,22 +51,29 @@ from .samplers import sample_loop
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
 
+# A dataset larger than this fraction of the free device memory stays on the host (pinned) instead.
+RESIDENT_FRACTION = 0.25
+
 
 class NonFiniteError(FloatingPointError):
-    """The loss or the gradient norm is NaN or inf: the update is refused (checked per step on the CPU)."""
+    """The loss or the gradient norm is NaN or inf: the update is refused, the parameters are untouched."""
 
+
+# ---- setup (not math) ---------------------------------------------------------------------------
 
 def resolve_device(device="auto"):
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from reference.errors import InputError
-
-        raise InputError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() is False)")
-    return dev
+    """"auto": cuda:LOCAL_RANK when CUDA is there, else the CPU. "cuda" means cuda:LOCAL_RANK too."""
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() "
+                         "is False)")
+    index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+    if index >= torch.cuda.device_count():
+        raise InputError(f"this process wants cuda:{index} (LOCAL_RANK) but only {torch.cuda.device_count()} "
+                         "CUDA device(s) are visible: start at most that many processes per node")
+    return torch.device("cuda", index)
 
 
 def build_schedule(cfg, device="cpu"):
@@ -57,6 +84,7 @@ def build_schedule(cfg, device="cpu"):
 
 
 def build_model(cfg, item_shape):
+    """UNet for images (item_shape (C, H, W)), MLP for 2-D points (item_shape (2,)), in cfg.dtype."""
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     if cfg.data in TWO_D or len(item_shape) == 1:
         model = MLP(in_dim=item_shape[0], seed=cfg.seed, **cfg.model)
@@ -65,108 +93,205 @@ def build_model(cfg, item_shape):
     return model.to(dtype)
 
 
+def _init_distributed(device):
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _unwrap(model):
+    """The plain module under torch.compile (``_orig_mod``) and DDP (``module``)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def noise_seed(seed, rank, step):
+    """The seed of t and eps for update ``step`` (0-based) on ``rank``: a function of the three only."""
+    return int(np.random.SeedSequence([seed, 1, rank, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# ---- the step -------------------------------------------------------------------------------------
+
+def _refuse_on_device(opt, loss, norm):
+    """Fused AdamW skips its update where ``found_inf`` is 1: a non-finite step is refused with no sync."""
+    if opt.param_groups[0].get("fused"):
+        opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).to(torch.float32)
+
+
 def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
                amp=False, check_finite=True):
-    """One optimisation step; returns (loss, grad_norm) as 0-d tensors (no host sync unless check_finite)."""
-    if lr is not None:
-        for group in opt.param_groups:
-            group["lr"] = lr
+    """One optimisation step on the batch x0 (N, ...) with the given t (N,) (0-based) and eps (like x0).
+
+    ``model`` may be wrapped (DDP, torch.compile); ``ema`` tracks the plain module's parameters.
+    Returns (loss, grad_norm) as 0-d tensors, grad_norm measured before clipping. check_finite=True:
+    NonFiniteError before touching the parameters (one host sync); False: no sync, and fused AdamW
+    refuses a non-finite update on the device.
+    """
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(xt, t)
-    # (L4)  the loss in full precision whatever the autocast dtype
+        out = model(xt, t)                                                # bf16 under autocast
+    if check_finite and not bool(torch.isfinite(out).all()):  # a diverged network, not bad input
+        raise NonFiniteError("non-finite model output (the network has diverged)")
+    # (L4)  loss = mean ||target - model(x_t, t)||^2, in x0's precision whatever the autocast dtype
     loss = simple_loss(sched, out.to(x0.dtype), x0, t, eps, prediction,
                        weighting=None if weighting == "none" else weighting)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    # (O3)
+    # (O3)  g <- g * min(1, c / (||g|| + 1e-6))
     norm = clip_grad_norm(model.parameters(), grad_clip if grad_clip else float("inf"))
-    if check_finite and not (torch.isfinite(loss) and torch.isfinite(norm)):
-        raise NonFiniteError(f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient norm'} "
-                             f"(loss={loss.item()}, grad_norm={norm.item()})")
+    if check_finite:
+        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+            raise NonFiniteError(f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient norm'} "
+                                 f"(loss={loss.item()}, grad_norm={norm.item()})")
+        opt.__dict__.pop("found_inf", None)  # no stale flag from an earlier unchecked step
+    else:
+        _refuse_on_device(opt, loss.detach(), norm)
+    if lr is not None:  # a Python float in the group: a kernel argument, never a compiled constant
+        for group in opt.param_groups:
+            group["lr"] = lr
     # (O1)  AdamW (fused on CUDA);  (O2)  EMA on the device
     opt.step()
     ema.update(_unwrap(model))
     return loss.detach(), norm.detach()
 
 
-def _unwrap(model):
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)      # DDP
+# ---- data on the device ---------------------------------------------------------------------------
+
+class DeviceData:
+    """The dataset as one tensor on the device (or pinned on the host when it is too large).
+
+    ``data[idx]`` takes the runner's GLOBAL batch of indices (a NumPy int array of batch_size) and
+    returns this rank's contiguous slice of it, gathered on the device: the indices travel
+    host-to-device from pinned memory without blocking, so indexing costs no host sync.
+    """
+
+    def __init__(self, x, device, rank=0, world=1, channels_last=False, resident=True):
+        self.device, self.rank, self.world, self.channels_last = device, rank, world, channels_last
+        self.shape = tuple(x.shape)
+        self.pin = device.type == "cuda"
+        self.x = x.to(device) if resident else (x.pin_memory() if self.pin else x)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def _to(self, a):
+        return a.pin_memory().to(self.device, non_blocking=True) if self.pin else a.to(self.device)
+
+    def __getitem__(self, idx):
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or idx.shape[0] % self.world:
+            raise InputError(f"a global batch of {idx.shape[0]} indices does not split over {self.world} processes")
+        b = idx.shape[0] // self.world
+        local = torch.from_numpy(np.ascontiguousarray(idx[self.rank * b:(self.rank + 1) * b], dtype=np.int64))
+        if self.x.device == self.device:
+            x0 = self.x.index_select(0, self._to(local))                 # (b, ...) gathered on the device
+        else:
+            x0 = self._to(self.x.index_select(0, local))                 # (b, ...) gathered on the host
+        if self.channels_last and x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        return x0
 
 
-def _init_distributed(device):
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+def _fits_on_device(nbytes, device):
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)  # setup time only
+    return nbytes <= RESIDENT_FRACTION * free
 
+
+# ---- the Trainer ----------------------------------------------------------------------------------
 
 class Trainer:
-    """Model, schedule, optimiser, EMA and noise generator on one device (one rank of DDP)."""
+    """Model, schedule, optimiser, EMA and noise on one device (one rank of DDP under torchrun).
+
+    device "auto" | "cpu" | "cuda"; compile, amp, channels_last: None means on for CUDA, off on the
+    CPU; cuda_graphs: compile with mode="reduce-overhead" (CUDA only).
+    """
 
     backend = "torch"
 
     def __init__(self, cfg: TrainConfig, item_shape, device="auto", compile=None, amp=None, channels_last=None,
                  cuda_graphs=False):
-        self.cfg = cfg
-        self.item_shape = tuple(item_shape)
+        self.cfg, self.item_shape = cfg, tuple(item_shape)
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
+        self._check_flags(cuda, compile, cuda_graphs)
         if cuda:
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
         self.rank, self.world = _init_distributed(self.device)
         self.is_main = self.rank == 0
         if cfg.batch_size % self.world:
-            from reference.errors import InputError
-
             raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the number of "
                              f"processes ({self.world})")
-        self.image = len(self.item_shape) == 3
-        self.amp = cuda and cfg.dtype == "float32" if amp is None else amp
-        self.channels_last = (cuda and self.image) if channels_last is None else channels_last
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.amp = (cuda and cfg.dtype == "float32") if amp is None else bool(amp)
+        self.channels_last = (cuda and len(self.item_shape) == 3) if channels_last is None else bool(channels_last)
+        self.cuda_graphs = bool(cuda_graphs)
         self.sched = build_schedule(cfg, self.device)
-        self.model = build_model(cfg, self.item_shape).to(self.device)
+        self.model = build_model(cfg, self.item_shape).to(self.device)  # the plain module: checkpoints, EMA
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, decay=cfg.ema_decay)
-        self.opt = AdamW(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.net = self.model
+        self.opt = AdamW(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay)  # fused on CUDA
+        self.net = self._wrap(cuda, compile)
+        self.gen = torch.Generator(self.device)
+        self.check_finite = not cuda  # a per-step check is a host sync on the GPU; there the device refuses
+
+    @staticmethod
+    def _check_flags(cuda, compile, cuda_graphs):
+        if cuda_graphs and not cuda:
+            raise InputError("--cuda-graphs needs a CUDA device")
+        if cuda_graphs and compile is False:
+            raise InputError("--cuda-graphs works through torch.compile: drop --no-compile")
+
+    def _wrap(self, cuda, compile):
+        """DDP around the module (world > 1), then torch.compile around that (on by default on CUDA)."""
+        net = self.model
         if self.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
-        if compile if compile is not None else cuda:
-            self.net = torch.compile(self.net, mode="reduce-overhead" if cuda_graphs else None)
-        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1 + self.rank)
-        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.check_finite = not cuda  # a per-step check costs a host sync on the GPU; there the runner checks
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
+        if compile if compile is not None else (cuda or self.cuda_graphs):
+            net = torch.compile(net, mode="reduce-overhead" if self.cuda_graphs else None, dynamic=False)
+        return net
 
     def prepare_data(self, x):
-        """The whole dataset as one device tensor (small datasets: resident, no per-step copies)."""
-        xt = torch.as_tensor(np.ascontiguousarray(x), dtype=self.dtype, device=self.device)
-        return xt
+        """The dataset (N, ...) as a DeviceData: resident on the device when it fits (small datasets)."""
+        xt = torch.as_tensor(np.ascontiguousarray(x), dtype=self.dtype)
+        resident = _fits_on_device(xt.numel() * xt.element_size(), self.device)
+        return DeviceData(xt, self.device, self.rank, self.world, self.channels_last, resident)
 
     def step(self, x0, step):
+        """One update on THIS rank's batch x0 (what DeviceData[idx] returns; or any array, copied over).
+
+        ``step`` is the 0-based index of the update: it sets the learning rate (O4) and the noise seed.
+        """
         if not torch.is_tensor(x0):
-            x0 = torch.as_tensor(x0, dtype=self.dtype, device=self.device)
-        x0 = x0.chunk(self.world)[self.rank] if self.world > 1 else x0
-        if self.channels_last:
+            x0 = torch.as_tensor(np.asarray(x0), dtype=self.dtype).to(self.device)
+        x0 = x0.to(device=self.device, dtype=self.dtype)
+        if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        n = x0.shape[0]
-        t = torch.randint(0, self.cfg.T, (n,), device=self.device, generator=self.gen)
+        self.gen.manual_seed(noise_seed(self.cfg.seed, self.rank, step))  # host-side only, no sync
+        t = torch.randint(0, self.cfg.T, (x0.shape[0],), device=self.device, generator=self.gen)
         eps = torch.randn(x0.shape, device=self.device, dtype=self.dtype, generator=self.gen)
-        if self.channels_last:
+        if self.channels_last and x0.ndim == 4:
             eps = eps.contiguous(memory_format=torch.channels_last)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
         lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
         return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, lr,
                           self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite)
 
     def denoiser(self, use_ema=True):
+        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers."""
         model = build_model(self.cfg, self.item_shape).to(self.device)
         if use_ema:
             self.ema.copy_to(model)
@@ -182,32 +307,44 @@ class Trainer:
         return denoise
 
     def sample(self, n, seed=0, sampler="ddim", steps=None, eta=0.0, record=False, progress=None):
-        """Samples as a NumPy float32 array. The noise is drawn on the CPU with torch.Generator(seed)."""
-        gen = torch.Generator().manual_seed(seed)
-        x_T = torch.randn((n,) + self.item_shape, generator=gen, dtype=self.dtype).to(self.device)
+        """Samples as a NumPy array. The noise comes from np.random.default_rng(seed), drawn exactly as the
+        reference draws it, so one checkpoint and one seed give the same samples on both sides."""
+        rng = np.random.default_rng(seed)
+        np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        x_T = torch.from_numpy(rng.standard_normal((n,) + self.item_shape).astype(np_dtype)).to(self.device)
         steps = steps or self.cfg.sample_steps
-        res = sample_loop(self.sched, self.denoiser(), x_T, gen, sampler=sampler,
+        res = sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
                           steps=None if steps >= self.cfg.T else steps, eta=eta, prediction=self.cfg.prediction,
                           clip_x0=self.cfg.data not in TWO_D, record=record, progress=progress)
         if record:
             return res
-        return res.float().cpu().numpy()
+        return res.cpu().numpy()
 
     # ---- checkpoint state: NumPy arrays keyed by the reference's names --------------------
 
     def state_dict(self):
-        to_np = lambda sd: {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}  # noqa: E731
+        """params / ema / opt_state keyed like the reference's (no ``module.`` prefix), as NumPy arrays.
+
+        No noise-generator state: the noise of update ``step`` is seeded by (seed, rank, step).
+        """
+        def to_np(sd):
+            return {k: v.detach().contiguous().cpu().numpy().copy() for k, v in sd.items()}
+
         return {"params": to_np(self.model.state_dict()), "ema": to_np(self.ema.state_dict()),
-                "opt_state": to_np(self.opt.flat_state_dict()),
-                "rng_state": {"noise_torch": self.gen.get_state().numpy().tolist()}}
+                "opt_state": to_np(self.opt.flat_state_dict()), "rng_state": {}}
 
     def load_state_dict(self, ck):
-        dev, dt = self.device, self.dtype
-        self.model.load_state_dict({k: torch.as_tensor(v, dtype=dt) for k, v in ck["params"].items()})
-        self.ema.load_state_dict({k: torch.as_tensor(v, dtype=dt, device=dev) for k, v in ck["ema"].items()})
+        """Restore from ``state_dict()`` output or a checkpoint of either side (NumPy arrays)."""
+        self.model.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=self.dtype)
+                                    for k, v in ck["params"].items()})
+        self.ema.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=self.dtype) for k, v in ck["ema"].items()})
         self.opt.load_flat_state_dict(ck["opt_state"])
-        if "noise_torch" in ck["rng_state"]:
-            self.gen.set_state(torch.tensor(ck["rng_state"]["noise_torch"], dtype=torch.uint8))
+        # The moments must have their parameter's strides (channels_last): fused/foreach kernels walk
+        # every list as flat memory and refuse (or would misalign) tensors laid out differently.
+        for p, st in self.opt.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st and st[key].stride() != p.stride():
+                    st[key] = torch.empty_like(p).copy_(st[key])
 
 
 def train(cfg: TrainConfig, out_dir, resume=False, progress=True, overwrite=False, device="auto", compile=None,
