@@ -24,7 +24,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_cpu_port_vs_reference.py
+	$(PY) benchmarks/bench_unet_cpu.py
+	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_train_gpu.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

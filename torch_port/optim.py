@@ -89,8 +89,10 @@ def _check_state(d, named, prefixes, counter, what):
 
 
 def _as_tensor_like(x, ref):
-    """A NumPy array or tensor as a new tensor with ref's dtype and device."""
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(ref, copy=True)
+    """A NumPy array or tensor as a new tensor with ref's dtype, device and strides (e.g. channels_last,
+    which the fused/foreach AdamW kernels require to match the parameter's)."""
+    src = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return torch.empty_like(ref).copy_(src.reshape(ref.shape))
 
 
 # ----------------------------------------------------------------------------- AdamW (O1)
