@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +116,7 @@ def _atomic_savez(path, arrays):
     """np.savez into a temp file beside ``path``, fsync, then os.replace (atomic on POSIX and Windows)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _chmod_like_open(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -136,6 +136,28 @@ def _atomic_savez(path, arrays):
         pass
 
 
+def _umask():
+    """The process umask, read without changing it where the OS tells (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _chmod_like_open(fd):
+    """mkstemp makes the file private (0600); give it the mode open() would (0666 less the umask)."""
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except (AttributeError, OSError):  # not on every platform
+        pass
+
+
 # ---- loading --------------------------------------------------------------------------------------
 
 def load(path):
@@ -145,6 +167,13 @@ def load(path):
         raise InputError(f"{path} is a folder, not a checkpoint file (did you mean {path / 'ckpt.npz'}?)")
     if not path.is_file():
         raise InputError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise InputError(f"{path} is a single .npy array, not a checkpoint (.npz)")
+    if head[:4] != b"PK\x03\x04":
+        what = "an empty file" if not head else "not a zip archive"
+        raise InputError(f"cannot read checkpoint {path}: {what}, so not a valid .npz file (truncated or corrupt?)")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -153,8 +182,10 @@ def load(path):
             arrays = {k: z[k] for k in z.files}                   # read everything now: a bad member fails here
     except InputError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise InputError(f"cannot read checkpoint {path}: not a valid .npz file (truncated or corrupt?): {e}") from e
+    except Exception as e:  # noqa: BLE001 - damaged bytes surface as many types (BadZipFile, ValueError,
+        # NotImplementedError for a bad version field, SyntaxError for a bad .npy header, ...): all mean "corrupt"
+        raise InputError(f"cannot read checkpoint {path}: not a valid .npz file (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from e
     if "meta" not in arrays:
         raise InputError(f"{path} is not a ddpm-executable checkpoint: it has no 'meta' entry")
     meta = _read_meta(arrays.pop("meta"), path)

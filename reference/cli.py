@@ -386,10 +386,14 @@ def main(argv=None, backend="reference"):
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:  # train saves a checkpoint first (runner.TrainingInterrupted)
+            print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+            return getattr(e, "exit_code", 130)
+        except OSError as e:  # disk full, I/O error, ...: the system's words, no traceback
+            where = f": {e.filename}" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+            return 1
     return 0 if code is None else int(code)

@@ -1,15 +1,41 @@
 """``train``: fit a denoiser on a dataset (both sides; registered into reference/cli.py)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from . import checkpoint
 from .cli import add_command, add_demo_step, command_args
 from .config import PREDICTIONS, WEIGHTINGS, TrainConfig, config_from_json, make_config, recipe_for
 from .errors import InputError
+from .runner import validate_config
 from .schedules import SCHEDULES
+
+def _positive_int(text):
+    """argparse type: an integer >= 1 (the error names the flag and the value)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _int_list(text):
+    """argparse type: comma-separated positive integers, e.g. "1,2,2" -> (1, 2, 2)."""
+    try:
+        v = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 1,2,2, "
+                                         f"got {text!r}") from None
+    if any(p < 1 for p in v):
+        raise argparse.ArgumentTypeError(f"every multiplier must be a positive integer, got {text!r}")
+    return v
+
 
 # Flags that map one-to-one onto TrainConfig fields. Defaults are None: the dataset's tuned
 # recipe (reference/config.py) fills what the user did not say; on --resume the checkpoint does.
@@ -23,20 +49,20 @@ _FIELDS = {
     "ema_decay": (float, "decay of the exponential moving average of the weights used for sampling"),
     "T": (int, "number of diffusion steps (t is 0-based: 0..T-1, paper step t+1)"),
     "seed": (int, "seed of the initial weights, the data order and the noise"),
-    "image_size": (int, "digits/folder: resize images to this size (digits are 8x8 natively)"),
+    "image_size": (_positive_int, "digits/folder: resize images to this size (digits are 8x8 natively)"),
     "data_dir": (str, "where MNIST/Fashion-MNIST/CIFAR-10 files live (downloaded there when missing)"),
-    "n_data": (int, "train on the first N items only"),
+    "n_data": (_positive_int, "train on the first N items only"),
     "log_every": (int, "write a line to log.jsonl every N steps (the loss is read from the device only then)"),
     "sample_every": (int, "write a sample picture every N steps (0: only at the end)"),
     "save_every": (int, "checkpoint DIR/ckpt.npz every N steps (and always at the end)"),
-    "sample_steps": (int, "sampler steps for the pictures written during training"),
+    "sample_steps": (_positive_int, "sampler steps for the pictures written during training"),
 }
 _MODEL = {
-    "base_channels": (int, "UNet: channels at the first level"),
-    "channel_mults": (lambda s: tuple(int(v) for v in s.split(",")), "UNet: channel multiplier per level, e.g. 1,2,2"),
-    "num_res_blocks": (int, "UNet: residual blocks per level"),
-    "hidden": (int, "MLP (2-D data): hidden width"),
-    "num_layers": (int, "MLP (2-D data): hidden layers"),
+    "base_channels": (_positive_int, "UNet: channels at the first level"),
+    "channel_mults": (_int_list, "UNet: channel multiplier per level, e.g. 1,2,2"),
+    "num_res_blocks": (_positive_int, "UNet: residual blocks per level"),
+    "hidden": (_positive_int, "MLP (2-D data): hidden width"),
+    "num_layers": (_positive_int, "MLP (2-D data): hidden layers"),
 }
 
 
@@ -83,13 +109,13 @@ def config_from_args(args):
         d = dataclasses.asdict(cfg)
         d.update(given)
         d["model"] = {**d["model"], **model}
-        return TrainConfig.from_dict(d).validate()
+        return validate_config(TrainConfig.from_dict(d))
     base_model = recipe_for(args.data)["model"]
     unknown = [k for k in model if k not in base_model]
     if unknown:
         kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
         raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
-    return make_config(args.data, model=model, **given)
+    return validate_config(make_config(args.data, model=model, **given))
 
 
 def run(args, B):
@@ -109,9 +135,12 @@ def run(args, B):
     try:
         res = B.train.train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite, **kw)
     except TrainingDiverged as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    if "samples" in res:
+    if res.get("done"):
+        print(f"nothing to train: the checkpoint {res['ckpt']} is already at step {res['step']} "
+              f"(--steps {cfg.steps}); pass a larger --steps to continue")
+    elif "samples" in res:
         print(f"trained {res['step']} steps: checkpoint {res['ckpt']}, samples {res['samples']}, log {res['log']}")
     return 0
 

@@ -6,14 +6,27 @@ the JSONL log, pictures, atomic checkpoints, resume, and stopping cleanly on a n
 A Trainer provides: ``cfg``, ``backend``, ``step(x0_batch, step) -> (loss, grad_norm)``,
 ``sample(n, seed=..., steps=...) -> np.ndarray``, ``state_dict()`` and ``load_state_dict(d)`` with
 NumPy arrays keyed by state_dict names. ``step`` may return lazy values (torch tensors) that
-are only read every ``log_every`` steps, so a GPU step never waits for the host.
+are only read every ``log_every`` steps, so a GPU step never waits for the host; they are
+also read before every checkpoint, so a checkpoint never holds the result of a non-finite step.
+
+Reliability, in short:
+  - a checkpoint (params, EMA, optimiser, every RNG stream, config, step) is written atomically
+    every ``save_every`` steps; SIGKILL loses at most those steps and ``resume`` continues bit for bit;
+  - Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, writes a checkpoint there and raises
+    ``TrainingInterrupted`` (a second Ctrl-C stops at once); nothing is lost;
+  - a non-finite loss or gradient raises ``TrainingDiverged`` naming the step; the last good
+    checkpoint is left untouched;
+  - bad settings and data (NaN in the data, a checkpoint of another run) are refused before step 1.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +36,143 @@ from .config import TWO_D, config_from_json
 from .errors import InputError
 
 CKPT = "ckpt.npz"
+# Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
+RESUME_FIXED = ("data", "T", "schedule", "zero_terminal_snr", "prediction", "dtype", "seed", "batch_size")
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient: training stopped, the last good checkpoint is intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: training stopped at a step boundary after writing a checkpoint there.
+
+    ``exit_code`` is 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), the shell's convention.
+    """
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+
+# ---- checks before step 1 --------------------------------------------------------------------------
+
+def validate_config(cfg):
+    """cfg.validate() plus the checks it lacks, so a bad setting fails before any work, not at the end.
+
+    (sample_steps is used only for the pictures after the last step; n_data < 0 would silently drop items.)
+    """
+    cfg.validate()
+    for name in ("lr", "grad_clip", "weight_decay"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+    for name in ("sample_steps", "n_data", "image_size"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    for k, v in (cfg.model or {}).items():
+        values = v if isinstance(v, (tuple, list)) else (v,)
+        ints = [x for x in values if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))]
+        if any(x < 1 for x in ints):
+            raise InputError(f"--{k.replace('_', '-')} must be positive integer(s), got {v!r}")
+    return cfg
+
+
+def check_data(x, what="training data"):
+    """Refuse data with NaN or inf (N, ...) before training: the message names the first bad item."""
+    a = np.asarray(x)
+    if a.ndim < 1 or a.shape[0] < 1:
+        raise InputError(f"{what} is empty (shape {a.shape}): nothing to train on")
+    if a.dtype.kind in "fc":
+        ok = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)           # (N,)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise InputError(f"{what} holds non-finite values (NaN or inf) in {bad.size} item(s), first item "
+                             f"{int(bad[0])}; clean the data before training")
+    return x
+
+
+def _check_resumable(ck, cfg, trainer, path):
+    """Refuse, naming the field, a checkpoint that is not a training state of this run."""
+    backend = (ck.extra or {}).get("backend")
+    if backend is not None and backend != trainer.backend:
+        mod = "torch_port" if backend == "torch" else "reference"
+        raise InputError(f"--resume: {path} was written by the {backend} backend; resume it with "
+                         f"`python -m {mod} train ... --resume` (the noise streams of the two sides differ)")
+    missing = [what for what, v in (("EMA", ck.ema), ("optimiser state", ck.opt_state)) if not v]
+    if not ck.rng_state or "data" not in ck.rng_state:
+        missing.append("RNG state")
+    if missing:
+        raise InputError(f"--resume: {path} holds no {', '.join(missing)}: it was not written by `train` "
+                         "and cannot be resumed (it can still be sampled from)")
+    # model fields are compared one by one so the message names the flag (--hidden), not the dict
+    have = {**{k: v for k, v in ck.config.items() if k != "model"}, **(ck.config.get("model") or {})}
+    want = json.loads(cfg.to_json())
+    want = {**{k: v for k, v in want.items() if k != "model"}, **want["model"]}
+    keys = RESUME_FIXED + tuple(sorted(set((ck.config.get("model") or {})) | set(cfg.model)))
+    checkpoint.check_compatible(have, want, keys=keys)
+
+
+# ---- checkpoints and the log -----------------------------------------------------------------------
+
+def _save(trainer, path, step, data_rng):
+    st = trainer.state_dict()
+    rng_state = dict(st.get("rng_state", {}))
+    rng_state["data"] = data_rng.bit_generator.state
+    checkpoint.save(path, st["params"], ema=st["ema"], opt_state=st["opt_state"],
+                    config=json.loads(trainer.cfg.to_json()), step=step, rng_state=rng_state,
+                    extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape)})
+
+
+def _restore(trainer, ck, path):
+    try:
+        trainer.load_state_dict({"params": ck.params, "ema": ck.ema, "opt_state": ck.opt_state,
+                                 "rng_state": ck.rng_state})
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"--resume: cannot restore the training state from {path}: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def _remove_stale_temp_files(out):
+    """Temp files of a checkpoint write cut short by SIGKILL or a power cut (the checkpoint is intact)."""
+    for p in out.glob(f".{CKPT}.*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _trim_log(log_path, last_step):
+    """On resume, drop log lines written after the checkpoint (they will be written again).
+
+    A line cut short by a kill mid-write is not JSON: it is dropped too.
+    """
+    if not log_path.exists():
+        return
+    keep = []
+    for ln in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= last_step:
+            keep.append(ln)
+    log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _read_rows(pending, ckpt_path, last_saved):
+    """(step, loss, grad_norm) as floats — the only host sync — or TrainingDiverged at the first bad step."""
+    rows = [(s, float(lv), float(gv)) for s, lv, gv in pending]
+    bad = [r for r in rows if not (math.isfinite(r[1]) and math.isfinite(r[2]))]
+    if bad:
+        raise TrainingDiverged(f"training stopped: non-finite loss or gradient at step {bad[0][0]} "
+                               f"(loss={bad[0][1]}, grad_norm={bad[0][2]}). The last good checkpoint "
+                               f"(step {last_saved}) in {ckpt_path} is intact.")
+    return rows
 
 
 def _progress(total, initial, enabled):
@@ -39,21 +185,25 @@ def _progress(total, initial, enabled):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.05)
 
 
-def _save(trainer, path, step, data_rng):
-    st = trainer.state_dict()
-    rng_state = dict(st.get("rng_state", {}))
-    rng_state["data"] = data_rng.bit_generator.state
-    checkpoint.save(path, st["params"], ema=st["ema"], opt_state=st["opt_state"],
-                    config=json.loads(trainer.cfg.to_json()), step=step, rng_state=rng_state,
-                    extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape)})
-
-
-def _trim_log(log_path, last_step):
-    """On resume, drop log lines written after the checkpoint (they will be written again)."""
-    if not log_path.exists():
+@contextmanager
+def _stop_requests(enabled):
+    """While active, SIGINT/SIGTERM set ``flag["signum"]`` instead of stopping mid-step; a second one stops now."""
+    flag = {"signum": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
         return
-    keep = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
-    log_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def handler(signum, frame):
+        if flag["signum"] is not None:
+            raise KeyboardInterrupt
+        flag["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def pictures(trainer, out_dir, tag, n=64):
@@ -69,77 +219,61 @@ def pictures(trainer, out_dir, tag, n=64):
     return path
 
 
-def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
-    """Train ``trainer`` on the array ``x`` (N, ...) for ``trainer.cfg.steps`` steps."""
+# ---- the loop --------------------------------------------------------------------------------------
+
+def _start(trainer, out, resume, overwrite, data_rng, main):
+    """Restore a checkpoint (resume) or check that a fresh start overwrites nothing. Returns the first step."""
     cfg = trainer.cfg
-    main = getattr(trainer, "is_main", True)  # under torchrun only rank 0 writes
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(trainer, "prepare_data"):
-        x = trainer.prepare_data(x)  # e.g. the whole dataset resident on the GPU
     ckpt_path, log_path = out / CKPT, out / "log.jsonl"
-    data_rng = np.random.default_rng([cfg.seed, 0])
-    start = 0
+    if main:
+        _remove_stale_temp_files(out)
     if resume:
         if not ckpt_path.exists():
             raise InputError(f"--resume: no checkpoint at {ckpt_path} to resume from")
         ck = checkpoint.load(ckpt_path)
-        checkpoint.check_compatible(ck.config, json.loads(cfg.to_json()),
-                                    keys=("data", "T", "schedule", "zero_terminal_snr", "prediction", "model",
-                                          "dtype", "seed", "batch_size"))
-        trainer.load_state_dict({"params": ck.params, "ema": ck.ema, "opt_state": ck.opt_state,
-                                 "rng_state": ck.rng_state})
+        _check_resumable(ck, cfg, trainer, ckpt_path)
+        _restore(trainer, ck, ckpt_path)
         data_rng.bit_generator.state = ck.rng_state["data"]
-        start = int(ck.step)
         if main:
-            _trim_log(log_path, start)
-        if start >= cfg.steps:
-            return {"step": start, "ckpt": str(ckpt_path), "resumed": True}
-    elif ckpt_path.exists() and not overwrite:
+            _trim_log(log_path, int(ck.step))
+        return int(ck.step)
+    if ckpt_path.exists() and not overwrite:
         raise InputError(f"{ckpt_path} already exists: pass --resume to continue that run, --overwrite to "
                          "start again, or choose another --out")
-    elif overwrite and log_path.exists():
-        log_path.unlink()
+    if main and log_path.exists():
+        log_path.unlink()  # a fresh start: lines of an earlier run (e.g. killed before its first save) go
+    return 0
+
+
+def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
+    """Train ``trainer`` on the array ``x`` (N, ...) for ``trainer.cfg.steps`` steps.
+
+    Returns a dict with "step" and, on the main process, "ckpt", "samples", "log"; "done": True when a
+    resumed checkpoint had already reached ``cfg.steps`` (nothing was trained).
+    Raises InputError (bad settings, data or checkpoint: before step 1), TrainingDiverged, TrainingInterrupted.
+    """
+    cfg = validate_config(trainer.cfg)
+    main = getattr(trainer, "is_main", True)  # under torchrun only rank 0 writes
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; it must be a folder (created if missing)")
+    if resume and not (out / CKPT).exists():
+        raise InputError(f"--resume: no checkpoint at {out / CKPT} to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(x, np.ndarray):
+        check_data(x)
+    if hasattr(trainer, "prepare_data"):
+        x = trainer.prepare_data(x)  # e.g. the whole dataset resident on the GPU
+    ckpt_path, log_path = out / CKPT, out / "log.jsonl"
+    data_rng = np.random.default_rng([cfg.seed, 0])
+    start = _start(trainer, out, resume, overwrite, data_rng, main)
+    if start >= cfg.steps:
+        return {"step": start, "ckpt": str(ckpt_path), "resumed": True, "done": True}
     if main:
         (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
-
-    bar = _progress(cfg.steps, start, progress)
-    pending, t_last, n_seen, last_saved = [], time.perf_counter(), 0, start
-    with open(log_path if main else os.devnull, "a") as log:
-        for step in range(start, cfg.steps):
-            idx = data_rng.integers(0, x.shape[0], size=cfg.batch_size)
-            try:
-                loss, gnorm = trainer.step(x[idx], step)
-            except FloatingPointError as e:
-                raise TrainingDiverged(f"training stopped at step {step + 1}: {e}. The last good checkpoint "
-                                       f"(step {last_saved}) in {ckpt_path} is intact.") from None
-            pending.append((step + 1, loss, gnorm))
-            n_seen += cfg.batch_size
-            done = step + 1
-            if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
-                now = time.perf_counter()
-                rows = [(s, float(lv), float(gv)) for s, lv, gv in pending]  # the only host sync
-                bad = [r for r in rows if not (math.isfinite(r[1]) and math.isfinite(r[2]))]
-                if bad:
-                    raise TrainingDiverged(f"training stopped: non-finite loss or gradient at step {bad[0][0]}. "
-                                           f"The last good checkpoint (step {last_saved}) in {ckpt_path} is intact.")
-                s, lv, gv = rows[-1]
-                rec = {"step": s, "loss": float(np.mean([r[1] for r in rows])), "grad_norm": gv,
-                       "items_per_s": n_seen / max(now - t_last, 1e-9)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                pending, t_last, n_seen = [], now, 0
-            if bar is not None:
-                bar.update(1)
-            if main and cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-                _save(trainer, ckpt_path, done, data_rng)
-                last_saved = done
-            if main and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
-                pictures(trainer, out, f"step{done:06d}")
-    if bar is not None:
-        bar.close()
+    graceful = getattr(trainer, "world", 1) == 1   # under torchrun the launcher handles signals
+    with _stop_requests(graceful) as stop:
+        _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop)
     if not main:
         return {"step": cfg.steps}
     _save(trainer, ckpt_path, cfg.steps, data_rng)
@@ -148,6 +282,57 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
     plots.loss_curve(log_path, out / "loss.png")
     final = pictures(trainer, out, "final")
     return {"step": cfg.steps, "ckpt": str(ckpt_path), "samples": str(final), "log": str(log_path)}
+
+
+def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop):
+    cfg, out = trainer.cfg, ckpt_path.parent
+    bar = _progress(cfg.steps, start, progress)
+    pending, t_last, n_seen, last_saved = [], time.perf_counter(), 0, start
+    try:
+        with open(log_path if main else os.devnull, "a") as log:
+            for step in range(start, cfg.steps):
+                idx = data_rng.integers(0, x.shape[0], size=cfg.batch_size)
+                try:
+                    loss, gnorm = trainer.step(x[idx], step)
+                except FloatingPointError as e:
+                    raise TrainingDiverged(f"training stopped at step {step + 1}: {e}. The last good checkpoint "
+                                           f"(step {last_saved}) in {ckpt_path} is intact.") from None
+                except InputError as e:
+                    # The data and settings were checked before step 1, so a value check inside the step
+                    # that finds NaN/inf (errors.check_finite's words) met diverged numbers, not bad input.
+                    if "non-finite" not in str(e):
+                        raise
+                    raise TrainingDiverged(f"training stopped at step {step + 1}: {e}. The last good checkpoint "
+                                           f"(step {last_saved}) in {ckpt_path} is intact.") from None
+                pending.append((step + 1, loss, gnorm))
+                n_seen += cfg.batch_size
+                done = step + 1
+                if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
+                    now = time.perf_counter()
+                    rows = _read_rows(pending, ckpt_path, last_saved)
+                    rec = {"step": rows[-1][0], "loss": float(np.mean([r[1] for r in rows])),
+                           "grad_norm": rows[-1][2], "items_per_s": n_seen / max(now - t_last, 1e-9)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                    pending, t_last, n_seen = [], now, 0
+                if bar is not None:
+                    bar.update(1)
+                periodic = cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps
+                if main and (periodic or (stop["signum"] is not None and done != cfg.steps)):
+                    _read_rows(pending, ckpt_path, last_saved)  # never checkpoint a non-finite step
+                    _save(trainer, ckpt_path, done, data_rng)
+                    last_saved = done
+                if stop["signum"] is not None and done != cfg.steps:
+                    name = signal.Signals(stop["signum"]).name
+                    raise TrainingInterrupted(f"{name}: training stopped after step {done}; checkpoint {ckpt_path} "
+                                              f"saved; continue with --resume", stop["signum"])
+                if main and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+                    pictures(trainer, out, f"step{done:06d}")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def load_run_config(ckpt):

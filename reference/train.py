@@ -45,11 +45,14 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     """One optimisation step on the batch x0 with the given t (N,) and eps (like x0).
 
     Returns (loss, grad_norm) as floats; grad_norm is measured before clipping. Raises
-    NonFiniteError before touching the parameters if either is NaN or inf.
+    NonFiniteError before touching the parameters if the model output, the loss or the norm is NaN or inf.
     """
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
     out, cache = model.forward(xt, t)
+    if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
+        raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))} "
+                             "values NaN or inf)")
     # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
     loss, dout = simple_loss_and_grad(sched, out, x0, t, eps, prediction,
                                       weighting=None if weighting == "none" else weighting)
@@ -114,7 +117,13 @@ class Trainer:
                 "rng_state": {"noise": self.rng.bit_generator.state}}
 
     def load_state_dict(self, ck):
+        # load_params checks names, shapes and finiteness but binds new arrays; the optimiser and the
+        # EMA hold the old ones and update them in place, so the values are copied into those.
+        live = self.model.params
         self.model.load_params(ck["params"])
+        for k, v in self.model.params.items():
+            live[k][...] = v
+        self.model.params = live
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt_state"])
         self.rng.bit_generator.state = ck["rng_state"]["noise"]
@@ -122,6 +131,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, out_dir, resume=False, progress=True, overwrite=False):
     """Train on ``cfg.data``, writing ckpt.npz, log.jsonl and pictures into ``out_dir``."""
+    runner.validate_config(cfg)  # bad settings fail here, before the data is read
     x = datasets.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.n_data:
         x = x[: cfg.n_data]
