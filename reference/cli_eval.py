@@ -65,6 +65,12 @@ def configure(p):
 def run(args, B):
     if B.name == "reference" and args.device == "cuda":
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port eval ...`")
+    if args.n is not None and args.n < 2:
+        raise InputError(f"--n must be >= 2 (a figure needs a spread of samples), got {args.n}")
+    if args.bpd_n < 0:
+        raise InputError(f"--bpd-n must be >= 0 (0 skips bits/dim), got {args.bpd_n}")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
     trainer, ck = load_trainer(B, args.ckpt, device=args.device)
     cfg = trainer.cfg
     name = args.data or cfg.data

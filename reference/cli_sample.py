@@ -92,6 +92,8 @@ def run(args, B):
         raise InputError(f"--out must name a .npy file, got {args.out!r}")
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
     if B.name == "reference" and args.device == "cuda":
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)

@@ -164,12 +164,25 @@ add_command(
 
 
 def _demo_train(args, B, out_dir):
-    """demo: train on the digits with the tuned recipe, then the sampling pictures."""
+    """demo: train on the digits with the tuned recipe, sample with the trajectory, evaluate."""
+    from .cli import COMMANDS
+
     run_dir = out_dir / "digits"
+    steps = getattr(args, "steps", None)
+    quick = getattr(args, "quick", False)
     targs = command_args("train", ["--data", "digits", "--out", str(run_dir), "--overwrite"]
-                         + (["--steps", str(args.steps)] if getattr(args, "steps", None) else []))
-    run(targs, B)
-    return sorted(run_dir.glob("*.png"))
+                         + (["--steps", str(steps)] if steps else [])
+                         + (["--sample-every", "0", "--sample-steps", "10"] if quick else []))
+    code = run(targs, B)
+    if code:
+        return []
+    ckpt = str(run_dir / "ckpt.npz")
+    sample_steps = ["--sampler", "ddim", "--sample-steps", "10"] if quick else []
+    COMMANDS["sample"].run(command_args("sample", ["--ckpt", ckpt, "--n", "64", "--out", str(run_dir / "samples.npy"),
+                                                   "--trajectory"] + sample_steps), B)
+    COMMANDS["eval"].run(command_args("eval", ["--ckpt", ckpt, "--json", str(run_dir / "eval.json")]
+                                      + (["--n", "100"] if quick else []) + sample_steps), B)
+    return sorted(run_dir.glob("*.png")) + sorted(run_dir.glob("*.gif"))
 
 
 add_demo_step("train", _demo_train)

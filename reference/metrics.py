@@ -35,17 +35,25 @@ def sliced_wasserstein(a, b, n_proj=256, seed=0):
     return float(np.mean(np.abs(pa - pb)))
 
 
-def frechet_distance(f1, f2):
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussians fitted to two feature sets."""
-    from scipy import linalg
+def _psd_sqrt(s):
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
+
+def frechet_distance(f1, f2):
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussians fitted to two feature sets.
+
+    tr (S1 S2)^{1/2} is computed as sum sqrt(eig(S1^{1/2} S2 S1^{1/2})), a symmetric PSD matrix with
+    the same eigenvalues as S1 S2: exact, real, and fine when the covariances are singular (fewer
+    samples than feature dimensions), where scipy.linalg.sqrtm of S1 S2 is ill-conditioned.
+    """
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real  # tiny imaginary parts from round-off
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    r1 = _psd_sqrt(s1)
+    eig = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    tr_covmean = float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 class FeatureNet:

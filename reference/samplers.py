@@ -162,6 +162,19 @@ def _noises(rng_or_noises, n, x):
     return lambda k: rng_or_noises[k]
 
 
+def _warn_late_start(alpha_bar_start, t_start, T):
+    """Warn when sampling from N(0, I) starts at a kept step that still holds signal (e.g. "leading"
+    spacing skips the noisiest steps): the same prior mismatch (L8) as a too-short schedule."""
+    import math
+    import warnings
+
+    bpd = -0.5 * math.log1p(-alpha_bar_start) / math.log(2.0) if alpha_bar_start < 1 else math.inf
+    if t_start < T - 1 and bpd > schedules.PRIOR_BPD_WARN:
+        warnings.warn(f"sampling starts at t={t_start} (not T-1={T - 1}) where alpha_bar = {alpha_bar_start:.3g}: "
+                      f"x_t there is not N(0, I) (prior term up to {bpd:.3g} bits/dim). Use spacing='trailing', "
+                      "which starts at the last step.", schedules.PriorMismatchWarning, stacklevel=3)
+
+
 def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, spacing="leading", eta=0.0,
                 prediction="eps", variance="fixed_small", clip_x0=False, record=False, progress=None):
     """Run the reverse process from x_T -> samples (N, ...), or (samples, trajectory) when ``record``.
@@ -184,7 +197,8 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     kept = np.arange(sched.T) if steps is None else timesteps(sched.T, steps, spacing)
     n = kept.size
     noise_at = _noises(rng_or_noises, n, x)
-    step_sched = respace(sched, kept) if (sampler == "ddpm" and n < sched.T) else sched
+    _warn_late_start(float(sched.alpha_bar[kept[-1]]), int(kept[-1]), sched.T)
+    step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
     trajectory = []
     for k in _progress_iter(range(n), progress):
         i = n - 1 - k  # position in the kept list, from the last (noisiest) to the first

@@ -19,6 +19,7 @@ import torch
 
 from reference.errors import InputError, check_choice, check_T
 from reference.losses import _progress_iter  # non-math: progress-bar wrapping
+from reference.samplers import _warn_late_start  # non-math: the warning
 
 from . import schedules
 from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _check_values, _data, _timesteps,
@@ -213,7 +214,8 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     kept_list = kept.tolist()
     n = len(kept_list)
     noise_at = _noises(rng_or_noises, n, x)
-    step_sched = respace(sched, kept) if (sampler == "ddpm" and n < sched.T) else sched
+    _warn_late_start(float(sched.alpha_bar[kept_list[-1]]), kept_list[-1], sched.T)
+    step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
     N, trajectory = x.shape[0], []
     for k in _progress_iter(range(n), progress):
         i = n - 1 - k  # position in the kept list, from the last (noisiest) to the first

@@ -314,7 +314,8 @@ class Trainer:
         x_T = torch.from_numpy(rng.standard_normal((n,) + self.item_shape).astype(np_dtype)).to(self.device)
         steps = steps or self.cfg.sample_steps
         res = sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
-                          steps=None if steps >= self.cfg.T else steps, eta=eta, prediction=self.cfg.prediction,
+                          steps=None if steps >= self.cfg.T else steps, spacing="trailing", eta=eta,
+                          prediction=self.cfg.prediction,
                           clip_x0=self.cfg.data not in TWO_D, record=record, progress=progress)
         if record:
             return res
@@ -350,6 +351,7 @@ class Trainer:
 def train(cfg: TrainConfig, out_dir, resume=False, progress=True, overwrite=False, device="auto", compile=None,
           amp=None, channels_last=None, cuda_graphs=False):
     """Train on ``cfg.data`` with the port, writing ckpt.npz, log.jsonl and pictures into ``out_dir``."""
+    runner.validate_config(cfg)  # bad settings fail here, before the data is read
     x = datasets.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.n_data:
         x = x[: cfg.n_data]

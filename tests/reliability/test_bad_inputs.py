@@ -131,7 +131,7 @@ CLI_CASES = {
                       "--n must be >= 1"),
     "sample not npy": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.txt"], "must name a .npy"),
     "sample negative steps": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy",
-                               "--sample-steps", "-3"], "sampling steps"),
+                               "--sample-steps", "-3"], "--sample-steps must be >= 1"),
     "sample bad eta": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy", "--sampler", "ddim",
                         "--sample-steps", "2", "--eta", "-1"], "eta must be"),
     "sample unknown sampler": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy", "--sampler", "euler"],
