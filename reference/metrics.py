@@ -56,9 +56,14 @@ def frechet_distance(f1, f2):
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
+FEATURE_DIM = 32
+
+
 class FeatureNet:
-    """A small MLP classifier (flattened image -> 256 -> 128 -> classes) in NumPy, trained with
-    plain minibatch Adam on the dataset's labels. Its 128-d penultimate layer gives the features."""
+    """A small MLP classifier (flattened image -> 256 -> 32 -> classes) in NumPy, trained with
+    plain minibatch Adam on the dataset's labels. Its 32-d penultimate layer gives the features:
+    few enough dimensions that covariances estimated from a few hundred samples are meaningful
+    (the Frechet distance's sampling noise grows with dimension / sample count)."""
 
     def __init__(self, params):
         self.params = params
@@ -80,7 +85,7 @@ class FeatureNet:
         rng = np.random.default_rng(seed)
         x = np.asarray(x, np.float64).reshape(len(x), -1)
         y = np.asarray(y, np.int64)
-        k, dims = int(y.max()) + 1, [x.shape[1], 256, 128]
+        k, dims = int(y.max()) + 1, [x.shape[1], 256, FEATURE_DIM]
         p = {}
         for i, (a, b) in enumerate(zip(dims, dims[1:] + [k]), start=1):
             p[f"w{i}"] = rng.standard_normal((b, a)) * np.sqrt(2.0 / a)
@@ -120,7 +125,7 @@ def _cache_dir():
 def feature_net(name, x_train, y_train, cache=True):
     """The dataset's feature classifier, trained on first use and cached by a hash of the data."""
     key = hashlib.sha1(np.ascontiguousarray(x_train, np.float32).tobytes()).hexdigest()[:16]
-    path = _cache_dir() / f"featurenet_{name.replace('/', '_').replace(':', '_')}_{key}.npz"
+    path = _cache_dir() / f"featurenet{FEATURE_DIM}_{name.replace('/', '_').replace(':', '_')}_{key}.npz"
     if cache and path.exists():
         try:
             with np.load(path) as f:
