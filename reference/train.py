@@ -104,7 +104,7 @@ class Trainer:
         x_T = rng.standard_normal((n,) + self.item_shape).astype(self.dtype)
         steps = steps or self.cfg.sample_steps
         return sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
-                           steps=None if steps >= self.cfg.T else steps, spacing="trailing", eta=eta,
+                           steps=None if steps >= self.cfg.T else steps, eta=eta,
                            prediction=self.cfg.prediction, clip_x0=self.cfg.data not in TWO_D,
                            record=record, progress=progress)
 

@@ -348,3 +348,40 @@ def test_ddim_eps_prediction_refused_at_zero_terminal_snr(rng):
         samplers.ddim_step(sched, xt, xt, 99, 50, None)
     x, x0 = samplers.ddim_step(sched, xt, xt, 99, 50, None, prediction="v")  # v is fine there
     assert np.all(np.isfinite(x))
+
+
+def test_A5_leading_start_with_signal_left_warns_and_trailing_does_not(rng):
+    sched = _sched("linear", T=1000)
+    x = rng.standard_normal((4, 2))
+    den = _x0_knowing(sched, np.zeros((4, 2)))
+    # 5 leading steps keep 0, 200, ..., 800: alpha_bar at t=800 is ~2e-4 * e^... check the warning names it
+    with pytest.warns(schedules.PriorMismatchWarning, match=r"sampling starts at t=\d+ \(not T-1=999\)"):
+        samplers.sample_loop(sched, den, x, rng, sampler="ddim", steps=2, spacing="leading")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samplers.sample_loop(sched, den, x, rng, sampler="ddim", steps=2, spacing="trailing")
+        samplers.sample_loop(sched, den, x, rng, sampler="ddim", steps=50, spacing="leading")  # starts at 980: fine
+
+
+def test_A5_trailing_amplifies_eps_errors_on_the_clipped_cosine_step(rng):
+    """Why the CLI's default spacing is "leading": the cosine schedule's last beta is clipped to 0.999, so
+    alpha_bar_{T-1} ~ 2.4e-9 and x0_hat = (x - sqrt(1 - abar) eps_hat) / sqrt(abar) multiplies an eps error
+    by ~2e4 (R1). A deterministic DDIM jump from T-1 carries sqrt(abar_prev) times that error, while the
+    leading start (t = 980, abar ~ 1e-3, prior term < 1e-3 bits/dim) never divides by the tiny alpha_bar."""
+    from reference.oracle import GaussianOracle
+
+    sched = _sched("cosine", T=1000)
+    exact = GaussianOracle(np.full(2, 0.5), var=np.full(2, 0.05**2)).denoiser(sched)   # (G1), exact eps
+    off = lambda xt, t: exact(xt, t) + 1e-3                                             # noqa: E731
+    x_T = rng.standard_normal((8, 2))
+    dev = {}
+    for s in ("leading", "trailing"):
+        a = samplers.sample_loop(sched, exact, x_T, rng, sampler="ddim", steps=50, spacing=s)
+        b = samplers.sample_loop(sched, off, x_T, rng, sampler="ddim", steps=50, spacing=s)
+        dev[s] = float(np.max(np.abs(a - b)))           # what an eps error of 1e-3 does to the samples
+    amp = np.sqrt((1 - sched.alpha_bar[-1]) / sched.alpha_bar[-1])   # the (R1) factor at t = T-1
+    assert amp > 1e4
+    # measured: leading 3.3e-4, trailing 2.3e-2 (70x)
+    assert dev["leading"] < 1e-3 and dev["trailing"] > 20 * dev["leading"]
