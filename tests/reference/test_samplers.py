@@ -354,7 +354,7 @@ def test_A5_leading_start_with_signal_left_warns_and_trailing_does_not(rng):
     sched = _sched("linear", T=1000)
     x = rng.standard_normal((4, 2))
     den = _x0_knowing(sched, np.zeros((4, 2)))
-    # 5 leading steps keep 0, 200, ..., 800: alpha_bar at t=800 is ~2e-4 * e^... check the warning names it
+    # 2 leading steps keep t = 0 and 500: sampling from N(0, I) at t=500, where alpha_bar ~ 0.08
     with pytest.warns(schedules.PriorMismatchWarning, match=r"sampling starts at t=\d+ \(not T-1=999\)"):
         samplers.sample_loop(sched, den, x, rng, sampler="ddim", steps=2, spacing="leading")
     import warnings
