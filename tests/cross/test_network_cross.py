@@ -1,0 +1,124 @@
+"""Same parameters in the NumPy reference (hand-written backward) and the torch port (autograd).
+
+The reference's params are loaded into the torch model with load_state_dict; outputs, input
+gradients and EVERY parameter gradient must agree (max-abs relative error per tensor):
+float64 within TOL["net64"], float32 within TOL["net32"] (TF32 off).
+"""
+import numpy as np
+import pytest
+from gradcheck import rel_max_error
+from tolerances import TOL
+
+torch = pytest.importorskip("torch")
+
+from reference import layers as RL  # noqa: E402
+from reference import unet as R  # noqa: E402
+from torch_port import layers as TL  # noqa: E402
+from torch_port import unet as T  # noqa: E402
+
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
+SMALL_UNET = dict(in_channels=2, base_channels=8, channel_mults=(1, 2), attention=(False, True), groups=4)
+CONFIGS = {
+    "unet_small": (R.UNet, T.UNet, SMALL_UNET, (3, 2, 8, 8)),
+    "unet_two_blocks_three_levels": (R.UNet, T.UNet, dict(SMALL_UNET, channel_mults=(1, 2, 2), num_res_blocks=2,
+                                                          attention=(True, False, True)), (2, 2, 8, 8)),
+    "unet_default_8x8": (R.UNet, T.UNet, dict(), (2, 1, 8, 8)),
+    "mlp": (R.MLP, T.MLP, dict(hidden=32, num_layers=3, time_dim=16), (7, 2)),
+}
+
+
+def twin_models(config_name, dtype, rng):
+    """Reference and torch models of one configuration holding the same random parameters."""
+    ref_cls, torch_cls, kw, shape = CONFIGS[config_name]
+    ref = ref_cls(**kw, dtype=dtype)
+    ref.load_params({k: rng.uniform(-0.3, 0.3, v.shape) + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
+                     for k, v in ref.params.items()})  # random everywhere: the final layer too
+    port = torch_cls(**kw, dtype=dtype)
+    port.load_state_dict({k: torch.from_numpy(v) for k, v in ref.params.items()})
+    return ref, port, shape
+
+
+def run_both(ref, port, x, t, dout):
+    out, cache = ref.forward(x, t)
+    dx, grads = ref.backward(dout, cache)
+    port.zero_grad(set_to_none=True)
+    xt = torch.from_numpy(x).requires_grad_()
+    out_t = port(xt, torch.from_numpy(t))
+    out_t.backward(torch.from_numpy(dout))
+    grads_t = {k: p.grad.numpy() for k, p in port.named_parameters()}
+    return (out, dx, grads), (out_t.detach().numpy(), xt.grad.numpy(), grads_t)
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("dtype,tol", [(np.float64, TOL["net64"]), (np.float32, TOL["net32"])], ids=["f64", "f32"])
+def test_B1_to_B9_outputs_and_every_gradient_agree_with_torch(config_name, dtype, tol, rng):
+    ref, port, shape = twin_models(config_name, dtype, rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    t = rng.integers(0, 1000, size=shape[0])
+    dout = rng.standard_normal(shape).astype(dtype)
+    (out, dx, grads), (out_t, dx_t, grads_t) = run_both(ref, port, x, t, dout)
+    assert out.dtype == out_t.dtype == dx.dtype == dtype
+    assert rel_max_error(out, out_t) <= tol
+    assert rel_max_error(dx, dx_t) <= tol
+    assert grads.keys() == grads_t.keys()
+    errors = {k: rel_max_error(grads[k], grads_t[k]) for k in grads}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= tol, f"worst parameter gradient {worst}: {errors[worst]:.2e}"
+
+
+@pytest.mark.parametrize("kw", [dict(), SMALL_UNET, dict(in_channels=3, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+                                                           attention=(False, True, False, True), out_channels=6)])
+def test_param_names_and_shapes_equal_state_dict(kw):
+    ref, port = R.UNet(**kw), T.UNet(**kw)
+    sd = port.state_dict()
+    assert list(ref.params) == list(sd)
+    assert all(ref.params[k].shape == tuple(sd[k].shape) for k in sd)
+    mlp_ref, mlp_port = R.MLP(num_layers=4), T.MLP(num_layers=4)
+    mlp_sd = mlp_port.state_dict()
+    assert list(mlp_ref.params) == list(mlp_sd)
+    assert all(mlp_ref.params[k].shape == tuple(mlp_sd[k].shape) for k in mlp_sd)
+
+
+def test_B6_time_embedding_is_the_same_formula_on_both_sides():
+    t = np.array([0, 1, 17, 500, 999])
+    for dim in (4, 32, 128):
+        assert rel_max_error(TL.timestep_embedding(torch.from_numpy(t), dim).numpy(),
+                             RL.timestep_embedding(t, dim)) <= TOL["cross64"]
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (3, 2, 0), (1, 1, 0), (1, 2, 0)])
+def test_B1_B2_conv_layer_matches_torch_conv2d(k, stride, padding, rng):
+    """Odd sizes: F.conv2d (NCHW) against conv2d_forward/backward (NHWC), float64."""
+    x, w, b = rng.standard_normal((2, 3, 7, 5)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
+    out, cache = RL.conv2d_forward(x.transpose(0, 2, 3, 1), w, b, stride, padding)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = RL.conv2d_backward(dout, cache)
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+    out_t = torch.nn.functional.conv2d(xt, wt, bt, stride, padding)
+    out_t.backward(torch.from_numpy(dout.transpose(0, 3, 1, 2).copy()))
+    assert rel_max_error(out.transpose(0, 3, 1, 2), out_t.detach().numpy()) <= TOL["net64"]
+    assert rel_max_error(dx.transpose(0, 3, 1, 2), xt.grad.numpy()) <= TOL["net64"]
+    assert rel_max_error(dw, wt.grad.numpy()) <= TOL["net64"]
+    assert rel_max_error(db, bt.grad.numpy()) <= TOL["net64"]
+
+
+def test_torch_unet_channels_last_gives_the_same_output(rng):
+    port = T.UNet(**SMALL_UNET, dtype=torch.float64, seed=4)
+    torch.nn.init.normal_(port.conv_out.weight)  # non-zero output
+    x = torch.from_numpy(rng.standard_normal((2, 2, 8, 8)))
+    t = torch.tensor([3, 800])
+    out = port(x, t)
+    port_cl = port.to(memory_format=torch.channels_last)
+    out_cl = port_cl(x.contiguous(memory_format=torch.channels_last), t)
+    assert rel_max_error(out_cl.detach().numpy(), out.detach().numpy()) <= TOL["net64"]
+
+
+@pytest.mark.slow
+def test_torch_unet_compiles_and_matches_eager(rng):
+    port = T.UNet(**SMALL_UNET, seed=5)
+    torch.nn.init.normal_(port.conv_out.weight)
+    x, t = torch.from_numpy(rng.standard_normal((2, 2, 8, 8)).astype(np.float32)), torch.tensor([3, 800])
+    compiled = torch.compile(port, fullgraph=True)
+    assert rel_max_error(compiled(x, t).detach().numpy(), port(x, t).detach().numpy()) <= TOL["net32"]

@@ -1,0 +1,155 @@
+"""Whole-network backward of reference/unet.py against finite differences, shapes, dtypes, loading.
+
+Gradient checks run in float64 with randomised parameters (the default init zeroes the final layer,
+which would make every earlier gradient trivially zero): for the input and for every parameter
+tensor, the directional derivative along a random direction, by central differences, must match
+<grad, direction> within TOL["fd64_dir"].
+"""
+import numpy as np
+import pytest
+from gradcheck import directional_derivative, rel_error, same, snapshot
+from tolerances import TOL
+
+from reference.errors import InputError
+from reference.unet import MLP, UNet
+
+SMALL_UNET = dict(in_channels=2, base_channels=8, channel_mults=(1, 2), attention=(False, True), groups=4)
+
+
+def randomise(model, rng):
+    """Random parameters everywhere (GroupNorm scales around 1), loaded through load_params."""
+    model.load_params({k: rng.uniform(-0.5, 0.5, v.shape) + (1.0 if k.endswith("norm1.weight") else 0.0)
+                       for k, v in model.params.items()})
+
+
+def check_directional(model, x, t, rng):
+    """Worst relative error over the input and every parameter tensor (one random direction each)."""
+    out, cache = model.forward(x, t)
+    R = rng.standard_normal(out.shape)
+    dx, grads = model.backward(R, cache)
+    f = lambda: float(np.sum(model.forward(x, t)[0] * R))
+    worst = {}
+    for name, arr, g in [("x", x, dx)] + [(k, model.params[k], grads[k]) for k in model.params]:
+        d = rng.standard_normal(arr.shape)
+        worst[name] = rel_error(directional_derivative(f, [arr], [d]), np.sum(g * d))
+    return max(worst.values()), max(worst, key=worst.get)
+
+
+@pytest.mark.parametrize("config,size", [
+    (SMALL_UNET, 8),
+    (dict(SMALL_UNET, num_res_blocks=2, attention=(True, False)), 4),
+], ids=["attention_low_and_mid", "two_blocks_attention_top"])
+def test_B1_to_B9_unet_gradients_match_directional_finite_differences(config, size, rng):
+    model = UNet(**config, dtype=np.float64, seed=3)
+    randomise(model, rng)
+    x = rng.standard_normal((2, 2, size, size))
+    err, name = check_directional(model, x, np.array([0, 917]), rng)
+    assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
+
+
+def test_B4_B7_B8_mlp_gradients_match_directional_finite_differences(rng):
+    model = MLP(in_dim=2, hidden=16, num_layers=3, time_dim=8, dtype=np.float64, seed=1)
+    randomise(model, rng)
+    err, name = check_directional(model, rng.standard_normal((5, 2)), np.array([0, 1, 10, 500, 999]), rng)
+    assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
+
+
+def test_B8_unet_backward_mutates_neither_dout_nor_cache(rng):
+    model = UNet(**SMALL_UNET, dtype=np.float64)
+    randomise(model, rng)
+    out, cache = model.forward(rng.standard_normal((2, 2, 8, 8)), np.array([1, 2]))
+    dout = rng.standard_normal(out.shape)
+    dout0, cache0 = dout.copy(), snapshot(cache)
+    dx1, g1 = model.backward(dout, cache)
+    assert np.array_equal(dout, dout0) and same(cache, cache0)
+    dx2, g2 = model.backward(dout, cache)  # a second backward from the same cache gives the same answer
+    assert np.array_equal(dx1, dx2) and same(g1, g2)
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_unet_output_shapes_and_float32_default(size, rng):
+    model = UNet(in_channels=3)
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    out, cache = model.forward(x, np.array([0, 999]))
+    assert out.shape == x.shape and out.dtype == np.float32
+    dx, grads = model.backward(np.ones_like(out), cache)
+    assert dx.shape == x.shape and dx.dtype == np.float32
+    assert list(grads) == list(model.params)
+    assert all(grads[k].shape == p.shape and grads[k].dtype == np.float32 for k, p in model.params.items())
+
+
+def test_unet_out_channels_and_float64(rng):
+    model = UNet(in_channels=1, out_channels=2, base_channels=8, channel_mults=(1, 2), attention=(False, True),
+                 groups=4, dtype=np.float64)
+    out, _ = model.forward(rng.standard_normal((1, 1, 8, 8)), np.array([5]))
+    assert out.shape == (1, 2, 8, 8) and out.dtype == np.float64
+    assert all(p.dtype == np.float64 for p in model.params.values())
+
+
+def test_init_is_seeded_without_global_state_and_final_layer_is_zero(rng):
+    state = np.random.get_state()[1].copy()
+    a, b, c = UNet(**SMALL_UNET, seed=0), UNet(**SMALL_UNET, seed=0), UNet(**SMALL_UNET, seed=1)
+    assert np.array_equal(np.random.get_state()[1], state)  # the global RNG was not touched
+    assert same(a.params, b.params) and not same(a.params, c.params)
+    # zero final conv: the untrained network predicts 0
+    out, _ = a.forward(rng.standard_normal((2, 2, 8, 8)), np.array([3, 4]))
+    assert not np.any(out) and not np.any(a.params["conv_out.weight"])
+    out, _ = MLP(hidden=8, time_dim=8).forward(rng.standard_normal((3, 2)), np.array([0, 1, 2]))
+    assert not np.any(out)
+
+
+def test_param_names_follow_the_state_dict_scheme():
+    names = list(UNet().params)
+    for key in ["time_mlp.fc1.weight", "conv_in.weight", "down.0.res.0.norm1.weight", "down.0.res.0.conv1.weight",
+                "down.0.res.0.temb_proj.weight", "down.0.downsample.weight", "down.1.res.0.skip.weight",
+                "down.2.attn.0.qkv.weight", "mid.res1.conv2.weight", "mid.attn.proj.weight",
+                "up.2.res.0.skip.weight", "up.1.upsample.weight", "norm_out.weight", "conv_out.bias"]:
+        assert key in names
+    assert "down.2.downsample.weight" not in names and "up.0.upsample.weight" not in names
+    p = UNet().params
+    assert p["down.0.res.0.conv1.weight"].shape == (32, 32, 3, 3)  # OIHW
+    assert p["time_mlp.fc1.weight"].shape == (128, 32)  # linear (out, in)
+    assert p["down.2.attn.0.qkv.weight"].shape == (192, 64, 1, 1)
+    assert list(MLP(num_layers=2).params) == [
+        "time_mlp.fc1.weight", "time_mlp.fc1.bias", "time_mlp.fc2.weight", "time_mlp.fc2.bias",
+        "in_proj.weight", "in_proj.bias", "layers.0.weight", "layers.0.bias", "layers.1.weight",
+        "layers.1.bias", "out_proj.weight", "out_proj.bias"]
+
+
+def test_load_params_casts_and_names_bad_keys(rng):
+    model = UNet(**SMALL_UNET)
+    good = {k: rng.standard_normal(v.shape) for k, v in model.params.items()}  # float64 values
+    model.load_params(good)
+    assert all(p.dtype == np.float32 for p in model.params.values())
+    assert np.array_equal(model.params["conv_in.weight"], good["conv_in.weight"].astype(np.float32))
+    with pytest.raises(InputError, match="missing keys \\['conv_in.bias'\\]"):
+        model.load_params({k: v for k, v in good.items() if k != "conv_in.bias"})
+    with pytest.raises(InputError, match="unexpected keys \\['extra.weight'\\]"):
+        model.load_params({**good, "extra.weight": np.zeros(1)})
+    bad = dict(good, **{"mid.res1.conv1.weight": np.zeros((16, 16, 1, 1))})
+    with pytest.raises(InputError, match="'mid.res1.conv1.weight' has shape \\(16, 16, 1, 1\\)"):
+        model.load_params(bad)
+    nan = dict(good, **{"norm_out.bias": np.full(8, np.nan)})
+    with pytest.raises(InputError, match="norm_out.bias"):
+        model.load_params(nan)
+
+
+def test_bad_inputs_raise_input_error(rng):
+    model = UNet(**SMALL_UNET)
+    x = rng.standard_normal((2, 2, 8, 8))
+    with pytest.raises(InputError, match="divisible by 2"):
+        model.forward(rng.standard_normal((2, 2, 7, 8)), np.array([0, 1]))
+    with pytest.raises(InputError, match="\\(N, 2, H, W\\)"):
+        model.forward(rng.standard_normal((2, 3, 8, 8)), np.array([0, 1]))
+    with pytest.raises(InputError, match="integer"):
+        model.forward(x, np.array([0.5, 1.0]))
+    with pytest.raises(InputError, match=">= 0"):
+        model.forward(x, np.array([-1, 1]))
+    with pytest.raises(InputError, match="shape \\(2,\\)"):
+        model.forward(x, np.array([0, 1, 2]))
+    with pytest.raises(InputError, match="groups"):
+        UNet(base_channels=12, groups=8)
+    with pytest.raises(InputError, match="one flag per level"):
+        UNet(channel_mults=(1, 2), attention=(False,))
+    with pytest.raises(InputError, match="\\(N, 2\\)"):
+        MLP().forward(rng.standard_normal((3, 3)), np.array([0, 1, 2]))
