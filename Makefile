@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m reference demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

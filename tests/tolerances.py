@@ -13,6 +13,9 @@ Why each value:
   net64     float64 whole networks: relative 1e-8.
   fd64      central finite differences in float64 on smooth inputs: truncation O(h^2) with
             h = 1e-6 and rounding O(eps/h): relative error <= 1e-7 per layer.
+  fd64_dir  a whole network's directional derivative in float64 with a fourth-order stencil, h = 1e-3:
+            truncation ~h^4 ~ 1e-12, rounding ~1e-13 |f| / h; small directional derivatives need the
+            slack, so 1e-6 relative.
   mc_z      Monte Carlo: an estimate must lie within 5 standard errors of the truth
             (false-failure probability ~ 6e-7 per comparison at fixed seeds).
 """
