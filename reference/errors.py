@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import math
 
 import numpy as np
 
@@ -94,3 +95,28 @@ def check_batched(x, name):
     if np.ndim(x) < 1:
         raise InputError(f"{name} must be a batch with the batch dimension first, (N, ...), got a scalar")
     return x
+
+
+def check_number(x, name, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
+    """A finite real number in [lo, hi] (ends open where asked); returns it as a Python float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+        raise InputError(f"{name} must be a finite number, got {x!r}")
+    x = float(x)
+    if x < lo or (lo_open and x == lo) or x > hi or (hi_open and x == hi):
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise InputError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {x!r}")
+    return x
+
+
+def check_int(x, name, lo=0):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
+        raise InputError(f"{name} must be an integer >= {lo}, got {x!r}")
+    return int(x)
+
+
+def check_max_norm(max_norm):
+    """max_norm > 0; inf means no clipping (the coefficient is then exactly 1), as in torch."""
+    if not isinstance(max_norm, bool) and isinstance(max_norm, (int, float, np.integer, np.floating)) \
+            and max_norm == math.inf:
+        return math.inf
+    return check_number(max_norm, "max_norm", lo_open=True)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .errors import InputError, check_choice
+from .errors import InputError, check_choice, check_int, check_max_norm, check_number
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -24,31 +24,6 @@ CLIP_EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def _check_number(x, name, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
-    """A finite real number in [lo, hi] (ends open where asked); returns it as a Python float."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
-        raise InputError(f"{name} must be a finite number, got {x!r}")
-    x = float(x)
-    if x < lo or (lo_open and x == lo) or x > hi or (hi_open and x == hi):
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise InputError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {x!r}")
-    return x
-
-
-def _check_int(x, name, lo=0):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
-        raise InputError(f"{name} must be an integer >= {lo}, got {x!r}")
-    return int(x)
-
-
-def _check_max_norm(max_norm):
-    """max_norm > 0; inf means no clipping (the coefficient is then exactly 1), as in torch."""
-    if not isinstance(max_norm, bool) and isinstance(max_norm, (int, float, np.integer, np.floating)) \
-            and max_norm == math.inf:
-        return math.inf
-    return _check_number(max_norm, "max_norm", lo_open=True)
 
 
 def _check_params(params):
@@ -106,13 +81,13 @@ class AdamW:
 
     def __init__(self, params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         self.params = _check_params(params)
-        self.lr = _check_number(lr, "lr")
+        self.lr = check_number(lr, "lr")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise InputError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.beta1 = _check_number(betas[0], "beta1", 0.0, 1.0, hi_open=True)
-        self.beta2 = _check_number(betas[1], "beta2", 0.0, 1.0, hi_open=True)
-        self.eps = _check_number(eps, "eps")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.beta1 = check_number(betas[0], "beta1", 0.0, 1.0, hi_open=True)
+        self.beta2 = check_number(betas[1], "beta2", 0.0, 1.0, hi_open=True)
+        self.eps = check_number(eps, "eps")
+        self.weight_decay = check_number(weight_decay, "weight_decay")
         self.m = {k: np.zeros_like(p) for k, p in params.items()}  # first moments, zero at t=0
         self.v = {k: np.zeros_like(p) for k, p in params.items()}  # second moments, zero at t=0
         self.step_count = 0
@@ -125,7 +100,7 @@ class AdamW:
         """
         _check_like(grads, self.params, "grads")
         if lr is not None:
-            self.lr = _check_number(lr, "lr")
+            self.lr = check_number(lr, "lr")
         lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
         self.step_count += 1
         t = self.step_count
@@ -191,7 +166,7 @@ class EMA:
 
     def __init__(self, params, decay=0.9999, warmup=False):
         _check_params(params)
-        self.decay = _check_number(decay, "decay", 0.0, 1.0)
+        self.decay = check_number(decay, "decay", 0.0, 1.0)
         if not isinstance(warmup, bool):
             raise InputError(f"warmup must be True or False, got {warmup!r}")
         self.warmup = warmup
@@ -231,7 +206,7 @@ class EMA:
         for k, s in self.params.items():
             s[...] = np.asarray(d[k])
         if num_updates is not None:
-            self.num_updates = _check_int(num_updates, "num_updates")
+            self.num_updates = check_int(num_updates, "num_updates")
 
 
 # ----------------------------------------------------------------------------- clipping (O3)
@@ -248,7 +223,7 @@ def clip_grad_norm(grads, max_norm):
     """
     if not isinstance(grads, dict):
         raise InputError(f"grads must be a dict name -> np.ndarray, got {type(grads).__name__}")
-    max_norm = _check_max_norm(max_norm)
+    max_norm = check_max_norm(max_norm)
     # (O3)  ||g_k|| per tensor, then ||g|| = sqrt(sum_k ||g_k||^2): the norm of the per-tensor norms
     norms = [math.sqrt(float(np.sum(np.square(np.asarray(g, dtype=np.float64))))) for g in grads.values()]
     total_norm = math.sqrt(sum(n * n for n in norms))
@@ -272,13 +247,13 @@ def lr_at(step, base_lr, warmup_steps=0, total_steps=None, schedule="constant"):
     so lr = base_lr at step W, base_lr/2 halfway and 0 from step total_steps on.
     """
     check_choice(schedule, LR_SCHEDULES, "learning-rate schedule")
-    step = _check_int(step, "step")
-    base_lr = _check_number(base_lr, "base_lr")
-    W = _check_int(warmup_steps, "warmup_steps")
+    step = check_int(step, "step")
+    base_lr = check_number(base_lr, "base_lr")
+    W = check_int(warmup_steps, "warmup_steps")
     if schedule == "cosine":
         if total_steps is None:
             raise InputError("the cosine learning-rate schedule needs total_steps")
-        total_steps = _check_int(total_steps, "total_steps", lo=W + 1)
+        total_steps = check_int(total_steps, "total_steps", lo=W + 1)
     if step < W:
         # (O4)  lr = base_lr (step + 1) / W   linear warmup
         return base_lr * (step + 1) / W

@@ -226,7 +226,7 @@ class UNet(_Model):
         self._build()
 
     def _build(self):
-        td, nrb, chans = self.time_dim, self.num_res_blocks, self.chans
+        td, chans = self.time_dim, self.chans
         self._add_linear("time_mlp.fc1", self.emb_dim, td)
         self._add_linear("time_mlp.fc2", td, td)
         self._add_conv("conv_in", self.in_channels, chans[0], 3)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from reference.errors import InputError, check_choice
+from reference.errors import InputError, check_choice, check_int, check_max_norm, check_number
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -25,31 +25,6 @@ CLIP_EPS = 1e-6
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _check_number(x, name, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
-    """A finite real number in [lo, hi] (ends open where asked); returns it as a Python float."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
-        raise InputError(f"{name} must be a finite number, got {x!r}")
-    x = float(x)
-    if x < lo or (lo_open and x == lo) or x > hi or (hi_open and x == hi):
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise InputError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {x!r}")
-    return x
-
-
-def _check_int(x, name, lo=0):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < lo:
-        raise InputError(f"{name} must be an integer >= {lo}, got {x!r}")
-    return int(x)
-
-
-def _check_max_norm(max_norm):
-    """max_norm > 0; inf means no clipping (the coefficient is then exactly 1), as in torch."""
-    if not isinstance(max_norm, bool) and isinstance(max_norm, (int, float, np.integer, np.floating)) \
-            and max_norm == math.inf:
-        return math.inf
-    return _check_number(max_norm, "max_norm", lo_open=True)
 
 
 def _named(params, what="params"):
@@ -103,7 +78,7 @@ def _take_lr_argument(opt, args, kwargs):
     if kwargs.get("lr") is None:
         kwargs.pop("lr", None)
         return args, kwargs
-    lr = _check_number(kwargs.pop("lr"), "lr")
+    lr = check_number(kwargs.pop("lr"), "lr")
     for group in opt.param_groups:
         group["lr"] = lr
     return args, kwargs
@@ -130,15 +105,15 @@ class AdamW(torch.optim.AdamW):
 
     def __init__(self, params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         named = _named(params)
-        lr = _check_number(lr, "lr")
+        lr = check_number(lr, "lr")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise InputError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = (_check_number(betas[0], "beta1", 0.0, 1.0, hi_open=True),
-                 _check_number(betas[1], "beta2", 0.0, 1.0, hi_open=True))
+        betas = (check_number(betas[0], "beta1", 0.0, 1.0, hi_open=True),
+                 check_number(betas[1], "beta2", 0.0, 1.0, hi_open=True))
         on_cuda = len(named) > 0 and all(p.is_cuda for p in named.values())
         kernel = {"fused": True} if on_cuda else {"foreach": True}
-        super().__init__(list(named.values()), lr=lr, betas=betas, eps=_check_number(eps, "eps"),
-                         weight_decay=_check_number(weight_decay, "weight_decay"), **kernel)
+        super().__init__(list(named.values()), lr=lr, betas=betas, eps=check_number(eps, "eps"),
+                         weight_decay=check_number(weight_decay, "weight_decay"), **kernel)
         self.param_names = list(named)  # flat state-dict keys, in param_groups[0]["params"] order
         self.step_count = 0  # a Python int: reading it never syncs with the device
         # step(closure=None, lr=None): torch's step plus the reference's lr argument. Done with
@@ -197,7 +172,7 @@ class EMA:
 
     def __init__(self, params, decay=0.9999, warmup=False):
         named = _named(params)
-        self.decay = _check_number(decay, "decay", 0.0, 1.0)
+        self.decay = check_number(decay, "decay", 0.0, 1.0)
         if not isinstance(warmup, bool):
             raise InputError(f"warmup must be True or False, got {warmup!r}")
         self.warmup = warmup
@@ -253,7 +228,7 @@ class EMA:
                                      f"expected {tuple(s.shape)}")
                 s.copy_(_as_tensor_like(state_dict[k], s))
         if num_updates is not None:
-            self.num_updates = _check_int(num_updates, "num_updates")
+            self.num_updates = check_int(num_updates, "num_updates")
 
 
 # ----------------------------------------------------------------------------- clipping (O3)
@@ -269,7 +244,7 @@ def clip_grad_norm(parameters_or_grads, max_norm):
         place, exactly torch.nn.utils.clip_grad_norm_, and returns total_norm alone.
     max_norm = inf measures the norm without clipping.
     """
-    max_norm = _check_max_norm(max_norm)
+    max_norm = check_max_norm(max_norm)
     if isinstance(parameters_or_grads, Mapping):
         grads = _named(parameters_or_grads, "grads")
         # (O3)  ||g|| = sqrt(sum_k ||g_k||^2): the norm of the per-tensor norms
@@ -295,13 +270,13 @@ def lr_at(step, base_lr, warmup_steps=0, total_steps=None, schedule="constant"):
     p = min(1, (step - W)/(total_steps - W)). Plain Python floats, as in the reference.
     """
     check_choice(schedule, LR_SCHEDULES, "learning-rate schedule")
-    step = _check_int(step, "step")
-    base_lr = _check_number(base_lr, "base_lr")
-    W = _check_int(warmup_steps, "warmup_steps")
+    step = check_int(step, "step")
+    base_lr = check_number(base_lr, "base_lr")
+    W = check_int(warmup_steps, "warmup_steps")
     if schedule == "cosine":
         if total_steps is None:
             raise InputError("the cosine learning-rate schedule needs total_steps")
-        total_steps = _check_int(total_steps, "total_steps", lo=W + 1)
+        total_steps = check_int(total_steps, "total_steps", lo=W + 1)
     if step < W:
         # (O4)  lr = base_lr (step + 1) / W
         return base_lr * (step + 1) / W
