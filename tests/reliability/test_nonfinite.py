@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from reference import checkpoint, runner
+from reference import runner
 from reference.config import make_config
 from reference.errors import InputError
 from reliability.reliability_runs import run, train_argv
