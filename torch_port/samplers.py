@@ -214,7 +214,7 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     kept_list = kept.tolist()
     n = len(kept_list)
     noise_at = _noises(rng_or_noises, n, x)
-    _warn_late_start(float(sched.alpha_bar[kept_list[-1]]), kept_list[-1], sched.T)
+    _warn_late_start(float(sched.alpha_bar_host[kept_list[-1]]), kept_list[-1], sched.T)
     step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
     N, trajectory = x.shape[0], []
     for k in _progress_iter(range(n), progress):

@@ -148,6 +148,8 @@ class Schedule:
         log_abar = torch.cumsum(torch.log1p(-b), dim=0)
         self.alpha_bar = torch.exp(log_abar)
         one_minus = -torch.expm1(log_abar)
+        # a host copy for diagnostics and warnings, so reading one never waits on the device
+        self.alpha_bar_host = self.alpha_bar.detach().cpu().numpy()
         # abar_{t-1}, with abar_{-1} = 1 (empty product)
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=_F64, device=b.device), self.alpha_bar[:-1]])
         one_minus_prev = torch.cat([torch.zeros(1, dtype=_F64, device=b.device), one_minus[:-1]])
@@ -192,7 +194,7 @@ class Schedule:
     @property
     def alpha_bar_T(self):
         """bar-alpha at the last step: the signal fraction left in x_T. Near 0 for a good schedule."""
-        return float(self.alpha_bar[-1])
+        return float(self.alpha_bar_host[-1])
 
     def prior_bpd(self, x0_sq=1.0):
         """(L8) KL(q(x_T | x_0) || N(0, I)) per dimension in bits; x0_sq = 1 is the worst case in [-1, 1]."""

@@ -5,6 +5,7 @@ a few cases, in a real subprocess (``python -m reference`` / ``python -m torch_p
 no traceback reaches the user. The API-level cases run on both sides (reference and torch_port).
 """
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -194,7 +195,7 @@ def test_torch_cli_bad_input_exits_2_naming_the_problem(case, files, capsys):
                                           ("torch_port", "T zero")])
 def test_subprocess_prints_one_error_line_and_no_traceback(module, case, files):
     argv, needle = CLI_CASES[case]
-    rc, out, err = run(["python", "-m", module, *_fill(argv, files)])
+    rc, out, err = run([sys.executable, "-m", module, *_fill(argv, files)])
     assert rc == 2 and needle in err and "Traceback" not in err, err
     assert err.strip().startswith("error:") or err.strip().startswith("warning:"), err
 
