@@ -110,6 +110,10 @@ def rescale_zero_terminal_snr(betas):
     if not first > last:
         raise InputError("rescale_zero_terminal_snr: alpha_bar must decrease from the first to the last step")
     sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    if np.any(sqrt_abar[:-1] <= 0):
+        k = int(np.flatnonzero(sqrt_abar[:-1] <= 0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
+                         "(the betas there are below its resolution), so step k would lose all signal too")
     abar = sqrt_abar**2
     alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
     return check_betas(1.0 - alphas)

@@ -114,6 +114,10 @@ def rescale_zero_terminal_snr(betas):
         raise InputError("rescale_zero_terminal_snr: alpha_bar must decrease from the first to the last step")
     # (S6)  sqrt(abar) <- (sqrt(abar) - sqrt(abar_T)) sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T))
     sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    if bool(torch.any(sqrt_abar[:-1] <= 0)):
+        k = int(torch.nonzero(sqrt_abar[:-1] <= 0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
+                         "(the betas there are below its resolution), so step k would lose all signal too")
     abar = sqrt_abar**2
     # (F2)  alpha_t = abar_t / abar_{t-1}, alpha_0 = abar_0
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])

@@ -20,9 +20,11 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from reference.errors import InputError
 
 torch = pytest.importorskip("torch")
 TS = pytest.importorskip("torch_port.schedules")
@@ -57,7 +59,10 @@ def _terminal_one(draw):
 
 @st.composite
 def _zero_terminal(draw):
-    return RS.rescale_zero_terminal_snr(draw(_beta_arrays(hi=0.999, min_T=2).filter(_alpha_bar_normal_or_zero)))
+    try:
+        return RS.rescale_zero_terminal_snr(draw(_beta_arrays(hi=0.999, min_T=2).filter(_alpha_bar_normal_or_zero)))
+    except InputError:   # last betas below float64 resolution: refused on both sides
+        assume(False)
 
 
 @st.composite
