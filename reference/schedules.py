@@ -116,7 +116,17 @@ def rescale_zero_terminal_snr(betas):
                          "(the betas there are below its resolution), so step k would lose all signal too")
     abar = sqrt_abar**2
     alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
-    return check_betas(1.0 - alphas)
+    return _check_rescaled(check_betas(1.0 - alphas))
+
+
+def _check_rescaled(betas):
+    """Only the last step may lose all signal: an earlier beta that rounds to 1 means the input's last
+    betas were below float64's resolution (alpha_bar hardly decreased there). ``betas``: a NumPy array."""
+    if np.any(betas[:-1] >= 1.0):
+        k = int(np.flatnonzero(betas[:-1] >= 1.0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
+                         "(the betas there are below its resolution), so step k would lose all signal too")
+    return betas
 
 
 class Schedule:

@@ -23,7 +23,8 @@ import warnings
 import torch
 
 from reference.errors import InputError, check_betas, check_choice, check_T
-from reference.schedules import PRIOR_BPD_WARN, SCHEDULES, PriorMismatchWarning  # non-math constants
+from reference.schedules import (PRIOR_BPD_WARN, SCHEDULES, PriorMismatchWarning,  # non-math constants
+                                 _check_rescaled)  # and the input check of the rescaled betas
 
 __all__ = ["SCHEDULES", "PRIOR_BPD_WARN", "PriorMismatchWarning", "make_betas", "rescale_zero_terminal_snr",
            "Schedule"]
@@ -121,7 +122,9 @@ def rescale_zero_terminal_snr(betas):
     abar = sqrt_abar**2
     # (F2)  alpha_t = abar_t / abar_{t-1}, alpha_0 = abar_0
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
-    return _checked(1.0 - alphas)
+    betas = _checked(1.0 - alphas)
+    _check_rescaled(betas.detach().cpu().numpy())
+    return betas
 
 
 class Schedule:
