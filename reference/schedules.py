@@ -112,8 +112,9 @@ def rescale_zero_terminal_snr(betas):
     sqrt_abar = (sqrt_abar - last) * first / (first - last)
     if np.any(sqrt_abar[:-1] <= 0):
         k = int(np.flatnonzero(sqrt_abar[:-1] <= 0)[0])
-        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
-                         "(the betas there are below its resolution), so step k would lose all signal too")
+        raise InputError(f"rescale_zero_terminal_snr: the rescaled schedule leaves no signal at step {k} (of {b.size}): "
+                         "only the last step may lose all signal. The last betas are below float64's resolution "
+                         "relative to the earlier ones.")
     abar = sqrt_abar**2
     alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
     return _check_rescaled(check_betas(1.0 - alphas))
@@ -124,8 +125,9 @@ def _check_rescaled(betas):
     betas were below float64's resolution (alpha_bar hardly decreased there). ``betas``: a NumPy array."""
     if np.any(betas[:-1] >= 1.0):
         k = int(np.flatnonzero(betas[:-1] >= 1.0)[0])
-        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
-                         "(the betas there are below its resolution), so step k would lose all signal too")
+        raise InputError(f"rescale_zero_terminal_snr: the rescaled schedule leaves so little signal at step {k} "
+                         f"(of {betas.size}) that beta_{k} rounds to 1 in float64: only the last step may lose all "
+                         "signal. The last betas are too small relative to the earlier ones to rescale.")
     return betas
 
 

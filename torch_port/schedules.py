@@ -117,8 +117,9 @@ def rescale_zero_terminal_snr(betas):
     sqrt_abar = (sqrt_abar - last) * first / (first - last)
     if bool(torch.any(sqrt_abar[:-1] <= 0)):
         k = int(torch.nonzero(sqrt_abar[:-1] <= 0)[0])
-        raise InputError(f"rescale_zero_terminal_snr: alpha_bar does not decrease after step {k} in float64 "
-                         "(the betas there are below its resolution), so step k would lose all signal too")
+        raise InputError(f"rescale_zero_terminal_snr: the rescaled schedule leaves no signal at step {k} (of {b.numel()}): "
+                         "only the last step may lose all signal. The last betas are below float64's resolution "
+                         "relative to the earlier ones.")
     abar = sqrt_abar**2
     # (F2)  alpha_t = abar_t / abar_{t-1}, alpha_0 = abar_0
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])

@@ -62,7 +62,7 @@ def _zero_terminal(draw):
     b = draw(_beta_arrays(hi=0.999, min_T=2).filter(_alpha_bar_normal_or_zero))
     try:
         return S.rescale_zero_terminal_snr(b)
-    except InputError:   # last betas below float64 resolution: refused (test_S6_rescale_refuses_...)
+    except InputError:   # an interior step would lose all signal: refused (test_S6_rescale_refuses_...)
         assume(False)
 
 
@@ -311,5 +311,10 @@ def test_S6_rescale_refuses_a_schedule_that_already_reaches_zero_early():
 
 
 def test_S6_rescale_refuses_betas_below_float_resolution_at_the_end():
-    with pytest.raises(InputError, match="does not decrease after step 1"):
+    with pytest.raises(InputError, match=r"no signal at step 1 \(of 3\)"):
         S.rescale_zero_terminal_snr([0.3, 0.2, 1e-17])
+
+
+def test_S6_rescale_refuses_an_interior_beta_that_rounds_to_one():
+    with pytest.raises(InputError, match=r"beta_1 rounds to 1"):
+        S.rescale_zero_terminal_snr([1e-8, 0.75, 1e-8])
