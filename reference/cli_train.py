@@ -182,7 +182,7 @@ def _demo_train(args, B, out_dir):
                                                    "--trajectory"] + sample_steps), B)
     # DDIM-50 for the figure: as good as DDPM-1000 here (benchmarks/bench_quality.py), 20x sooner
     COMMANDS["eval"].run(command_args("eval", ["--ckpt", ckpt, "--json", str(run_dir / "eval.json")]
-                                      + (["--n", "100"] if quick else [])
+                                      + (["--n", "100"] if quick else ["--repeats", "4"])
                                       + (sample_steps or ["--sampler", "ddim", "--sample-steps", "50"])), B)
     return sorted(run_dir.glob("*.png")) + sorted(run_dir.glob("*.gif"))
 
