@@ -131,7 +131,43 @@ def _check_rescaled(betas):
     return betas
 
 
-class Schedule:
+class ScheduleDiagnostics:
+    """Diagnostics shared by both sides' Schedule (scalar Python on ``alpha_bar_T``, ``T`` and ``snr``):
+    the prior term, the prior-mismatch warning and the repr. Not math that the port mirrors."""
+
+    _repr_extra = ""
+
+    def prior_bpd(self, x0_sq=1.0):
+        """(L8) The prior term L_T = KL(q(x_T | x_0) || N(0, I)) per dimension, in bits.
+
+        Depends on x_0 only through x0**2; the default 1 is the worst case for data in [-1, 1].
+        KL = 1/2 (abar x0^2 + (1 - abar) - 1 - log(1 - abar)).
+        """
+        a = self.alpha_bar_T
+        nats = 0.5 * (a * x0_sq - a - math.log1p(-a)) if a < 1 else math.inf
+        return nats / math.log(2.0)
+
+    def diagnostics(self):
+        return {"T": self.T, "alpha_bar_T": self.alpha_bar_T, "prior_bpd": self.prior_bpd(),
+                "snr_first": float(self.snr[0]), "snr_last": float(self.snr[-1])}
+
+    def warn_if_prior_mismatched(self):
+        bpd = self.prior_bpd()
+        if bpd > PRIOR_BPD_WARN:
+            warnings.warn(
+                f"schedule leaves alpha_bar_T = {self.alpha_bar_T:.3g} at its last step (T={self.T}): "
+                f"q(x_T|x_0) is far from N(0, I) (prior term L_T up to {bpd:.3g} bits/dim), so sampling "
+                "from N(0, I) starts from the wrong distribution. Use a larger T, a cosine schedule, or "
+                "rescale_zero_terminal_snr.", PriorMismatchWarning, stacklevel=3)
+        return bpd
+
+    def __repr__(self):
+        d = self.diagnostics()
+        return (f"Schedule(T={d['T']}, alpha_bar_T={d['alpha_bar_T']:.3e}, prior L_T<={d['prior_bpd']:.2e} bits/dim, "
+                f"snr {d['snr_first']:.3g} -> {d['snr_last']:.3g}{self._repr_extra})")
+
+
+class Schedule(ScheduleDiagnostics):
     """Every coefficient the forward process, the posterior and the samplers use, in float64.
 
     Built from betas of shape (T,) with each beta in (0, 1]. Index ``t`` is 0-based (paper t+1).
@@ -191,32 +227,3 @@ class Schedule:
     def alpha_bar_T(self):
         """bar-alpha at the last step: the signal fraction left in x_T. Near 0 for a good schedule."""
         return float(self.alpha_bar[-1])
-
-    def prior_bpd(self, x0_sq=1.0):
-        """(L8) The prior term L_T = KL(q(x_T | x_0) || N(0, I)) per dimension, in bits.
-
-        Depends on x_0 only through x0**2; the default 1 is the worst case for data in [-1, 1].
-        KL = 1/2 (abar x0^2 + (1 - abar) - 1 - log(1 - abar)).
-        """
-        a = self.alpha_bar_T
-        nats = 0.5 * (a * x0_sq - a - math.log1p(-a)) if a < 1 else math.inf
-        return nats / math.log(2.0)
-
-    def diagnostics(self):
-        return {"T": self.T, "alpha_bar_T": self.alpha_bar_T, "prior_bpd": self.prior_bpd(),
-                "snr_first": float(self.snr[0]), "snr_last": float(self.snr[-1])}
-
-    def warn_if_prior_mismatched(self):
-        bpd = self.prior_bpd()
-        if bpd > PRIOR_BPD_WARN:
-            warnings.warn(
-                f"schedule leaves alpha_bar_T = {self.alpha_bar_T:.3g} at its last step (T={self.T}): "
-                f"q(x_T|x_0) is far from N(0, I) (prior term L_T up to {bpd:.3g} bits/dim), so sampling "
-                "from N(0, I) starts from the wrong distribution. Use a larger T, a cosine schedule, or "
-                "rescale_zero_terminal_snr.", PriorMismatchWarning, stacklevel=3)
-        return bpd
-
-    def __repr__(self):
-        d = self.diagnostics()
-        return (f"Schedule(T={d['T']}, alpha_bar_T={d['alpha_bar_T']:.3e}, prior L_T<={d['prior_bpd']:.2e} bits/dim, "
-                f"snr {d['snr_first']:.3g} -> {d['snr_last']:.3g})")

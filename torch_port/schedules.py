@@ -18,12 +18,12 @@ check there reads the device's memory from the host: a sync per call).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
 from reference.errors import InputError, check_betas, check_choice, check_T
 from reference.schedules import (PRIOR_BPD_WARN, SCHEDULES, PriorMismatchWarning,  # non-math constants
+                                 ScheduleDiagnostics,  # prior term, warning, repr (scalar Python)
                                  _check_rescaled)  # and the input check of the rescaled betas
 
 __all__ = ["SCHEDULES", "PRIOR_BPD_WARN", "PriorMismatchWarning", "make_betas", "rescale_zero_terminal_snr",
@@ -128,7 +128,7 @@ def rescale_zero_terminal_snr(betas):
     return betas
 
 
-class Schedule:
+class Schedule(ScheduleDiagnostics):
     """Every coefficient of the forward process, posterior and samplers, as float64 tensors (T,).
 
     Same attribute names and meanings as reference.schedules.Schedule (see its docstring):
@@ -204,28 +204,6 @@ class Schedule:
         """bar-alpha at the last step: the signal fraction left in x_T. Near 0 for a good schedule."""
         return float(self.alpha_bar_host[-1])
 
-    def prior_bpd(self, x0_sq=1.0):
-        """(L8) KL(q(x_T | x_0) || N(0, I)) per dimension in bits; x0_sq = 1 is the worst case in [-1, 1]."""
-        a = self.alpha_bar_T
-        # (L8)  KL = 1/2 (abar x0^2 + (1 - abar) - 1 - log(1 - abar))
-        nats = 0.5 * (a * x0_sq - a - math.log1p(-a)) if a < 1 else math.inf
-        return nats / math.log(2.0)
-
-    def diagnostics(self):
-        return {"T": self.T, "alpha_bar_T": self.alpha_bar_T, "prior_bpd": self.prior_bpd(),
-                "snr_first": float(self.snr[0]), "snr_last": float(self.snr[-1])}
-
-    def warn_if_prior_mismatched(self):
-        bpd = self.prior_bpd()
-        if bpd > PRIOR_BPD_WARN:
-            warnings.warn(
-                f"schedule leaves alpha_bar_T = {self.alpha_bar_T:.3g} at its last step (T={self.T}): "
-                f"q(x_T|x_0) is far from N(0, I) (prior term L_T up to {bpd:.3g} bits/dim), so sampling "
-                "from N(0, I) starts from the wrong distribution. Use a larger T, a cosine schedule, or "
-                "rescale_zero_terminal_snr.", PriorMismatchWarning, stacklevel=3)
-        return bpd
-
-    def __repr__(self):
-        d = self.diagnostics()
-        return (f"Schedule(T={d['T']}, alpha_bar_T={d['alpha_bar_T']:.3e}, prior L_T<={d['prior_bpd']:.2e} bits/dim, "
-                f"snr {d['snr_first']:.3g} -> {d['snr_last']:.3g}, device={self.device})")
+    @property
+    def _repr_extra(self):
+        return f", device={self.device}"
