@@ -6,7 +6,6 @@ reference side and the port's torch oracle (torch_port.oracle) on the torch side
 Tolerance: TOL["cross64"] as ``assert_allclose(rtol=tol, atol=tol)`` (relative above 1, absolute
 below), except the tanh decoder in its tails (see test_L6_tanh_decoder_in_the_tails...).
 """
-import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from reference import schedules as RS
 from reference.errors import InputError
 from torch_port import losses as TL
 from torch_port import oracle as TO
-from torch_port import schedules as TS
+from crosscheck import close, schedule_pair
 from tolerances import TOL
 
 TOLX = TOL["cross64"]
@@ -26,20 +25,9 @@ PREDS = ("eps", "x0", "v")
 tt = torch.from_numpy
 
 
-def close(got, want, tol=TOLX):
-    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-
-
-def _pair(betas):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RS.PriorMismatchWarning)
-        return RS.Schedule(betas), TS.Schedule(torch.as_tensor(betas))
-
-
-SCHEDS = {"linear": _pair(RS.make_betas("linear", 1000)),
-          "zero-terminal": _pair(RS.rescale_zero_terminal_snr(RS.make_betas("cosine", 1000)))}
-SMALL = {"linear-20": _pair(RS.make_betas("linear", 20, beta_end=0.4)), "cosine-40": _pair(RS.make_betas("cosine", 40))}
+SCHEDS = {"linear": schedule_pair(RS.make_betas("linear", 1000)),
+          "zero-terminal": schedule_pair(RS.rescale_zero_terminal_snr(RS.make_betas("cosine", 1000)))}
+SMALL = {"linear-20": schedule_pair(RS.make_betas("linear", 20, beta_end=0.4)), "cosine-40": schedule_pair(RS.make_betas("cosine", 40))}
 
 
 def _grid8(rng, shape):

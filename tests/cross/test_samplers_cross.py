@@ -18,7 +18,7 @@ from reference import schedules as RS
 from reference.errors import InputError
 from torch_port import oracle as TO
 from torch_port import samplers as TSa
-from torch_port import schedules as TS
+from crosscheck import close, schedule_pair
 from tolerances import TOL
 
 TOLX = TOL["cross64"]
@@ -26,19 +26,8 @@ PREDS = ("eps", "x0", "v")
 tt = torch.from_numpy
 
 
-def close(got, want, tol=TOLX):
-    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-
-
-def _pair(betas):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RS.PriorMismatchWarning)
-        return RS.Schedule(betas), TS.Schedule(torch.as_tensor(betas))
-
-
-SCHEDS = {"linear": _pair(RS.make_betas("linear", 1000)), "cosine": _pair(RS.make_betas("cosine", 1000)),
-          "zero-terminal": _pair(RS.rescale_zero_terminal_snr(RS.make_betas("linear", 1000)))}
+SCHEDS = {"linear": schedule_pair(RS.make_betas("linear", 1000)), "cosine": schedule_pair(RS.make_betas("cosine", 1000)),
+          "zero-terminal": schedule_pair(RS.rescale_zero_terminal_snr(RS.make_betas("linear", 1000)))}
 
 
 def _draw(seed=0, shape=(4, 3, 4, 4)):
@@ -157,7 +146,7 @@ def test_A1_A2_A4_twenty_step_trajectory_matches_reference_step_by_step(sampler,
 
 def test_full_length_loop_without_record_matches_reference():
     """All T steps of a short schedule: the loop's identity respacing path (no respace)."""
-    ref, port = _pair(RS.make_betas("cosine", 30))
+    ref, port = schedule_pair(RS.make_betas("cosine", 30))
     r_or, t_or = RO.GaussianOracle(0.1, var=0.2), TO.GaussianOracle(0.1, var=0.2)
     rng = np.random.default_rng(12)
     x_T, noises = rng.normal(size=(3, 2)), [rng.normal(size=(3, 2)) for _ in range(30)]
