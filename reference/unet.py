@@ -197,58 +197,83 @@ def _attn_backward(pre, dout, cache, grads):
 
 
 class UNet(_Model):
-    """Conv UNet for (N, in_channels, H, W) images, H and W divisible by 2^(levels - 1).
+    """Conv UNet for (N, in_channels, H, W) images, H and W divisible by 2^(levels - 1); DDPM's layout.
 
-    Level l has base_channels * channel_mults[l] channels and num_res_blocks residual blocks
-    (each followed by self-attention where attention[l]); a stride-2 conv goes down between
-    levels, nearest upsampling + conv3x3 comes back up, the output of each down level is
-    concatenated to the input of the same up level. Middle: res, attention (if attention[-1]), res.
+    Level l has base_channels * channel_mults[l] channels. Down: conv_in, then per level
+    num_res_blocks residual blocks (each followed by self-attention where attention[l]) and, between
+    levels, a stride-2 conv3x3. Every one of these outputs (conv_in's, each block's, each
+    downsample's) is kept as a skip. Middle: res, attention (unless mid_attention=False), res. Up: per level,
+    from the lowest, num_res_blocks + 1 residual blocks (+ attention where attention[l]), each
+    taking [h | the most recent unused skip] concatenated on channels, then nearest 2x + conv3x3
+    between levels — the layout of Ho et al.'s diffusion_tf/models/unet.py (and diffusers'
+    UNet2DModel), so DDPM's CIFAR-10 arguments give its 35.7M parameters.
     Time: sinusoidal embedding of dim base_channels (B6) -> Linear, SiLU, Linear to time_dim
     (default 4 base_channels); each residual block adds Linear(SiLU(temb)).
     """
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
-                 dtype=np.float32, seed=0):
+                 mid_attention=True, dtype=np.float32, seed=0):
         channel_mults, attention = tuple(channel_mults), tuple(bool(a) for a in attention)
         if len(attention) != len(channel_mults):
             raise InputError(f"attention {attention} needs one flag per level of channel_mults {channel_mults}")
         chans = [base_channels * m for m in channel_mults]
         if any(c % groups for c in chans):
             raise InputError(f"every level's channels {chans} must be divisible by groups={groups}")
+        if int(num_res_blocks) != num_res_blocks or num_res_blocks < 1:
+            raise InputError(f"num_res_blocks must be an integer >= 1, got {num_res_blocks}")
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
-        self.chans, self.attention, self.groups, self.num_res_blocks = chans, attention, groups, num_res_blocks
+        self.chans, self.attention, self.groups, self.num_res_blocks = chans, attention, groups, int(num_res_blocks)
+        self.mid_attention = bool(mid_attention)
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
                            num_res_blocks=num_res_blocks, attention=attention, groups=groups,
-                           out_channels=self.out_channels, time_dim=self.time_dim, dtype=np.dtype(dtype).name)
+                           out_channels=self.out_channels, time_dim=self.time_dim, mid_attention=self.mid_attention,
+                           dtype=np.dtype(dtype).name)
         self._init_start(dtype, seed)
         self._build()
 
+    def _skip_channels(self):
+        """Channels of the kept skips, in the order the down path makes them (conv_in's output first)."""
+        skips = [self.chans[0]]
+        for l, ch in enumerate(self.chans):
+            skips += [ch] * (self.num_res_blocks + (l < len(self.chans) - 1))  # each block's, then the downsample's
+        return skips
+
+    def _up_in_channels(self):
+        """Input channels of every up residual block, [level][r]: the h arriving plus the skip it takes."""
+        chans, nrb, skips = self.chans, self.num_res_blocks, self._skip_channels()
+        c, ins = chans[-1], [None] * len(chans)
+        for l in reversed(range(len(chans))):
+            ins[l] = []
+            for _ in range(nrb + 1):
+                ins[l].append(c + skips.pop())  # (B8) [h | skip]
+                c = chans[l]
+        return ins
+
     def _build(self):
-        td, chans = self.time_dim, self.chans
+        td, chans, nrb = self.time_dim, self.chans, self.num_res_blocks
         self._add_linear("time_mlp.fc1", self.emb_dim, td)
         self._add_linear("time_mlp.fc2", td, td)
         self._add_conv("conv_in", self.in_channels, chans[0], 3)
         c = chans[0]
         for l, ch in enumerate(chans):  # (names in the torch port's state_dict order)
-            self._add_level("down", l, c, ch, "downsample" if l < len(chans) - 1 else None)
+            self._add_level("down", l, [c] + [ch] * (nrb - 1), ch, "downsample" if l < len(chans) - 1 else None)
             c = ch
         self._add_res("mid.res1", c, c)
-        if self.attention[-1]:
+        if self.mid_attention:
             self._add_attn("mid.attn", c)
         self._add_res("mid.res2", c, c)
-        for l, ch in enumerate(chans):
-            c_below = chans[min(l + 1, len(chans) - 1)]  # channels arriving from the level below (or mid)
-            self._add_level("up", l, c_below + ch, ch, "upsample" if l > 0 else None)
+        for l, c_ins in enumerate(self._up_in_channels()):
+            self._add_level("up", l, c_ins, chans[l], "upsample" if l > 0 else None)
         c = chans[0]
         self._add_norm("norm_out", c)
         self._add_conv("conv_out", c, self.out_channels, 3, zero=True)
 
-    def _add_level(self, side, l, c_in, ch, resample):
-        for r in range(self.num_res_blocks):
-            self._add_res(f"{side}.{l}.res.{r}", c_in if r == 0 else ch, ch)
-        for r in range(self.num_res_blocks if self.attention[l] else 0):
+    def _add_level(self, side, l, c_ins, ch, resample):
+        for r, c_in in enumerate(c_ins):
+            self._add_res(f"{side}.{l}.res.{r}", c_in, ch)
+        for r in range(len(c_ins) if self.attention[l] else 0):
             self._add_attn(f"{side}.{l}.attn.{r}", ch)
         if resample:
             self._add_conv(f"{side}.{l}.{resample}", ch, ch, 3)
@@ -268,23 +293,15 @@ class UNet(_Model):
         self._add_conv(f"{pre}.proj", ch, ch, 1)
 
     def _level_blocks(self, side, l):
-        """Names of level l's blocks on side 'down' or 'up', in forward order: (kind, name)."""
-        for r in range(self.num_res_blocks):
-            yield "res", f"{side}.{l}.res.{r}"
-            if self.attention[l]:
-                yield "attn", f"{side}.{l}.attn.{r}"
+        """Level l's blocks on side 'down' or 'up' in forward order: [(res name, attention name or None)]."""
+        n = self.num_res_blocks + (side == "up")
+        return [(f"{side}.{l}.res.{r}", f"{side}.{l}.attn.{r}" if self.attention[l] else None) for r in range(n)]
 
-    def _mid_blocks(self):
-        yield "res", "mid.res1"
-        if self.attention[-1]:
-            yield "attn", "mid.attn"
-        yield "res", "mid.res2"
-
-    def _block_forward(self, kind, name, h, temb_act, caches):
-        if kind == "res":
-            h, caches[name] = _res_forward(self.params, name, h, temb_act, self.groups)
-        else:
-            h, caches[name] = _attn_forward(self.params, name, h, self.groups)
+    def _block_forward(self, res, attn, h, temb_act, caches):
+        """A residual block, then its attention block if any."""
+        h, caches[res] = _res_forward(self.params, res, h, temb_act, self.groups)
+        if attn:
+            h, caches[attn] = _attn_forward(self.params, attn, h, self.groups)
         return h
 
     def forward(self, x, t):
@@ -294,24 +311,28 @@ class UNet(_Model):
         f = 2 ** (n_levels - 1)
         if C != self.in_channels or H % f or W % f:
             raise InputError(f"UNet expects (N, {self.in_channels}, H, W) with H, W divisible by {f}, got {x.shape}")
-        p, caches, skips = self.params, {}, []
+        p, caches = self.params, {}
         temb, caches["time_mlp"] = self._time_mlp_forward(t, N)
         temb_act, caches["temb_act"] = L.silu_forward(temb)  # SiLU(temb), shared by every residual block
         h, caches["conv_in"] = _conv(p, "conv_in", np.ascontiguousarray(x.transpose(0, 2, 3, 1)))  # (N, H, W, C0)
+        skips = [h]  # every down-path output, consumed last-in first-out by the up path
         for l in range(n_levels):
-            for kind, name in self._level_blocks("down", l):
-                h = self._block_forward(kind, name, h, temb_act, caches)
-            skips.append(h)
+            for res, attn in self._level_blocks("down", l):
+                h = self._block_forward(res, attn, h, temb_act, caches)
+                skips.append(h)
             if l < n_levels - 1:
                 # (B9)  downsample: stride-2 conv3x3
                 h, caches[f"down.{l}.downsample"] = _conv(p, f"down.{l}.downsample", h, stride=2)
-        for kind, name in self._mid_blocks():
-            h = self._block_forward(kind, name, h, temb_act, caches)
+                skips.append(h)
+        h, caches["mid.res1"] = _res_forward(p, "mid.res1", h, temb_act, self.groups)
+        if self.mid_attention:
+            h, caches["mid.attn"] = _attn_forward(p, "mid.attn", h, self.groups)
+        h, caches["mid.res2"] = _res_forward(p, "mid.res2", h, temb_act, self.groups)
         for l in reversed(range(n_levels)):
-            # (B8)  skip connection: concatenate along channels [h | skip]
-            h = np.concatenate([h, skips[l]], axis=-1)
-            for kind, name in self._level_blocks("up", l):
-                h = self._block_forward(kind, name, h, temb_act, caches)
+            for res, attn in self._level_blocks("up", l):
+                # (B8)  skip connection: concatenate along channels [h | skip]
+                h = np.concatenate([h, skips.pop()], axis=-1)
+                h = self._block_forward(res, attn, h, temb_act, caches)
             if l > 0:
                 # (B9)  upsample: nearest 2x, then conv3x3
                 h, caches[f"up.{l}.nearest"] = L.upsample_nearest2x_forward(h)
@@ -322,43 +343,56 @@ class UNet(_Model):
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), caches
 
     def backward(self, dout, cache):
-        """dout (N, out_channels, H, W) -> dx (N, in_channels, H, W), grads {name: array like params[name]}."""
+        """dout (N, out_channels, H, W) -> dx (N, in_channels, H, W), grads {name: array like params[name]}.
+
+        Every d below is an array this method (or a layer backward) just allocated, or a channel
+        slice of one, so the in-place additions never touch dout or the cache.
+        """
         caches, g, n_levels = cache, {}, len(self.chans)
         d = np.ascontiguousarray(np.asarray(dout, dtype=self.dtype).transpose(0, 2, 3, 1))  # (N, H, W, Cout)
         d, g["conv_out.weight"], g["conv_out.bias"] = L.conv2d_backward(d, caches["conv_out"])
         d = L.silu_backward(d, caches["act_out"])
         d, g["norm_out.weight"], g["norm_out.bias"] = L.group_norm_backward(d, caches["norm_out"])
         dtemb_act = np.zeros_like(caches["temb_act"][0])  # (B8) temb feeds every block: gradients add
-        dskips = [None] * n_levels
+        dskips, skip_chans = [], self._skip_channels()  # skip gradients, oldest first (the up path took them newest first)
         for l in range(n_levels):
             if l > 0:
                 d, g[f"up.{l}.upsample.weight"], g[f"up.{l}.upsample.bias"] = L.conv2d_backward(
                     d, caches[f"up.{l}.upsample"])
                 d = L.upsample_nearest2x_backward(d, caches[f"up.{l}.nearest"])
-            for kind, name in reversed(list(self._level_blocks("up", l))):
-                d = self._block_backward(kind, name, d, caches, g, dtemb_act)
-            # (B8)  the concatenation splits its gradient: [dh | dskip]
-            c_skip = dskips[l] = d[..., d.shape[-1] - self.chans[l]:]
-            d = d[..., :d.shape[-1] - c_skip.shape[-1]]
-        for kind, name in reversed(list(self._mid_blocks())):
-            d = self._block_backward(kind, name, d, caches, g, dtemb_act)
+            for res, attn in reversed(self._level_blocks("up", l)):
+                d = self._block_backward(res, attn, d, caches, g, dtemb_act)
+                # (B8)  the concatenation splits its gradient: [dh | dskip]
+                c_h = d.shape[-1] - skip_chans[len(dskips)]
+                dskips.append(d[..., c_h:])
+                d = d[..., :c_h]
+        d = self._block_backward("mid.res2", None, d, caches, g, dtemb_act)
+        if self.mid_attention:
+            d = _attn_backward("mid.attn", d, caches["mid.attn"], g)
+        d = self._block_backward("mid.res1", None, d, caches, g, dtemb_act)
+        k = len(dskips) - 1
         for l in reversed(range(n_levels)):
             if l < n_levels - 1:
+                # (B8)  this output fed the path down and a skip: gradients add
+                d += dskips[k]
+                k -= 1
                 d, g[f"down.{l}.downsample.weight"], g[f"down.{l}.downsample.bias"] = L.conv2d_backward(
                     d, caches[f"down.{l}.downsample"])
-            # (B8)  the level's output fed both the path down and the skip: gradients add
-            d = d + dskips[l]
-            for kind, name in reversed(list(self._level_blocks("down", l))):
-                d = self._block_backward(kind, name, d, caches, g, dtemb_act)
+            for res, attn in reversed(self._level_blocks("down", l)):
+                d += dskips[k]  # (B8)
+                k -= 1
+                d = self._block_backward(res, attn, d, caches, g, dtemb_act)
+        d += dskips[0]  # (B8)  conv_in's output was the first skip
         d, g["conv_in.weight"], g["conv_in.bias"] = L.conv2d_backward(d, caches["conv_in"])
         dtemb = L.silu_backward(dtemb_act, caches["temb_act"])
         self._time_mlp_backward(dtemb, caches["time_mlp"], g)
         return np.ascontiguousarray(d.transpose(0, 3, 1, 2)), {k: g[k] for k in self.params}
 
-    def _block_backward(self, kind, name, d, caches, grads, dtemb_act):
-        if kind == "attn":
-            return _attn_backward(name, d, caches[name], grads)
-        d, dta = _res_backward(name, d, caches[name], grads)
+    def _block_backward(self, res, attn, d, caches, grads, dtemb_act):
+        """Backward through an attention block (if any), then its residual block."""
+        if attn:
+            d = _attn_backward(attn, d, caches[attn], grads)
+        d, dta = _res_backward(res, d, caches[res], grads)
         dtemb_act += dta  # (B8)
         return d
 

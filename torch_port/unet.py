@@ -86,23 +86,23 @@ class AttnBlock(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution on one side: res blocks (each followed by attention if flagged) and a resampling conv."""
+    """One resolution on one side: res blocks (each followed by attention if flagged) and a resampling conv.
 
-    def __init__(self, c_in, ch, num_res_blocks, attn, time_dim, groups, dtype, resample=None):
+    c_ins: each res block's input channels (on the up side they include the skip it concatenates).
+    """
+
+    def __init__(self, c_ins, ch, attn, time_dim, groups, dtype, resample=None):
         super().__init__()
-        self.res = nn.ModuleList(ResBlock(c_in if r == 0 else ch, ch, time_dim, groups, dtype)
-                                 for r in range(num_res_blocks))
-        self.attn = nn.ModuleList(AttnBlock(ch, groups, dtype) for _ in range(num_res_blocks) if attn)
+        self.res = nn.ModuleList(ResBlock(c_in, ch, time_dim, groups, dtype) for c_in in c_ins)
+        self.attn = nn.ModuleList(AttnBlock(ch, groups, dtype) for _ in c_ins if attn)
         # (B9)  "down": stride-2 conv3x3 after the blocks; "up": conv3x3 after nearest 2x upsampling
         self.downsample = Conv2d(ch, ch, 3, stride=2, padding=1, dtype=dtype) if resample == "down" else None
         self.upsample = Conv2d(ch, ch, 3, padding=1, dtype=dtype) if resample == "up" else None
 
-    def blocks(self, h, temb_act):
-        for r, block in enumerate(self.res):
-            h = block(h, temb_act)
-            if len(self.attn):
-                h = self.attn[r](h)
-        return h
+    def block(self, r, h, temb_act):
+        """Res block r, then its attention block if any."""
+        h = self.res[r](h, temb_act)
+        return self.attn[r](h) if len(self.attn) else h
 
 
 class Mid(nn.Module):
@@ -124,7 +124,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
-                 dtype=torch.float32, seed=0):
+                 mid_attention=True, dtype=torch.float32, seed=0):
         super().__init__()
         dt = torch_dtype(dtype)
         td = time_dim or 4 * base_channels
@@ -132,19 +132,25 @@ class UNet(nn.Module):
         attention = tuple(bool(a) for a in attention)
         if len(attention) != len(chans):
             raise ValueError(f"attention {attention} needs one flag per level of channel_mults {channel_mults}")
+        if int(num_res_blocks) != num_res_blocks or num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be an integer >= 1, got {num_res_blocks}")
+        nrb = int(num_res_blocks)
         self.time_mlp = TimeMLP(base_channels, td, dt)
         self.conv_in = Conv2d(in_channels, chans[0], 3, padding=1, dtype=dt)
-        self.down, c = nn.ModuleList(), chans[0]
+        self.down, c, skips = nn.ModuleList(), chans[0], [chans[0]]  # skips: channels of every kept output
         for l, ch in enumerate(chans):
-            self.down.append(Level(c, ch, num_res_blocks, attention[l], td, groups, dt,
-                                   "down" if l < len(chans) - 1 else None))
+            last = l == len(chans) - 1
+            self.down.append(Level([c] + [ch] * (nrb - 1), ch, attention[l], td, groups, dt, None if last else "down"))
+            skips += [ch] * (nrb + (not last))
             c = ch
-        self.mid = Mid(c, attention[-1], td, groups, dt)
+        self.mid = Mid(c, mid_attention, td, groups, dt)
         up = [None] * len(chans)
         for l in reversed(range(len(chans))):
-            up[l] = Level(c + chans[l], chans[l], num_res_blocks, attention[l], td, groups, dt,
-                          "up" if l > 0 else None)
-            c = chans[l]
+            c_ins = []
+            for _ in range(nrb + 1):  # DDPM: one more block up than down, each taking a skip
+                c_ins.append(c + skips.pop())
+                c = chans[l]
+            up[l] = Level(c_ins, chans[l], attention[l], td, groups, dt, "up" if l > 0 else None)
         self.up = nn.ModuleList(up)
         self.norm_out = GroupNorm(groups, c, dt)
         self.conv_out = Conv2d(c, out_channels or in_channels, 3, padding=1, dtype=dt)
@@ -152,17 +158,21 @@ class UNet(nn.Module):
 
     def forward(self, x, t):
         temb_act = silu(self.time_mlp(t))  # SiLU(temb), shared by every residual block
-        h, skips = self.conv_in(x), []
+        h = self.conv_in(x)
+        skips = [h]  # every down-path output, consumed last-in first-out by the up path
         for level in self.down:
-            h = level.blocks(h, temb_act)
-            skips.append(h)
+            for r in range(len(level.res)):
+                h = level.block(r, h, temb_act)
+                skips.append(h)
             if level.downsample is not None:
                 h = level.downsample(h)  # (B9) stride-2 conv3x3
+                skips.append(h)
         h = self.mid(h, temb_act)
         for l in reversed(range(len(self.up))):
             level = self.up[l]
-            # (B8)  skip connection: concatenate [h | skip] along channels
-            h = level.blocks(torch.cat([h, skips[l]], dim=1), temb_act)
+            for r in range(len(level.res)):
+                # (B8)  skip connection: concatenate [h | skip] along channels
+                h = level.block(r, torch.cat([h, skips.pop()], dim=1), temb_act)
             if level.upsample is not None:
                 h = level.upsample(upsample_nearest2x(h))  # (B9) nearest 2x, conv3x3
         return self.conv_out(silu(self.norm_out(h)))

@@ -25,6 +25,8 @@ CONFIGS = {
     "unet_two_blocks_three_levels": (R.UNet, T.UNet, dict(SMALL_UNET, channel_mults=(1, 2, 2), num_res_blocks=2,
                                                           attention=(True, False, True)), (2, 2, 8, 8)),
     "unet_default_8x8": (R.UNet, T.UNet, dict(), (2, 1, 8, 8)),
+    "unet_three_blocks_no_mid_attention": (R.UNet, T.UNet, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False),
+                                                                mid_attention=False), (2, 2, 8, 8)),
     "mlp": (R.MLP, T.MLP, dict(hidden=32, num_layers=3, time_dim=16), (7, 2)),
 }
 

@@ -116,6 +116,28 @@ def test_param_names_follow_the_state_dict_scheme():
         "layers.1.bias", "out_proj.weight", "out_proj.bias"]
 
 
+def test_up_path_is_ddpm_s_one_more_block_per_level_each_taking_a_skip():
+    """Ho et al.'s layout: skips = [conv_in, every down block, every downsample]; each up level has
+    num_res_blocks + 1 blocks, each concatenating the newest unused skip. Input channels by hand for
+    base 32, mults (1, 2, 2), one block down: skips are 32 | 32, 32 | 64, 64 | 64 (conv_in | level 0 |
+    level 1 | level 2), and h arrives at 64 channels from the middle."""
+    p = UNet().params
+    c_in = {name[:-len(".norm1.weight")]: v.shape[0] for name, v in p.items() if name.endswith(".norm1.weight")}
+    assert {k: v for k, v in c_in.items() if k.startswith("up.")} == {
+        "up.2.res.0": 64 + 64, "up.2.res.1": 64 + 64,   # down.2.res.0, down.1.downsample
+        "up.1.res.0": 64 + 64, "up.1.res.1": 64 + 32,   # down.1.res.0, down.0.downsample
+        "up.0.res.0": 64 + 32, "up.0.res.1": 32 + 32}   # down.0.res.0, conv_in
+    assert "up.2.attn.1.qkv.weight" in p and "up.2.attn.2.qkv.weight" not in p
+    assert "mid.attn.qkv.weight" in p and "mid.attn.qkv.weight" not in UNet(mid_attention=False).params
+
+
+def test_ddpm_cifar10_arguments_give_ddpm_s_35_7m_parameters():
+    """google/ddpm-cifar10-32 (DDPM's CIFAR-10 model, as diffusers publishes it) has 35,746,307 parameters."""
+    model = UNet(in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+                 attention=(False, True, False, False), groups=32)
+    assert model.num_params() == 35_746_307
+
+
 def test_load_params_casts_and_names_bad_keys(rng):
     model = UNet(**SMALL_UNET)
     good = {k: rng.standard_normal(v.shape) for k, v in model.params.items()}  # float64 values
