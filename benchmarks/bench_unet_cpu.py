@@ -6,9 +6,13 @@
 A step = q_sample (F3), forward, eps-MSE loss (L4), backward, AdamW update: reference.optim.AdamW
 on the NumPy side (an in-script AdamW if that module is missing), torch.optim.AdamW on the torch
 side, same hyperparameters. float32, the same parameters, batch and thread count on both sides
-(numpy's BLAS via OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is imported, plus threadpoolctl
-when installed; torch via torch.set_num_threads). Repetitions are interleaved (alternating which
-side goes first) so that load from other processes hits both sides alike; the medians are compared.
+(numpy's BLAS via OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is imported; torch via
+torch.set_num_threads). Each side runs in its own worker process (this script with --worker SIDE),
+so neither library's thread pool or allocator state disturbs the other; the parent asks them for
+steps in turn, alternating which goes first, so load from other processes hits both alike, and
+pauses --gap seconds (default 0.1) before each step: idle OpenBLAS workers spin for a while after a
+product, and torch's OpenMP threads after a parallel region, and on a 2-core machine that spinning
+would slow whichever side ran next. The medians are compared.
 
 Peak memory: each side runs alone in a subprocess (this script with --memory SIDE) and reports the
 growth of its peak resident set (VmHWM) over the baseline after building the model and the batch,
@@ -16,10 +20,9 @@ across 3 steps: activations and caches, gradients, Adam moments and temporaries,
 way for both (torch's CPU allocator is invisible to tracemalloc). The NumPy side also reports the
 tracemalloc peak of one step (bytes of live numpy arrays above the pre-step level).
 
---malloc-tune raises glibc's mmap/trim thresholds (mallopt) in the timing process, for both sides:
-freed temporaries are then reused instead of being returned to the kernel and page-faulted in
-again on the next step. Printed ratios: median CPU time (steadiest with 1 thread: it ignores time
-other processes hold the core), fastest steps (the least disturbed), and last the median wall time.
+--malloc-tune raises glibc's mmap/trim thresholds (mallopt) in both workers: freed temporaries are
+then reused instead of being returned to the kernel and page-faulted in again (it made no measurable
+difference here). Printed ratios: fastest steps (the least disturbed) and the median step time.
 """
 import argparse
 import os
@@ -36,8 +39,10 @@ def parse_args():
     p.add_argument("--reps", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--malloc-tune", action="store_true")
+    p.add_argument("--gap", type=float, default=0.1, help="seconds of pause before every timed step")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help="cProfile the NumPy step and print the top entries")
     return p.parse_args()
 
@@ -205,43 +210,72 @@ def measure_memory(side):
     return rss, traced
 
 
+def worker(side):
+    """One side in its own process: build, warm up, then time one step per "step" line on stdin."""
+    if ARGS.malloc_tune:
+        malloc_tune()
+    if side == "numpy":
+        model, batch = numpy_side()
+        opt, name = make_numpy_adamw(model.params)
+        run = lambda: numpy_step(model, opt, batch)  # noqa: E731
+        desc = f"numpy {np.__version__} + {name}"
+    else:
+        import torch
+        model, batch = torch_side(numpy_side()[0].params)
+        opt = make_torch_adamw(model)
+        run = lambda: torch_step(model, opt, batch)  # noqa: E731
+        desc = f"torch {torch.__version__} + torch.optim.AdamW"
+    for _ in range(ARGS.warmup):
+        run()
+    print(f"READY {desc}", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        print(f"TIME {time.perf_counter() - t0} {time.process_time() - c0}", flush=True)
+
+
+def start_worker(side):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side] + sys.argv[1:]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        raise SystemExit(f"the {side} worker failed to start (exit {proc.wait()})")
+    return proc, line.split(" ", 1)[1].strip()
+
+
+def timed_step(proc):
+    proc.stdin.write("step\n")
+    proc.stdin.flush()
+    _, wall, cpu = proc.stdout.readline().split()
+    return float(wall), float(cpu)
+
+
 def main():
     if ARGS.memory:
         return memory_child(ARGS.memory)
-    tuned = malloc_tune() if ARGS.malloc_tune else False
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(ARGS.threads)
-    except ImportError:
-        pass
-    import torch
-    np_model, np_batch = numpy_side()
-    t_model, t_batch = torch_side(np_model.params)
-    np_opt, opt_name = make_numpy_adamw(np_model.params)
-    t_opt = make_torch_adamw(t_model)
-    sides = {"numpy": lambda: numpy_step(np_model, np_opt, np_batch),
-             "torch": lambda: torch_step(t_model, t_opt, t_batch)}
-    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {np_model.num_params():,} parameters")
+    if ARGS.worker:
+        return worker(ARGS.worker)
+    workers = {side: start_worker(side) for side in ("numpy", "torch")}
+    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {numpy_side()[0].num_params():,} parameters")
     print(f"batch {ARGS.batch} x {ARGS.channels}x{ARGS.size}x{ARGS.size} float32, {ARGS.threads} thread(s), "
-          f"numpy {np.__version__} + {opt_name}, torch {torch.__version__} + torch.optim.AdamW, "
-          f"malloc tuned: {tuned}")
-    for _ in range(ARGS.warmup):
-        for f in sides.values():
-            f()
+          f"{workers['numpy'][1]}, {workers['torch'][1]}, each in its own process; "
+          f"malloc tuned: {ARGS.malloc_tune}, {ARGS.gap:g} s pause before each step")
     times, cpu = {"numpy": [], "torch": []}, {"numpy": [], "torch": []}
     for r in range(ARGS.reps):
         for name in (("numpy", "torch") if r % 2 == 0 else ("torch", "numpy")):
-            t0, c0 = time.perf_counter(), time.process_time()
-            sides[name]()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+            time.sleep(ARGS.gap)  # the other side's idle BLAS/OpenMP threads stop spinning
+            wall, c = timed_step(workers[name][0])
+            times[name].append(wall)
+            cpu[name].append(c)
+    for proc, _ in workers.values():
+        proc.stdin.close()
+        proc.wait()
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("numpy", "torch"):
         print(f"{k:6s} step: median {med[k] * 1e3:8.1f} ms   min {min(times[k]) * 1e3:8.1f} ms   "
               f"CPU time median {statistics.median(cpu[k]) * 1e3:8.1f} ms   ({ARGS.reps} interleaved reps)")
-    # with 1 thread, CPU time ignores the time other processes hold the core: the steadier number
-    cpu_ratio = statistics.median(cpu["numpy"]) / statistics.median(cpu["torch"])
-    print(f"ratio numpy/torch of median CPU time: {cpu_ratio:.2f}")
     if not ARGS.no_memory:
         for side in ("numpy", "torch"):
             rss, traced = measure_memory(side)
@@ -250,10 +284,11 @@ def main():
     if ARGS.profile:
         import cProfile
         import pstats
+        model, batch = numpy_side()
+        opt = make_numpy_adamw(model.params)[0]
         prof = cProfile.Profile()
-        prof.runcall(lambda: [sides["numpy"]() for _ in range(3)])
+        prof.runcall(lambda: [numpy_step(model, opt, batch) for _ in range(3)])
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
-    # the fastest reps are the least disturbed by other processes (torch's 2-thread steps suffer most)
     print(f"ratio numpy/torch of the fastest steps: {min(times['numpy']) / min(times['torch']):.2f}")
     print(f"ratio numpy/torch (median step time): {med['numpy'] / med['torch']:.2f}")
 

@@ -54,8 +54,10 @@ def _im2col(xp, kh, kw, stride):
     N, Hp, Wp, C = xp.shape
     Ho, Wo = _conv_out_size(Hp, kh, stride, 0), _conv_out_size(Wp, kw, stride, 0)
     sN, sH, sW, sC = xp.strides
-    # a read-only strided view: window (n, y, x) starts at pixel (s y, s x); no data is copied here
-    win = as_strided(xp, (N, Ho, Wo, kh, kw, C), (sN, stride * sH, stride * sW, sH, sW, sC), writeable=False)
+    # a read-only strided view: window (n, y, x) starts at pixel (s y, s x); no data is copied here.
+    # Its row i is kw C consecutive numbers of xp (pixels s x .. s x + kw - 1 of row s y + i), so
+    # (j, c) is one axis: the copy below then moves runs of kw C numbers, not of C (about 2x faster)
+    win = as_strided(xp, (N, Ho, Wo, kh, kw * C), (sN, stride * sH, stride * sW, sH, sC), writeable=False)
     return win.reshape(N * Ho * Wo, kh * kw * C)  # the one copy: (M, K)
 
 
