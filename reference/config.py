@@ -76,7 +76,7 @@ class TrainConfig:
 # Tuned recipes. `train --data NAME --out DIR` with no other flag uses these; the README quotes
 # what they reach and in how long. Image models are UNets, 2-D data use the MLP.
 RECIPES = {
-    "digits": dict(steps=4000, batch_size=64, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
+    "digits": dict(steps=2800, batch_size=64, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
                    model=dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                               attention=(False, True), groups=8)),
     "2d": dict(steps=6000, batch_size=256, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
