@@ -13,7 +13,6 @@ its checkpoint (no ``module.`` keys) on the reference side.
 """
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -135,7 +134,6 @@ def test_L4_O1_O2_ddp_step_on_halves_equals_single_process_step_on_full_batch(dd
 
 # ---- torchrun end to end ----------------------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_two_processes_train_and_the_reference_loads_the_checkpoint(tmp_path):
     """`torchrun --nproc_per_node=2 -m torch_port train` on the CPU: rank 0 writes one checkpoint whose keys
     are the reference's parameter names (no ``module.``), and the reference's sample command loads it.
@@ -146,7 +144,8 @@ def test_torchrun_two_processes_train_and_the_reference_loads_the_checkpoint(tmp
     from reference.unet import MLP
 
     out = tmp_path / "run"
-    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "torch_port", "train", "--data", "moons",
+    # torch.distributed.run is what the torchrun script runs; through sys.executable it needs no PATH
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "torch_port", "train", "--data", "moons",
            "--out", str(out), "--steps", "20", "--batch-size", "64", "--log-every", "5", "--save-every", "10",
            "--sample-steps", "5", "--device", "cpu", "--quiet", "--hidden", "32", "--num-layers", "2"]
     t0 = time.perf_counter()
