@@ -73,7 +73,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=50, help="timed steps")
     p.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation, graph recording)")
     p.add_argument("--small-base", type=int, default=48, help="base channels of the small model, a multiple of 16 "
-                   "(48: 0.92 GFLOP forward per image; 32: 0.41; 64: 1.63)")
+                   "(48: 0.93 GFLOP forward per image; 32: 0.41; 64: 1.63)")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' column")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of this GPU (default: by name)")
     args = p.parse_args()

@@ -219,15 +219,17 @@ def worker(side):
         opt, name = make_numpy_adamw(model.params)
         run = lambda: numpy_step(model, opt, batch)  # noqa: E731
         desc = f"numpy {np.__version__} + {name}"
+        n_params = model.num_params()
     else:
         import torch
         model, batch = torch_side(numpy_side()[0].params)
         opt = make_torch_adamw(model)
         run = lambda: torch_step(model, opt, batch)  # noqa: E731
         desc = f"torch {torch.__version__} + torch.optim.AdamW"
+        n_params = sum(p.numel() for p in model.parameters())
     for _ in range(ARGS.warmup):
         run()
-    print(f"READY {desc}", flush=True)
+    print(f"READY {n_params} {desc}", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -242,7 +244,8 @@ def start_worker(side):
     line = proc.stdout.readline()
     if not line.startswith("READY"):
         raise SystemExit(f"the {side} worker failed to start (exit {proc.wait()})")
-    return proc, line.split(" ", 1)[1].strip()
+    _, n_params, desc = line.strip().split(" ", 2)
+    return proc, int(n_params), desc
 
 
 def timed_step(proc):
@@ -258,9 +261,12 @@ def main():
     if ARGS.worker:
         return worker(ARGS.worker)
     workers = {side: start_worker(side) for side in ("numpy", "torch")}
-    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {numpy_side()[0].num_params():,} parameters")
+    n_params = {side: w[1] for side, w in workers.items()}
+    if n_params["numpy"] != n_params["torch"]:
+        raise SystemExit(f"the two sides built different networks: {n_params} parameters")
+    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {n_params['numpy']:,} parameters")
     print(f"batch {ARGS.batch} x {ARGS.channels}x{ARGS.size}x{ARGS.size} float32, {ARGS.threads} thread(s), "
-          f"{workers['numpy'][1]}, {workers['torch'][1]}, each in its own process; "
+          f"{workers['numpy'][2]}, {workers['torch'][2]}, each in its own process; "
           f"malloc tuned: {ARGS.malloc_tune}, {ARGS.gap:g} s pause before each step")
     times, cpu = {"numpy": [], "torch": []}, {"numpy": [], "torch": []}
     for r in range(ARGS.reps):
@@ -269,7 +275,7 @@ def main():
             wall, c = timed_step(workers[name][0])
             times[name].append(wall)
             cpu[name].append(c)
-    for proc, _ in workers.values():
+    for proc, _, _ in workers.values():
         proc.stdin.close()
         proc.wait()
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -297,6 +297,10 @@ class UNet(_Model):
         n = self.num_res_blocks + (side == "up")
         return [(f"{side}.{l}.res.{r}", f"{side}.{l}.attn.{r}" if self.attention[l] else None) for r in range(n)]
 
+    def _mid_blocks(self):
+        """The middle: (res1, attention or None), then (res2, None)."""
+        return [("mid.res1", "mid.attn" if self.mid_attention else None), ("mid.res2", None)]
+
     def _block_forward(self, res, attn, h, temb_act, caches):
         """A residual block, then its attention block if any."""
         h, caches[res] = _res_forward(self.params, res, h, temb_act, self.groups)
@@ -324,10 +328,8 @@ class UNet(_Model):
                 # (B9)  downsample: stride-2 conv3x3
                 h, caches[f"down.{l}.downsample"] = _conv(p, f"down.{l}.downsample", h, stride=2)
                 skips.append(h)
-        h, caches["mid.res1"] = _res_forward(p, "mid.res1", h, temb_act, self.groups)
-        if self.mid_attention:
-            h, caches["mid.attn"] = _attn_forward(p, "mid.attn", h, self.groups)
-        h, caches["mid.res2"] = _res_forward(p, "mid.res2", h, temb_act, self.groups)
+        for res, attn in self._mid_blocks():
+            h = self._block_forward(res, attn, h, temb_act, caches)
         for l in reversed(range(n_levels)):
             for res, attn in self._level_blocks("up", l):
                 # (B8)  skip connection: concatenate along channels [h | skip]
@@ -366,23 +368,18 @@ class UNet(_Model):
                 c_h = d.shape[-1] - skip_chans[len(dskips)]
                 dskips.append(d[..., c_h:])
                 d = d[..., :c_h]
-        d = self._block_backward("mid.res2", None, d, caches, g, dtemb_act)
-        if self.mid_attention:
-            d = _attn_backward("mid.attn", d, caches["mid.attn"], g)
-        d = self._block_backward("mid.res1", None, d, caches, g, dtemb_act)
-        k = len(dskips) - 1
-        for l in reversed(range(n_levels)):
+        for res, attn in reversed(self._mid_blocks()):
+            d = self._block_backward(res, attn, d, caches, g, dtemb_act)
+        for l in reversed(range(n_levels)):  # the down path takes the skip gradients back newest first
             if l < n_levels - 1:
                 # (B8)  this output fed the path down and a skip: gradients add
-                d += dskips[k]
-                k -= 1
+                d += dskips.pop()
                 d, g[f"down.{l}.downsample.weight"], g[f"down.{l}.downsample.bias"] = L.conv2d_backward(
                     d, caches[f"down.{l}.downsample"])
             for res, attn in reversed(self._level_blocks("down", l)):
-                d += dskips[k]  # (B8)
-                k -= 1
+                d += dskips.pop()  # (B8)
                 d = self._block_backward(res, attn, d, caches, g, dtemb_act)
-        d += dskips[0]  # (B8)  conv_in's output was the first skip
+        d += dskips.pop()  # (B8)  conv_in's output was the first skip
         d, g["conv_in.weight"], g["conv_in.bias"] = L.conv2d_backward(d, caches["conv_in"])
         dtemb = L.silu_backward(dtemb_act, caches["temb_act"])
         self._time_mlp_backward(dtemb, caches["time_mlp"], g)
