@@ -1,6 +1,6 @@
 """Data-parallel training (DDP, gloo on the CPU) gives the single-process step on the whole batch.
 
-Two processes (this file run as a script, with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set)
+Two processes (this file run as a script with RANK and WORLD_SIZE set; they meet through a file store)
 each take one train_step of a DDP-wrapped float64 model on their half of one batch (explicit x0,
 t and eps slices). DDP averages the two half-batch gradients, which is the gradient of the
 full-batch mean loss (L4 is a mean over equal halves), so after the step:
@@ -13,7 +13,6 @@ its checkpoint (no ``module.`` keys) on the reference side.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -66,33 +65,40 @@ def _one_step(name, model, opt, ema, sched, sl):
 
 
 def _worker(out_dir):
-    """One rank: DDP step on this rank's contiguous half of the batch; writes its state to out_dir."""
+    """One rank: DDP step on this rank's contiguous half of the batch; writes its state to out_dir.
+
+    The ranks meet through a file store in out_dir (no TCP port to pick: nothing can take it between
+    choosing and binding). After both ranks have written their results and destroyed the process group,
+    the worker leaves through os._exit(0): the interpreter's teardown, where a gloo thread left joinable can
+    abort the process ("terminate called without an active exception", seen once in CI), is not what this
+    file tests. A rank that fails before that exits non-zero.
+    """
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "store"), rank=rank,
+                            world_size=world)
     for name in MODELS:
         model, opt, ema, sched = _setup(name)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         b = SHAPES[name][0] // world
         np.savez(os.path.join(out_dir, f"{name}_rank{rank}.npz"),
                  **_one_step(name, ddp, opt, ema, sched, slice(rank * b, (rank + 1) * b)))
+        del ddp
+    dist.barrier()
     dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for `tolerances` in the workers
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, WORLD_SIZE="2", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, __file__, str(out)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
