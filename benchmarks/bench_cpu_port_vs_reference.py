@@ -3,17 +3,23 @@
     python benchmarks/bench_cpu_port_vs_reference.py                      # digits recipe UNet, 1x8x8, batch 64
     python benchmarks/bench_cpu_port_vs_reference.py --model unet28 --batch 16
     python benchmarks/bench_cpu_port_vs_reference.py --model mlp --batch 256 --threads 2
+    python benchmarks/bench_cpu_port_vs_reference.py --amp          # the port under bf16 autocast
 
 A step is each side's ``Trainer.step`` (what `train` runs): draw t and eps, q_sample (F3), forward,
 L_simple (L4), backward (hand-written / autograd), global-norm clipping (O3), AdamW (O1), EMA (O2).
 Both Trainers are built from one TrainConfig in float32 and hold the same parameters (the
 reference's, loaded into the port). The port runs as `train --device cpu` does: eager (no compile),
-no autocast, the batch gathered from its DeviceData.
+no autocast, the batch gathered from its DeviceData. --amp runs it as `train --device cpu --amp`
+does (bf16 autocast, float32 master weights and loss: the port's mixed precision, fast on CPUs
+with native bf16 such as AVX512-BF16 or AMX; the reference stays float32), --compile as
+`train --device cpu --compile` (torch.compile of the network; its compile time is in the warmup).
 
 Threads: numpy's BLAS via OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is imported (plus
 threadpoolctl when installed), torch via torch.set_num_threads, both to --threads.
-The machine may be shared: repetitions are interleaved (alternating which side goes first) so
-background load hits both sides alike, and the medians are compared. The load average is printed.
+Each side runs in its own worker process (benchmarks/_sidebyside.py: neither library's spinning
+idle threads or allocator state disturbs the other); the parent asks them for steps in turn,
+alternating which side goes first so background load hits both alike, with a --gap pause before
+each step, and compares the medians. The load average is printed.
 The last line is the ratio reference/port of the median step times (> 1: the port is faster).
 """
 import argparse
@@ -31,6 +37,10 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=21)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--amp", action="store_true", help="the port under bf16 autocast (train --amp)")
+    p.add_argument("--compile", action="store_true", help="the port's network under torch.compile (train --compile)")
+    p.add_argument("--gap", type=float, default=0.1, help="seconds of pause before every timed step")
+    p.add_argument("--worker", choices=("reference", "port"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -40,11 +50,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sidebyside import run_interleaved, serve, start_worker  # noqa: E402
 from reference import train as RT  # noqa: E402
 from reference.config import make_config  # noqa: E402
 
@@ -66,55 +77,65 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def build():
+def build(side):
+    """One side's Trainer (float32, the recipe's config) and a function running one of its steps."""
+    data, shape, model, default_batch = SETUPS[ARGS.model]
+    cfg = make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32")
+    ref = RT.Trainer(cfg, shape)  # the parameters both sides start from
+    x = np.random.default_rng(0).uniform(-1, 1, (1024,) + shape).astype(np.float32)
+    rng = np.random.default_rng(1)
+    counter = [0]
+    if side == "reference":
+        def step():
+            ref.step(x[rng.integers(0, len(x), cfg.batch_size)], counter[0])
+            counter[0] += 1
+        return cfg, shape, ref, step, f"numpy {np.__version__} (float32)"
+
     import torch
     from torch_port import train as PT
 
-    data, shape, model, default_batch = SETUPS[ARGS.model]
-    cfg = make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32")
-    ref = RT.Trainer(cfg, shape)
-    port = PT.Trainer(cfg, shape, device="cpu", compile=False, amp=False, channels_last=False)
+    torch.set_num_threads(ARGS.threads)
+    port = PT.Trainer(cfg, shape, device="cpu", compile=ARGS.compile, amp=ARGS.amp, channels_last=False)
     port.load_state_dict(ref.state_dict())
-    x = np.random.default_rng(0).uniform(-1, 1, (1024,) + shape).astype(np.float32)
     port_data = port.prepare_data(x)
-    rng = np.random.default_rng(1)
-    counter = {"reference": 0, "port": 0}
 
-    def ref_step():
-        ref.step(x[rng.integers(0, len(x), cfg.batch_size)], counter["reference"])
-        counter["reference"] += 1
-
-    def port_step():
-        loss, _ = port.step(port_data[rng.integers(0, len(x), cfg.batch_size)], counter["port"])
+    def step():
+        loss, _ = port.step(port_data[rng.integers(0, len(x), cfg.batch_size)], counter[0])
         float(loss)  # the reference returns a float: read the port's too (a no-op wait on the CPU)
-        counter["port"] += 1
+        counter[0] += 1
+    mode = ("compiled" if ARGS.compile else "eager") + (", bf16 autocast" if ARGS.amp else ", float32")
+    return cfg, shape, ref, step, f"torch {torch.__version__} ({mode}, foreach AdamW)"
 
-    return cfg, shape, ref, {"reference": ref_step, "port": port_step}, torch
 
-
-def main():
+def worker(side):
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(ARGS.threads)
     except ImportError:
         pass
-    cfg, shape, ref, sides, torch = build()
-    torch.set_num_threads(ARGS.threads)
+    _, _, ref, step, desc = build(side)
+    for _ in range(ARGS.warmup):
+        step()
+    serve(step, ref.model.num_params(), desc)
+
+
+def main():
+    if ARGS.worker:
+        return worker(ARGS.worker)
+    data, shape, model, default_batch = SETUPS[ARGS.model]
+    cfg = make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32")
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
     print(f"device: CPU {cpu_name()} ({os.cpu_count()} logical cores), load average at start "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"model: {ARGS.model} {type(ref.model).__name__} {cfg.model}, {ref.model.num_params():,} parameters")
-    print(f"batch {cfg.batch_size} x {shape} float32, {ARGS.threads} thread(s) per side; numpy {np.__version__}, "
-          f"torch {torch.__version__} (eager, foreach AdamW)")
-    for _ in range(ARGS.warmup):
-        for f in sides.values():
-            f()
-    times = {k: [] for k in sides}
-    for r in range(ARGS.reps):
-        for name in (("reference", "port") if r % 2 == 0 else ("port", "reference")):
-            t0 = time.perf_counter()
-            sides[name]()
-            times[name].append(time.perf_counter() - t0)
+    workers = {side: start_worker(__file__, side, sys.argv[1:]) for side in ("reference", "port")}
+    n_params = {side: w[1] for side, w in workers.items()}
+    if n_params["reference"] != n_params["port"]:
+        raise SystemExit(f"the two sides built different networks: {n_params} parameters")
+    print(f"model: {ARGS.model} {cfg.model}, {n_params['reference']:,} parameters")
+    print(f"batch {cfg.batch_size} x {shape}, {ARGS.threads} thread(s) per side; "
+          f"{workers['reference'][2]}, {workers['port'][2]}; each side in its own process, "
+          f"{ARGS.gap:g} s pause before each step")
+    times, _ = run_interleaved({side: w[0] for side, w in workers.items()}, ARGS.reps, ARGS.gap)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("reference", "port"):
         print(f"{k:9s} step: median {med[k] * 1e3:8.2f} ms  min {min(times[k]) * 1e3:8.2f} ms  "

@@ -53,11 +53,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sidebyside import run_interleaved, serve, start_worker  # noqa: E402
 from reference import schedules  # noqa: E402
 from reference.unet import UNet  # noqa: E402
 
@@ -229,30 +230,7 @@ def worker(side):
         n_params = sum(p.numel() for p in model.parameters())
     for _ in range(ARGS.warmup):
         run()
-    print(f"READY {n_params} {desc}", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        t0, c0 = time.perf_counter(), time.process_time()
-        run()
-        print(f"TIME {time.perf_counter() - t0} {time.process_time() - c0}", flush=True)
-
-
-def start_worker(side):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side] + sys.argv[1:]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("READY"):
-        raise SystemExit(f"the {side} worker failed to start (exit {proc.wait()})")
-    _, n_params, desc = line.strip().split(" ", 2)
-    return proc, int(n_params), desc
-
-
-def timed_step(proc):
-    proc.stdin.write("step\n")
-    proc.stdin.flush()
-    _, wall, cpu = proc.stdout.readline().split()
-    return float(wall), float(cpu)
+    serve(run, n_params, desc)
 
 
 def main():
@@ -260,7 +238,7 @@ def main():
         return memory_child(ARGS.memory)
     if ARGS.worker:
         return worker(ARGS.worker)
-    workers = {side: start_worker(side) for side in ("numpy", "torch")}
+    workers = {side: start_worker(__file__, side, sys.argv[1:]) for side in ("numpy", "torch")}
     n_params = {side: w[1] for side, w in workers.items()}
     if n_params["numpy"] != n_params["torch"]:
         raise SystemExit(f"the two sides built different networks: {n_params} parameters")
@@ -268,16 +246,7 @@ def main():
     print(f"batch {ARGS.batch} x {ARGS.channels}x{ARGS.size}x{ARGS.size} float32, {ARGS.threads} thread(s), "
           f"{workers['numpy'][2]}, {workers['torch'][2]}, each in its own process; "
           f"malloc tuned: {ARGS.malloc_tune}, {ARGS.gap:g} s pause before each step")
-    times, cpu = {"numpy": [], "torch": []}, {"numpy": [], "torch": []}
-    for r in range(ARGS.reps):
-        for name in (("numpy", "torch") if r % 2 == 0 else ("torch", "numpy")):
-            time.sleep(ARGS.gap)  # the other side's idle BLAS/OpenMP threads stop spinning
-            wall, c = timed_step(workers[name][0])
-            times[name].append(wall)
-            cpu[name].append(c)
-    for proc, _, _ in workers.values():
-        proc.stdin.close()
-        proc.wait()
+    times, cpu = run_interleaved({side: w[0] for side, w in workers.items()}, ARGS.reps, ARGS.gap)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("numpy", "torch"):
         print(f"{k:6s} step: median {med[k] * 1e3:8.1f} ms   min {min(times[k]) * 1e3:8.1f} ms   "
