@@ -209,6 +209,33 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_an_fp32_loss():
     assert all(s.dtype == torch.float32 for s in tr.ema.params.values())
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bf16_autocast_computes_the_float32_network_within_bf16_rounding(seed):
+    """`--amp` (the CPU's fast path too) changes the precision, not the function: the network's output and the
+    gradient of a loss of it under bf16 autocast stay within TOL["bf16net"] of float32, norm-wise."""
+    from torch_port.unet import UNet
+
+    model = UNet(in_channels=1, **make_config("digits").model, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # nonzero output layer: a trained-like network, not the zero-initialised one
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    x, t = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 1000, (16,), generator=gen)
+    params = list(model.parameters())
+    out = model(x, t)
+    g32 = torch.autograd.grad(out.square().mean(), params)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = model(x, t)
+    assert out16.dtype == torch.bfloat16
+    g16 = torch.autograd.grad(out16.float().square().mean(), params)
+
+    def rel(a, b):
+        return float(torch.sqrt(sum(((u.float() - v) ** 2).sum() for u, v in zip(a, b)))
+                     / torch.sqrt(sum((v ** 2).sum() for v in b)))
+    assert rel([out16.detach()], [out.detach()]) <= TOL["bf16net"]
+    assert rel(g16, g32) <= TOL["bf16net"]
+
+
 def _broken_mlp(bias):
     """An MLP whose output has ``bias`` added: 1e30 gives a finite output and an infinite float32 loss."""
     from torch_port.optim import EMA
