@@ -89,7 +89,8 @@ def configure(p):
                    help="torch.compile the model (default: on for CUDA)")
     g.add_argument("--no-compile", dest="compile", action="store_false")
     g.add_argument("--amp", dest="amp", action="store_true", default=None,
-                   help="bf16 autocast with fp32 master weights (default: on for CUDA)")
+                   help="bf16 autocast with fp32 master weights (default: on for CUDA; on a CPU with "
+                        "native bf16, e.g. AVX512-BF16 or AMX, it trains ~1.3-1.7x faster)")
     g.add_argument("--no-amp", dest="amp", action="store_false")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="NHWC memory format (default: on for CUDA)")
