@@ -43,13 +43,7 @@ HYPER = dict(lr=3e-3, weight_decay=0.01)
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is shared, and more threads only add contention here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _twins(name, dtype, rng):

@@ -107,12 +107,7 @@ def ddp_results(tmp_path_factory):
     return {name: [dict(np.load(out / f"{name}_rank{r}.npz")) for r in range(2)] for name in MODELS}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -32,13 +32,7 @@ SMALL_UNET = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, atten
 CASES = {"unet": ("digits", SMALL_UNET, (1, 8, 8)), "mlp": ("moons", dict(hidden=16, num_layers=2), (2,))}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is shared, and more threads only add contention here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _cfg(case, **kw):
