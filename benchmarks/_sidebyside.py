@@ -13,10 +13,16 @@ must agree on, e.g. the parameter count), then for every ``step`` line on its st
 and prints ``TIME <wall seconds> <process CPU seconds>``.
 """
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+
+def pin_threads(n):
+    """Every BLAS/OpenMP pool to n threads. Call it before numpy (and its BLAS) is first imported: the
+    pools read these variables once, when they load (this module imports neither)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
 
 
 def serve(run, check_value, description):
@@ -68,7 +74,3 @@ def run_interleaved(procs, reps, gap):
             proc.stdin.close()
             proc.wait()
     return walls, cpus
-
-
-def median_ms(values):
-    return statistics.median(values) * 1e3

@@ -44,18 +44,18 @@ def parse_args():
     return p.parse_args()
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sidebyside import pin_threads, run_interleaved, serve, start_worker  # noqa: E402
+
 ARGS = parse_args()
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(ARGS.threads)  # before numpy (and its BLAS) is loaded
+pin_threads(ARGS.threads)  # before numpy (and its BLAS) is loaded
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sidebyside import run_interleaved, serve, start_worker  # noqa: E402
 from reference import train as RT  # noqa: E402
 from reference.config import make_config  # noqa: E402
 
@@ -77,10 +77,15 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def build(side):
-    """One side's Trainer (float32, the recipe's config) and a function running one of its steps."""
+def config():
+    """The recipe's TrainConfig for --model in float32, and the item shape."""
     data, shape, model, default_batch = SETUPS[ARGS.model]
-    cfg = make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32")
+    return make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32"), shape
+
+
+def build(side):
+    """(the reference Trainer holding the starting parameters, a function running one step of `side`, a label)."""
+    cfg, shape = config()
     ref = RT.Trainer(cfg, shape)  # the parameters both sides start from
     x = np.random.default_rng(0).uniform(-1, 1, (1024,) + shape).astype(np.float32)
     rng = np.random.default_rng(1)
@@ -89,7 +94,7 @@ def build(side):
         def step():
             ref.step(x[rng.integers(0, len(x), cfg.batch_size)], counter[0])
             counter[0] += 1
-        return cfg, shape, ref, step, f"numpy {np.__version__} (float32)"
+        return ref, step, f"numpy {np.__version__} (float32)"
 
     import torch
     from torch_port import train as PT
@@ -104,7 +109,7 @@ def build(side):
         float(loss)  # the reference returns a float: read the port's too (a no-op wait on the CPU)
         counter[0] += 1
     mode = ("compiled" if ARGS.compile else "eager") + (", bf16 autocast" if ARGS.amp else ", float32")
-    return cfg, shape, ref, step, f"torch {torch.__version__} ({mode}, foreach AdamW)"
+    return ref, step, f"torch {torch.__version__} ({mode}, foreach AdamW)"
 
 
 def worker(side):
@@ -113,7 +118,7 @@ def worker(side):
         threadpool_limits(ARGS.threads)
     except ImportError:
         pass
-    _, _, ref, step, desc = build(side)
+    ref, step, desc = build(side)
     for _ in range(ARGS.warmup):
         step()
     serve(step, ref.model.num_params(), desc)
@@ -122,8 +127,7 @@ def worker(side):
 def main():
     if ARGS.worker:
         return worker(ARGS.worker)
-    data, shape, model, default_batch = SETUPS[ARGS.model]
-    cfg = make_config(data, batch_size=ARGS.batch or default_batch, model=model, dtype="float32")
+    cfg, shape = config()
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
     print(f"device: CPU {cpu_name()} ({os.cpu_count()} logical cores), load average at start "
           f"{os.getloadavg()[0]:.1f}")

@@ -47,18 +47,18 @@ def parse_args():
     return p.parse_args()
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _sidebyside import pin_threads, run_interleaved, serve, start_worker  # noqa: E402
+
 ARGS = parse_args()
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(ARGS.threads)  # before numpy (and its BLAS) is loaded
+pin_threads(ARGS.threads)  # before numpy (and its BLAS) is loaded
 
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sidebyside import run_interleaved, serve, start_worker  # noqa: E402
 from reference import schedules  # noqa: E402
 from reference.unet import UNet  # noqa: E402
 
