@@ -99,8 +99,15 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     out = cols @ w_mat  # (M, O)
     if b is not None:
         out += b
-    # the cache keeps the padded input, not cols (9x larger): backward rebuilds cols from it
-    return out.reshape(N, Ho, Wo, O), (xp, w_mat, x.shape, (kh, kw, stride, padding), b is not None)
+    # the cache keeps an input, never cols (9x larger): x itself where backward reads only dout's
+    # windows (B2b), else the padded x, from which backward rebuilds cols
+    keep = x if _flipped_backward(kh, kw, stride, padding) else xp
+    return out.reshape(N, Ho, Wo, O), (keep, w_mat, x.shape, (kh, kw, stride, padding), b is not None)
+
+
+def _flipped_backward(kh, kw, stride, padding):
+    """Whether backward takes the stride-1 route (B2b): windows of the padded dout give dx and dw."""
+    return stride == 1 and kh == kw > 1 and padding <= kh - 1
 
 
 def conv2d_backward(dout, cache):
@@ -108,24 +115,30 @@ def conv2d_backward(dout, cache):
 
     db is None when the forward had no bias.
     """
-    xp, w_mat, x_shape, (kh, kw, stride, padding), has_bias = cache
+    xin, w_mat, x_shape, (kh, kw, stride, padding), has_bias = cache  # xin: x or padded x, see forward
     N, H, W, C = x_shape
     O = w_mat.shape[1]
     Ho, Wo = dout.shape[1], dout.shape[2]
     dout_mat = dout.reshape(-1, O)  # (M, O)
     # (B2)  db[o] = sum_{n, y, x} dout[n, y, x, o]   (as 1^T dout: a BLAS product beats a strided sum)
     db = np.ones(dout_mat.shape[0], dtype=dout_mat.dtype) @ dout_mat if has_bias else None
+    if _flipped_backward(kh, kw, stride, padding):
+        # (B2b) stride 1: D = windows of dout zero-padded by k-1-p, one row per input pixel u:
+        #       D[(n, u), (i', j', o)] = dout[n, u + p - (k-1-i', k-1-j'), o]  (0 off the grid)
+        k = kh
+        dcols = _im2col(_pad(dout, k - 1 - padding), k, k, 1)  # (N H W, k k O)
+        # (B2b) dx = D Wrot: dout correlated with the kernel turned by 180 degrees, in/out channels swapped
+        w_rot = w_mat.reshape(k, k, C, O)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * O, C)
+        dx = (dcols @ w_rot).reshape(x_shape)
+        # (B2b) dw[o, c, i, j] = (X^T D)[c, (k-1-i, k-1-j, o)]: the same windows, so no im2col of x
+        dw_rot = (xin.reshape(-1, C).T @ dcols).reshape(C, k, k, O)
+        return dx, dw_rot[:, ::-1, ::-1].transpose(3, 0, 1, 2).copy(), db
     # (B2)  dWmat = cols^T dout, back to OIHW
-    cols = xp.reshape(-1, C) if kh == kw == 1 and stride == 1 and padding == 0 else _im2col(xp, kh, kw, stride)
+    cols = xin.reshape(-1, C) if kh == kw == 1 and stride == 1 and padding == 0 else _im2col(xin, kh, kw, stride)
     dw = (cols.T @ dout_mat).reshape(kh, kw, C, O).transpose(3, 2, 0, 1).copy()
     if kh == kw == 1 and stride == 1 and padding == 0:
         # (B2)  dx = dout Wmat^T
         return (dout_mat @ w_mat.T).reshape(x_shape), dw, db
-    if stride == 1 and kh == kw and padding <= kh - 1:
-        # (B2)  stride 1: dx[u] = sum_{i,j} dout[u + p - (i, j)] w[:, :, i, j]^T, i.e. dout zero-padded by
-        #       k-1-p and correlated with the kernel rotated by 180 degrees, in/out channels swapped
-        w_rot = w_mat.reshape(kh, kw, C, O)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * O, C)
-        return (_im2col(_pad(dout, kh - 1 - padding), kh, kw, 1) @ w_rot).reshape(x_shape), dw, db
     # (B2)  general stride: dcols[i, j] = dout Wmat[i, j]^T, one (M, O) x (O, C) product per kernel offset,
     #       then col2im adds every window's gradient back onto the pixels it read
     w_off = w_mat.reshape(kh * kw, C, O).transpose(0, 2, 1)  # (kh kw, O, C)

@@ -71,6 +71,26 @@ def test_B2_conv_backward_matches_finite_differences(k, stride, padding, rng):
     assert_backward_mutates_nothing(fwd, L.conv2d_backward, [x, w, b], rng)
 
 
+@pytest.mark.parametrize("k,padding", [(3, 0), (3, 1), (3, 2), (5, 2), (2, 1)])
+def test_B2b_stride1_gradients_equal_the_im2col_products_of_B2(k, padding, rng):
+    """(B2b) The stride-1 backward reads only dout's windows; (B2) as written, with loops over the
+    kernel offsets (dw = X_col^T dout, dx = col2im(dout W_mat^T)), must give the same dx and dw."""
+    x, w, b = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
+    out, cache = L.conv2d_forward(x, w, b, 1, padding)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = L.conv2d_backward(dout, cache)
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    Ho, Wo = out.shape[1:3]
+    dw_b2, dxp_b2 = np.zeros_like(w), np.zeros_like(xp)
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, i:i + Ho, j:j + Wo, :]  # x_p[n, y + i, x + j, c] for every output pixel
+            dw_b2[:, :, i, j] = np.einsum("nyxo,nyxc->oc", dout, window)
+            dxp_b2[:, i:i + Ho, j:j + Wo, :] += np.einsum("nyxo,oc->nyxc", dout, w[:, :, i, j])
+    dx_b2 = dxp_b2[:, padding:padding + x.shape[1], padding:padding + x.shape[2]]
+    assert rel_error(dw, dw_b2) <= TOL["exact64"] and rel_error(dx, dx_b2) <= TOL["exact64"]
+
+
 def test_B2_conv_without_bias_returns_no_bias_gradient(rng):
     x, w = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((3, 2, 3, 3))
     out, cache = L.conv2d_forward(x, w, None, 1, 1)
