@@ -100,13 +100,13 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     if b is not None:
         out += b
     # the cache keeps an input, never cols (9x larger): x itself where backward reads only dout's
-    # windows (B2b), else the padded x, from which backward rebuilds cols
+    # windows (B10), else the padded x, from which backward rebuilds cols
     keep = x if _flipped_backward(kh, kw, stride, padding) else xp
     return out.reshape(N, Ho, Wo, O), (keep, w_mat, x.shape, (kh, kw, stride, padding), b is not None)
 
 
 def _flipped_backward(kh, kw, stride, padding):
-    """Whether backward takes the stride-1 route (B2b): windows of the padded dout give dx and dw."""
+    """Whether backward takes the stride-1 route (B10): windows of the padded dout give dx and dw."""
     return stride == 1 and kh == kw > 1 and padding <= kh - 1
 
 
@@ -123,14 +123,14 @@ def conv2d_backward(dout, cache):
     # (B2)  db[o] = sum_{n, y, x} dout[n, y, x, o]   (as 1^T dout: a BLAS product beats a strided sum)
     db = np.ones(dout_mat.shape[0], dtype=dout_mat.dtype) @ dout_mat if has_bias else None
     if _flipped_backward(kh, kw, stride, padding):
-        # (B2b) stride 1: D = windows of dout zero-padded by k-1-p, one row per input pixel u:
+        # (B10) stride 1: D = windows of dout zero-padded by k-1-p, one row per input pixel u:
         #       D[(n, u), (i', j', o)] = dout[n, u + p - (k-1-i', k-1-j'), o]  (0 off the grid)
         k = kh
         dcols = _im2col(_pad(dout, k - 1 - padding), k, k, 1)  # (N H W, k k O)
-        # (B2b) dx = D Wrot: dout correlated with the kernel turned by 180 degrees, in/out channels swapped
+        # (B10) dx = D Wrot: dout correlated with the kernel turned by 180 degrees, in/out channels swapped
         w_rot = w_mat.reshape(k, k, C, O)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * O, C)
         dx = (dcols @ w_rot).reshape(x_shape)
-        # (B2b) dw[o, c, i, j] = (X^T D)[c, (k-1-i, k-1-j, o)]: the same windows, so no im2col of x
+        # (B10) dw[o, c, i, j] = (X^T D)[c, (k-1-i, k-1-j, o)]: the same windows, so no im2col of x
         dw_rot = (xin.reshape(-1, C).T @ dcols).reshape(C, k, k, O)
         return dx, dw_rot[:, ::-1, ::-1].transpose(3, 0, 1, 2).copy(), db
     # (B2)  dWmat = cols^T dout, back to OIHW

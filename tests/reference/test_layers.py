@@ -72,8 +72,8 @@ def test_B2_conv_backward_matches_finite_differences(k, stride, padding, rng):
 
 
 @pytest.mark.parametrize("k,padding", [(3, 0), (3, 1), (3, 2), (5, 2), (2, 1)])
-def test_B2b_stride1_gradients_equal_the_im2col_products_of_B2(k, padding, rng):
-    """(B2b) The stride-1 backward reads only dout's windows; (B2) as written, with loops over the
+def test_B10_stride1_conv_gradients_equal_the_im2col_products_of_B2(k, padding, rng):
+    """(B10) The stride-1 backward reads only dout's windows; (B2) as written, with loops over the
     kernel offsets (dw = X_col^T dout, dx = col2im(dout W_mat^T)), must give the same dx and dw."""
     x, w, b = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
     out, cache = L.conv2d_forward(x, w, b, 1, padding)
