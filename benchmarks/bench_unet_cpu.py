@@ -131,7 +131,7 @@ def numpy_step(model, opt, batch):
     out, cache = model.forward(xt, t)
     # (L4)  loss = mean (eps_theta - eps)^2;  dloss/dout = 2 (out - eps) / numel
     dout = (out - eps) * np.float32(2.0 / out.size)
-    _, grads = model.backward(dout, cache)
+    _, grads = model.backward(dout, cache, input_grad=False)  # as torch: x_t needs no gradient
     opt.step(grads)
 
 

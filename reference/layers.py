@@ -110,10 +110,12 @@ def _flipped_backward(kh, kw, stride, padding):
     return stride == 1 and kh == kw > 1 and padding <= kh - 1
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """(B2) Gradients of conv2d_forward. dout (N, Ho, Wo, O) -> dx (N, H, W, C), dw (O, C, kh, kw), db (O,).
 
-    db is None when the forward had no bias.
+    db is None when the forward had no bias; dx is None with input_grad=False (a network's first
+    layer: nothing upstream learns), and dw then comes from x's windows, which are smaller than
+    dout's when C < O.
     """
     xin, w_mat, x_shape, (kh, kw, stride, padding), has_bias = cache  # xin: x or padded x, see forward
     N, H, W, C = x_shape
@@ -122,7 +124,7 @@ def conv2d_backward(dout, cache):
     dout_mat = dout.reshape(-1, O)  # (M, O)
     # (B2)  db[o] = sum_{n, y, x} dout[n, y, x, o]   (as 1^T dout: a BLAS product beats a strided sum)
     db = np.ones(dout_mat.shape[0], dtype=dout_mat.dtype) @ dout_mat if has_bias else None
-    if _flipped_backward(kh, kw, stride, padding):
+    if input_grad and _flipped_backward(kh, kw, stride, padding):
         # (B10) stride 1: D = windows of dout zero-padded by k-1-p, one row per input pixel u:
         #       D[(n, u), (i', j', o)] = dout[n, u + p - (k-1-i', k-1-j'), o]  (0 off the grid)
         k = kh
@@ -134,8 +136,11 @@ def conv2d_backward(dout, cache):
         dw_rot = (xin.reshape(-1, C).T @ dcols).reshape(C, k, k, O)
         return dx, dw_rot[:, ::-1, ::-1].transpose(3, 0, 1, 2).copy(), db
     # (B2)  dWmat = cols^T dout, back to OIHW
-    cols = xin.reshape(-1, C) if kh == kw == 1 and stride == 1 and padding == 0 else _im2col(xin, kh, kw, stride)
+    xp = _pad(xin, padding) if _flipped_backward(kh, kw, stride, padding) else xin
+    cols = xp.reshape(-1, C) if kh == kw == 1 and stride == 1 and padding == 0 else _im2col(xp, kh, kw, stride)
     dw = (cols.T @ dout_mat).reshape(kh, kw, C, O).transpose(3, 2, 0, 1).copy()
+    if not input_grad:
+        return None, dw, db
     if kh == kw == 1 and stride == 1 and padding == 0:
         # (B2)  dx = dout Wmat^T
         return (dout_mat @ w_mat.T).reshape(x_shape), dw, db

@@ -56,7 +56,7 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
     loss, dout = simple_loss_and_grad(sched, out, x0, t, eps, prediction,
                                       weighting=None if weighting == "none" else weighting)
-    _, grads = model.backward(dout, cache)
+    _, grads = model.backward(dout, cache, input_grad=False)
     # (O3)  g <- g * min(1, c / ||g||)
     grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
     loss, norm = float(loss), float(norm)

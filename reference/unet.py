@@ -5,6 +5,7 @@ API (both models)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
     dx, grads = model.backward(dout, cache) # grads keyed like model.params
+    _, grads = model.backward(dout, cache, input_grad=False)  # dx is None; training needs no more
 
 ``model.params`` maps names to arrays; the names are exactly the keys of the torch port's
 ``state_dict()`` (conv weights OIHW, linear weights (out, in)), e.g.::
@@ -344,8 +345,11 @@ class UNet(_Model):
         out, caches["conv_out"] = _conv(p, "conv_out", h)  # (N, H, W, Cout)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), caches
 
-    def backward(self, dout, cache):
+    def backward(self, dout, cache, input_grad=True):
         """dout (N, out_channels, H, W) -> dx (N, in_channels, H, W), grads {name: array like params[name]}.
+
+        input_grad=False skips dx (returned as None): conv_in's weight gradient then reads the windows
+        of the few-channel input rather than those of its many-channel output gradient.
 
         Every d below is an array this method (or a layer backward) just allocated, or a channel
         slice of one, so the in-place additions never touch dout or the cache.
@@ -380,10 +384,11 @@ class UNet(_Model):
                 d += dskips.pop()  # (B8)
                 d = self._block_backward(res, attn, d, caches, g, dtemb_act)
         d += dskips.pop()  # (B8)  conv_in's output was the first skip
-        d, g["conv_in.weight"], g["conv_in.bias"] = L.conv2d_backward(d, caches["conv_in"])
+        d, g["conv_in.weight"], g["conv_in.bias"] = L.conv2d_backward(d, caches["conv_in"], input_grad)
         dtemb = L.silu_backward(dtemb_act, caches["temb_act"])
         self._time_mlp_backward(dtemb, caches["time_mlp"], g)
-        return np.ascontiguousarray(d.transpose(0, 3, 1, 2)), {k: g[k] for k in self.params}
+        dx = np.ascontiguousarray(d.transpose(0, 3, 1, 2)) if input_grad else None
+        return dx, {k: g[k] for k in self.params}
 
     def _block_backward(self, res, attn, d, caches, grads, dtemb_act):
         """Backward through an attention block (if any), then its residual block."""
@@ -437,8 +442,8 @@ class MLP(_Model):
         out, caches["out_proj"] = L.linear_forward(a, p["out_proj.weight"], p["out_proj.bias"])
         return out, caches
 
-    def backward(self, dout, cache):
-        """dout (N, in_dim) -> dx (N, in_dim), grads {name: array like params[name]}."""
+    def backward(self, dout, cache, input_grad=True):
+        """dout (N, in_dim) -> dx (N, in_dim) (None with input_grad=False), grads {name: array like params[name]}."""
         c, g = cache, {}
         d = np.asarray(dout, dtype=self.dtype)
         d, g["out_proj.weight"], g["out_proj.bias"] = L.linear_backward(d, c["out_proj"])
@@ -451,4 +456,4 @@ class MLP(_Model):
         # (B8)  h = in_proj(x) + temb: both receive dh
         dx, g["in_proj.weight"], g["in_proj.bias"] = L.linear_backward(d, c["in_proj"])
         self._time_mlp_backward(d, c["time_mlp"], g)
-        return dx, {k: g[k] for k in self.params}
+        return (dx if input_grad else None), {k: g[k] for k in self.params}

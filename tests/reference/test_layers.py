@@ -91,6 +91,17 @@ def test_B10_stride1_conv_gradients_equal_the_im2col_products_of_B2(k, padding, 
     assert rel_error(dw, dw_b2) <= TOL["exact64"] and rel_error(dx, dx_b2) <= TOL["exact64"]
 
 
+@pytest.mark.parametrize("k,stride,padding", CONV_CASES)
+def test_B2_conv_without_input_grad_gives_the_same_weight_gradients(k, stride, padding, rng):
+    """input_grad=False takes dw from x's windows (B2), not dout's (B10): the same numbers, dx None."""
+    x, w, b = rng.standard_normal((2, 7, 5, 3)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
+    out, cache = L.conv2d_forward(x, w, b, stride, padding)
+    dout = rng.standard_normal(out.shape)
+    _, dw, db = L.conv2d_backward(dout, cache)
+    none, dw2, db2 = L.conv2d_backward(dout, cache, input_grad=False)
+    assert none is None and rel_error(dw2, dw) <= TOL["exact64"] and rel_error(db2, db) <= TOL["exact64"]
+
+
 def test_B2_conv_without_bias_returns_no_bias_gradient(rng):
     x, w = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((3, 2, 3, 3))
     out, cache = L.conv2d_forward(x, w, None, 1, 1)

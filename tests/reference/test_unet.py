@@ -66,6 +66,18 @@ def test_B8_unet_backward_mutates_neither_dout_nor_cache(rng):
     assert np.array_equal(dx1, dx2) and same(g1, g2)
 
 
+def test_backward_without_input_grad_returns_the_same_parameter_gradients(rng):
+    """input_grad=False (what training uses) changes which windows conv_in reads, not the gradients."""
+    for model, x in ((UNet(**SMALL_UNET, dtype=np.float64), rng.standard_normal((2, 2, 8, 8))),
+                     (MLP(in_dim=2, hidden=16, num_layers=2, time_dim=8, dtype=np.float64), rng.standard_normal((3, 2)))):
+        randomise(model, rng)
+        out, cache = model.forward(x, np.arange(len(x)))
+        dout = rng.standard_normal(out.shape)
+        _, g1 = model.backward(dout, cache)
+        none, g2 = model.backward(dout, cache, input_grad=False)
+        assert none is None and all(rel_error(g2[k], g1[k]) <= TOL["exact64"] for k in g1)
+
+
 @pytest.mark.parametrize("size", [8, 16, 32])
 def test_unet_output_shapes_and_float32_default(size, rng):
     model = UNet(in_channels=3)
