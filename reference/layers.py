@@ -1,4 +1,4 @@
-"""Layers with hand-written backward passes — derivations/backprop.md (B1..B9).
+"""Layers with hand-written backward passes — derivations/backprop.md (B1..B10).
 
 API (CS231n pairs, each backward right under its forward)::
 

@@ -1,6 +1,6 @@
 """The denoising networks: a small conv UNet for 8x8 to 32x32 images and an MLP for 2-D data.
 
-Built from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B9).
+Built from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B10).
 API (both models)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
