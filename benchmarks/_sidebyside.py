@@ -47,6 +47,18 @@ def start_worker(script, side, argv):
     return proc, int(value), desc
 
 
+def start_workers(script, sides, argv):
+    """Start one worker per side (start_worker) and check that their READY ints agree.
+
+    Returns ({side: process}, the agreed int, {side: description})."""
+    workers = {side: start_worker(script, side, argv) for side in sides}
+    values = {side: w[1] for side, w in workers.items()}
+    if len(set(values.values())) != 1:
+        raise SystemExit(f"the two sides built different networks: {values} parameters")
+    return ({side: w[0] for side, w in workers.items()}, next(iter(values.values())),
+            {side: w[2] for side, w in workers.items()})
+
+
 def _timed_step(proc):
     proc.stdin.write("step\n")
     proc.stdin.flush()

@@ -46,7 +46,7 @@ def parse_args():
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sidebyside import pin_threads, run_interleaved, serve, start_worker  # noqa: E402
+from _sidebyside import pin_threads, run_interleaved, serve, start_workers  # noqa: E402
 
 ARGS = parse_args()
 pin_threads(ARGS.threads)  # before numpy (and its BLAS) is loaded
@@ -131,15 +131,12 @@ def main():
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
     print(f"device: CPU {cpu_name()} ({os.cpu_count()} logical cores), load average at start "
           f"{os.getloadavg()[0]:.1f}")
-    workers = {side: start_worker(__file__, side, sys.argv[1:]) for side in ("reference", "port")}
-    n_params = {side: w[1] for side, w in workers.items()}
-    if n_params["reference"] != n_params["port"]:
-        raise SystemExit(f"the two sides built different networks: {n_params} parameters")
-    print(f"model: {ARGS.model} {cfg.model}, {n_params['reference']:,} parameters")
+    procs, n_params, desc = start_workers(__file__, ("reference", "port"), sys.argv[1:])
+    print(f"model: {ARGS.model} {cfg.model}, {n_params:,} parameters")
     print(f"batch {cfg.batch_size} x {shape}, {ARGS.threads} thread(s) per side; "
-          f"{workers['reference'][2]}, {workers['port'][2]}; each side in its own process, "
+          f"{desc['reference']}, {desc['port']}; each side in its own process, "
           f"{ARGS.gap:g} s pause before each step")
-    times, _ = run_interleaved({side: w[0] for side, w in workers.items()}, ARGS.reps, ARGS.gap)
+    times, _ = run_interleaved(procs, ARGS.reps, ARGS.gap)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("reference", "port"):
         print(f"{k:9s} step: median {med[k] * 1e3:8.2f} ms  min {min(times[k]) * 1e3:8.2f} ms  "

@@ -49,7 +49,7 @@ def parse_args():
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sidebyside import pin_threads, run_interleaved, serve, start_worker  # noqa: E402
+from _sidebyside import pin_threads, run_interleaved, serve, start_workers  # noqa: E402
 
 ARGS = parse_args()
 pin_threads(ARGS.threads)  # before numpy (and its BLAS) is loaded
@@ -238,15 +238,12 @@ def main():
         return memory_child(ARGS.memory)
     if ARGS.worker:
         return worker(ARGS.worker)
-    workers = {side: start_worker(__file__, side, sys.argv[1:]) for side in ("numpy", "torch")}
-    n_params = {side: w[1] for side, w in workers.items()}
-    if n_params["numpy"] != n_params["torch"]:
-        raise SystemExit(f"the two sides built different networks: {n_params} parameters")
-    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {n_params['numpy']:,} parameters")
+    procs, n_params, desc = start_workers(__file__, ("numpy", "torch"), sys.argv[1:])
+    print(f"UNet base_channels={ARGS.base_channels} {MODEL}, {n_params:,} parameters")
     print(f"batch {ARGS.batch} x {ARGS.channels}x{ARGS.size}x{ARGS.size} float32, {ARGS.threads} thread(s), "
-          f"{workers['numpy'][2]}, {workers['torch'][2]}, each in its own process; "
+          f"{desc['numpy']}, {desc['torch']}, each in its own process; "
           f"malloc tuned: {ARGS.malloc_tune}, {ARGS.gap:g} s pause before each step")
-    times, cpu = run_interleaved({side: w[0] for side, w in workers.items()}, ARGS.reps, ARGS.gap)
+    times, cpu = run_interleaved(procs, ARGS.reps, ARGS.gap)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in ("numpy", "torch"):
         print(f"{k:6s} step: median {med[k] * 1e3:8.1f} ms   min {min(times[k]) * 1e3:8.1f} ms   "
