@@ -124,7 +124,8 @@ def conv2d_backward(dout, cache, input_grad=True):
     dout_mat = dout.reshape(-1, O)  # (M, O)
     # (B2)  db[o] = sum_{n, y, x} dout[n, y, x, o]   (as 1^T dout: a BLAS product beats a strided sum)
     db = np.ones(dout_mat.shape[0], dtype=dout_mat.dtype) @ dout_mat if has_bias else None
-    if input_grad and _flipped_backward(kh, kw, stride, padding):
+    flipped, pointwise = _flipped_backward(kh, kw, stride, padding), kh == kw == 1 and stride == 1 and padding == 0
+    if input_grad and flipped:
         # (B10) stride 1: D = windows of dout zero-padded by k-1-p, one row per input pixel u:
         #       D[(n, u), (i', j', o)] = dout[n, u + p - (k-1-i', k-1-j'), o]  (0 off the grid)
         k = kh
@@ -136,12 +137,12 @@ def conv2d_backward(dout, cache, input_grad=True):
         dw_rot = (xin.reshape(-1, C).T @ dcols).reshape(C, k, k, O)
         return dx, dw_rot[:, ::-1, ::-1].transpose(3, 0, 1, 2).copy(), db
     # (B2)  dWmat = cols^T dout, back to OIHW
-    xp = _pad(xin, padding) if _flipped_backward(kh, kw, stride, padding) else xin
-    cols = xp.reshape(-1, C) if kh == kw == 1 and stride == 1 and padding == 0 else _im2col(xp, kh, kw, stride)
+    xp = _pad(xin, padding) if flipped else xin  # the forward kept x unpadded for the route above
+    cols = xp.reshape(-1, C) if pointwise else _im2col(xp, kh, kw, stride)
     dw = (cols.T @ dout_mat).reshape(kh, kw, C, O).transpose(3, 2, 0, 1).copy()
     if not input_grad:
         return None, dw, db
-    if kh == kw == 1 and stride == 1 and padding == 0:
+    if pointwise:
         # (B2)  dx = dout Wmat^T
         return (dout_mat @ w_mat.T).reshape(x_shape), dw, db
     # (B2)  general stride: dcols[i, j] = dout Wmat[i, j]^T, one (M, O) x (O, C) product per kernel offset,
