@@ -57,9 +57,8 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
                                  prediction=cfg.prediction, variance=variance, clip_x0=cfg.data not in TWO_D,
                                  record=record, progress=progress)
     if record:
-        x, traj = res
-        return B.to_numpy(x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in traj]
-    return B.to_numpy(res)
+        return B.to_numpy(res.x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in res.trajectory]
+    return B.to_numpy(res.x)
 
 
 def configure(p):

@@ -19,14 +19,20 @@ PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")
 
 
-def _bcast(table, t, x):
-    """table[t] shaped to broadcast against x: () for scalar t, (N, 1, 1, ...) for t of shape (N,)."""
-    t = check_timesteps(t, len(table), n=np.shape(x)[0] if np.ndim(x) else None)
-    c = table[t]
-    if np.ndim(c) == 1:
+def _col(c, x):
+    """Coefficients c of shape () or (N,) shaped to broadcast against x (N, ...): () stays (), (N,) becomes
+    (N, 1, 1, ...); in x's dtype when x is floating, else float64."""
+    c = np.asarray(c)
+    if c.ndim == 1:
         c = c.reshape((-1,) + (1,) * (np.ndim(x) - 1))
     dtype = x.dtype if isinstance(x, np.ndarray) and x.dtype.kind == "f" else np.float64
-    return np.asarray(c, dtype=dtype)
+    return c.astype(dtype, copy=False)
+
+
+def _bcast(table, t, x):
+    """table[t] shaped by ``_col`` against x, after checking t against the table and x's batch."""
+    t = check_timesteps(t, len(table), n=np.shape(x)[0] if np.ndim(x) else None)
+    return _col(table[t], x)
 
 
 def _data(x, name):
@@ -158,8 +164,7 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
     if variance == "fixed_small":
         var, log_var = post_var, post_log_var
     else:
-        first = sched.posterior_variance[1] if sched.T > 1 else sched.betas[0]
-        large = np.concatenate([[first], sched.betas[1:]])
-        var = np.broadcast_to(_bcast(large, t, xt), mean.shape)
-        log_var = np.broadcast_to(_bcast(np.log(large), t, xt), mean.shape)
+        # (M2)  sigma_t^2 = beta_t, with beta~_1 at t = 0 (the Schedule's table)
+        var = np.broadcast_to(_bcast(sched.fixed_large_variance, t, xt), mean.shape)
+        log_var = np.broadcast_to(_bcast(sched.fixed_large_log_variance, t, xt), mean.shape)
     return Reverse(mean, var, log_var, x0_hat, eps_hat)

@@ -120,3 +120,27 @@ def check_max_norm(max_norm):
             and max_norm == math.inf:
         return math.inf
     return check_number(max_norm, "max_norm", lo_open=True)
+
+
+def check_rescaled(betas):
+    """The output of rescale_zero_terminal_snr (both sides): only the last step may lose all signal. An
+    earlier beta that rounds to 1 means the input's last betas were below float64's resolution (alpha_bar
+    hardly decreased there). ``betas``: a NumPy array. Returns it."""
+    if np.any(betas[:-1] >= 1.0):
+        k = int(np.flatnonzero(betas[:-1] >= 1.0)[0])
+        raise InputError(f"rescale_zero_terminal_snr: the rescaled schedule leaves so little signal at step {k} "
+                         f"(of {betas.size}) that beta_{k} rounds to 1 in float64: only the last step may lose all "
+                         "signal. The last betas are too small relative to the earlier ones to rescale.")
+    return betas
+
+
+def check_progress(progress):
+    """A loop's progress hook: None (no progress) or a callable that wraps an iterable (e.g. a tqdm bar).
+
+    Returns the wrapper to apply, ``iterable -> iterable``; the math never imports a progress library.
+    """
+    if progress is None:
+        return lambda it: it
+    if callable(progress):
+        return progress
+    raise InputError(f"progress must be None or a callable that wraps an iterable, got {progress!r}")

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .diffusion import PREDICTIONS, VARIANCES, _data, p_mean_variance, q_posterior, q_sample, v_target
-from .errors import InputError, check_choice, check_finite, check_same_shape, check_timesteps
+from .errors import InputError, check_choice, check_finite, check_progress, check_same_shape, check_timesteps
 
 WEIGHTINGS = (None, "snr", "min_snr")
 DECODERS = ("discretized", "gaussian")
@@ -209,21 +209,6 @@ def _per_dim(a):
     return a.reshape(a.shape[0], -1).mean(axis=1)
 
 
-def _progress_iter(it, progress):
-    """Wrap an iterable for progress: None (plain), True (tqdm if importable) or a callable wrapper."""
-    if progress is None or progress is False:
-        return it
-    if progress is True:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is optional at this level
-            return it
-        return tqdm(it)
-    if callable(progress):
-        return progress(it)
-    raise InputError(f"progress must be None, True or a callable that wraps an iterable, got {progress!r}")
-
-
 def _noise_source(noise, T, shape):
     """A function k -> eps_k of ``shape``: from an array (T, *shape) or a np.random.Generator."""
     if isinstance(noise, np.random.Generator):
@@ -253,8 +238,8 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
       t == 0: terms[0] = -log p_theta(x_0 | x_t=0)  (paper L_0 = -log p(x_0 | x_1)); decoder
               "discretized" (8-bit data, L6) or "gaussian" (continuous density, for 2-D points).
     prior = KL(q(x_{T-1} | x_0) || N(0, I)) (paper L_T, L8). total = prior + sum_t terms[t].
-    Returns {"prior": (N,), "terms": (T, N), "total": (N,)} in bits/dim (L7). ``progress``: None,
-    True (tqdm) or a callable wrapping the iterable of t.
+    Returns {"prior": (N,), "terms": (T, N), "total": (N,)} in bits/dim (L7). ``progress``: None or a
+    callable wrapping the iterable of t (e.g. a progress bar).
     """
     check_choice(decoder, DECODERS, "decoder")
     check_choice(prediction, PREDICTIONS, "prediction")
@@ -263,7 +248,7 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
     eps_at = _noise_source(noise, sched.T, x0.shape)
     N = x0.shape[0]
     terms = np.empty((sched.T, N))
-    for t in _progress_iter(range(sched.T), progress):
+    for t in check_progress(progress)(range(sched.T)):
         tt = np.full(N, t, dtype=np.int64)
         xt = q_sample(sched, x0, tt, eps_at(t))  # (F3)
         p = p_mean_variance(sched, denoise(xt, tt), xt, tt, prediction, variance, clip_x0)

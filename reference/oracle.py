@@ -133,8 +133,7 @@ class GaussianOracle:
         check_choice(variance, VARIANCES, "variance")
         if variance == "fixed_small":
             return sched.posterior_log_variance_clipped  # (P4) log beta~, entry 0 -> log beta~_1
-        first = sched.posterior_variance[1] if sched.T > 1 else sched.betas[0]
-        return np.log(np.concatenate([[first], sched.betas[1:]]))  # beta_t, entry 0 -> beta~_1
+        return sched.fixed_large_log_variance  # beta_t, entry 0 -> beta~_1
 
     def _prior_nats(self, sched):
         """(L8) E KL(N(sqrt(abar_T) x_0, 1 - abar_T) || N(0, 1)) per dimension."""

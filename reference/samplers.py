@@ -7,23 +7,23 @@ Data ``xt``, ``noise``, ``model_output`` are (N, ...) arrays. Noise is always an
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import schedules
-from .diffusion import PREDICTIONS, VARIANCES, _data, p_mean_variance, predict_eps, predict_x0
-from .losses import _progress_iter
-from .errors import InputError, check_choice, check_same_shape, check_T, check_timesteps
+from .diffusion import PREDICTIONS, VARIANCES, _col, _data, p_mean_variance, predict_eps, predict_x0
+from .errors import InputError, check_choice, check_progress, check_same_shape, check_T, check_timesteps
 
 SPACINGS = ("leading", "trailing", "linspace")
 SAMPLERS = ("ddpm", "ddim")
 
 
-def _col(c, x):
-    """Per-example coefficients (N,) or () shaped to broadcast against x (N, ...), in x's dtype."""
-    c = np.asarray(c)
-    if c.ndim == 1:
-        c = c.reshape((-1,) + (1,) * (x.ndim - 1))
-    return c.astype(x.dtype, copy=False)
+class Sampled(NamedTuple):
+    """What ``sample_loop`` returns: the samples x (N, ...) and, with record=True, the trajectory, a list
+    of (t, x_t, x0_hat) per step (t the original 0-based index, x_t the step's input); else None."""
+    x: np.ndarray
+    trajectory: list | None
 
 
 def _noise(noise, xt, needed):
@@ -162,22 +162,10 @@ def _noises(rng_or_noises, n, x):
     return lambda k: rng_or_noises[k]
 
 
-def _warn_late_start(alpha_bar_start, t_start, T):
-    """Warn when sampling from N(0, I) starts at a kept step that still holds signal (e.g. "leading"
-    spacing skips the noisiest steps): the same prior mismatch (L8) as a too-short schedule."""
-    import math
-    import warnings
-
-    bpd = -0.5 * math.log1p(-alpha_bar_start) / math.log(2.0) if alpha_bar_start < 1 else math.inf
-    if t_start < T - 1 and bpd > schedules.PRIOR_BPD_WARN:
-        warnings.warn(f"sampling starts at t={t_start} (not T-1={T - 1}) where alpha_bar = {alpha_bar_start:.3g}: "
-                      f"x_t there is not N(0, I) (prior term up to {bpd:.3g} bits/dim). Use spacing='trailing', "
-                      "which starts at the last step.", schedules.PriorMismatchWarning, stacklevel=3)
-
-
 def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, spacing="leading", eta=0.0,
                 prediction="eps", variance="fixed_small", clip_x0=False, record=False, progress=None):
-    """Run the reverse process from x_T -> samples (N, ...), or (samples, trajectory) when ``record``.
+    """Run the reverse process from x_T -> Sampled(x, trajectory): the samples (N, ...), and the trajectory
+    when ``record`` (else None).
 
     ``denoise(xt, t)`` returns the model output for the ORIGINAL 0-based indices t (int64 (N,)).
     steps=None keeps all T steps; steps=n keeps ``timesteps(T, n, spacing)``.
@@ -188,7 +176,7 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     spacing default "leading": Song et al.'s DDIM "uniform" skip and diffusers' default (Lin et al. 2023
     recommend "trailing", which starts at T-1; improved-diffusion's respacing is "linspace").
     trajectory: a list of (t, x_t, x0_hat), one per step, t the original index, x_t the step's input.
-    progress: None, True (tqdm if importable) or a callable wrapping an iterable.
+    progress: None or a callable wrapping the iterable of steps (e.g. a progress bar).
     """
     check_choice(sampler, SAMPLERS, "sampler")
     check_choice(prediction, PREDICTIONS, "prediction")
@@ -197,10 +185,10 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     kept = np.arange(sched.T) if steps is None else timesteps(sched.T, steps, spacing)
     n = kept.size
     noise_at = _noises(rng_or_noises, n, x)
-    _warn_late_start(float(sched.alpha_bar[kept[-1]]), int(kept[-1]), sched.T)
+    schedules.warn_late_start(float(sched.alpha_bar[kept[-1]]), int(kept[-1]), sched.T)
     step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
     trajectory = []
-    for k in _progress_iter(range(n), progress):
+    for k in check_progress(progress)(range(n)):
         i = n - 1 - k  # position in the kept list, from the last (noisiest) to the first
         t = np.full(x.shape[0], kept[i], dtype=np.int64)
         out = denoise(x, t)
@@ -213,4 +201,4 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
         if record:
             trajectory.append((int(kept[i]), x, x0_hat))
         x = x_new
-    return (x, trajectory) if record else x
+    return Sampled(x, trajectory if record else None)

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from .errors import InputError, check_betas, check_choice, check_T
+from .errors import InputError, check_betas, check_choice, check_rescaled, check_T
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
@@ -26,6 +26,18 @@ PRIOR_BPD_WARN = 1e-2
 
 class PriorMismatchWarning(UserWarning):
     """q(x_T | x_0) is far from N(0, I): the schedule does not destroy the signal by step T."""
+
+
+def warn_late_start(alpha_bar_start, t_start, T):
+    """Warn when sampling from N(0, I) starts at a kept step t_start < T-1 that still holds signal
+    (alpha_bar_start, e.g. "leading" spacing skips the noisiest steps): the prior mismatch (L8) of a
+    too-short schedule. Scalar Python, shared by both sides' sample_loop. Returns the prior term's bound."""
+    bpd = -0.5 * math.log1p(-alpha_bar_start) / math.log(2.0) if alpha_bar_start < 1 else math.inf
+    if t_start < T - 1 and bpd > PRIOR_BPD_WARN:
+        warnings.warn(f"sampling starts at t={t_start} (not T-1={T - 1}) where alpha_bar = {alpha_bar_start:.3g}: "
+                      f"x_t there is not N(0, I) (prior term up to {bpd:.3g} bits/dim). Use spacing='trailing', "
+                      "which starts at the last step.", PriorMismatchWarning, stacklevel=3)
+    return bpd
 
 
 def make_betas(name, T, **kw):
@@ -117,18 +129,7 @@ def rescale_zero_terminal_snr(betas):
                          "relative to the earlier ones.")
     abar = sqrt_abar**2
     alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
-    return _check_rescaled(check_betas(1.0 - alphas))
-
-
-def _check_rescaled(betas):
-    """Only the last step may lose all signal: an earlier beta that rounds to 1 means the input's last
-    betas were below float64's resolution (alpha_bar hardly decreased there). ``betas``: a NumPy array."""
-    if np.any(betas[:-1] >= 1.0):
-        k = int(np.flatnonzero(betas[:-1] >= 1.0)[0])
-        raise InputError(f"rescale_zero_terminal_snr: the rescaled schedule leaves so little signal at step {k} "
-                         f"(of {betas.size}) that beta_{k} rounds to 1 in float64: only the last step may lose all "
-                         "signal. The last betas are too small relative to the earlier ones to rescale.")
-    return betas
+    return check_rescaled(check_betas(1.0 - alphas))
 
 
 class ScheduleDiagnostics:
@@ -179,6 +180,8 @@ class Schedule(ScheduleDiagnostics):
       sqrt_alpha_bar, sqrt_one_minus_alpha_bar, sqrt_recip_alpha_bar, sqrt_recipm1_alpha_bar
       posterior_variance            beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t         (P3)
       posterior_log_variance_clipped  log beta~_t, with entry 0 replaced by log beta~[1]     (P4)
+      fixed_large_variance          beta_t, with entry 0 replaced by beta~[1] (the decoder)   (M2, P4)
+      fixed_large_log_variance      its log
       posterior_mean_coef_x0        sqrt(abar_{t-1}) beta_t / (1 - abar_t)                   (P2)
       posterior_mean_coef_xt        sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)            (P2)
       snr, log_snr                  abar_t / (1 - abar_t)                                    (S7)
@@ -211,6 +214,10 @@ class Schedule(ScheduleDiagnostics):
         #       With T = 1 there is no beta~_1; the only step then uses log beta_0.
         first = self.posterior_variance[1] if self.T > 1 else b[0]
         self.posterior_log_variance_clipped = np.log(np.concatenate([[first], self.posterior_variance[1:]]))
+        # (M2, P4)  "fixed_large" sigma_t^2 = beta_t, except at t = 0 where beta~_1 keeps the decoder's
+        #           variance small and finite (Ho et al.'s code); beta_0 when T = 1.
+        self.fixed_large_variance = np.concatenate([[first], b[1:]])
+        self.fixed_large_log_variance = np.log(self.fixed_large_variance)
         # (P2)
         self.posterior_mean_coef_x0 = b * np.sqrt(self.alpha_bar_prev) / one_minus
         self.posterior_mean_coef_xt = one_minus_prev * np.sqrt(self.alphas) / one_minus

@@ -103,10 +103,11 @@ class Trainer:
         rng = np.random.default_rng(seed)
         x_T = rng.standard_normal((n,) + self.item_shape).astype(self.dtype)
         steps = steps or self.cfg.sample_steps
-        return sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
-                           steps=None if steps >= self.cfg.T else steps, eta=eta,
-                           prediction=self.cfg.prediction, clip_x0=self.cfg.data not in TWO_D,
-                           record=record, progress=progress)
+        res = sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
+                          steps=None if steps >= self.cfg.T else steps, eta=eta,
+                          prediction=self.cfg.prediction, clip_x0=self.cfg.data not in TWO_D,
+                          record=record, progress=progress)
+        return res if record else res.x
 
     # ---- checkpoint state: NumPy arrays keyed by state_dict names --------------------------
 

@@ -89,12 +89,16 @@ def _timesteps(sched, t, x):
     return t
 
 
-def _bcast(table, t, x):
-    """table[t] on x's device in x's dtype: () for scalar t, (N, 1, 1, ...) for t of shape (N,)."""
-    c = table.to(x.device)[t]
+def _col(c, x):
+    """Coefficients c of shape () or (N,) shaped to broadcast against x (N, ...), on x's device in x's dtype."""
     if c.ndim == 1:
         c = c.reshape((-1,) + (1,) * (x.ndim - 1))
-    return c.to(x.dtype)
+    return c.to(device=x.device, dtype=x.dtype)
+
+
+def _bcast(table, t, x):
+    """table[t] shaped by ``_col`` against x: () for scalar t, (N, 1, 1, ...) for t of shape (N,)."""
+    return _col(table.to(x.device)[t], x)
 
 
 # ---- forward process ----------------------------------------------------------------------
@@ -246,9 +250,7 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
     else:
         xt = _data(sched, xt, "xt")
         t = _timesteps(sched, t, xt)
-        # (M2)  sigma_t^2 = beta_t, with beta~_1 at t = 0 (beta_0 when T = 1)
-        first = sched.posterior_variance[1:2] if sched.T > 1 else sched.betas[:1]
-        large = torch.cat([first, sched.betas[1:]])
-        var = _bcast(large, t, xt).expand(mean.shape)
-        log_var = _bcast(torch.log(large), t, xt).expand(mean.shape)
+        # (M2)  sigma_t^2 = beta_t, with beta~_1 at t = 0 (the Schedule's table)
+        var = _bcast(sched.fixed_large_variance, t, xt).expand(mean.shape)
+        log_var = _bcast(sched.fixed_large_log_variance, t, xt).expand(mean.shape)
     return Reverse(mean, var, log_var, x0_hat, eps_hat)

@@ -24,8 +24,7 @@ import math
 import numpy as np
 import torch
 
-from reference.errors import InputError, check_choice
-from reference.losses import _progress_iter  # non-math: progress-bar wrapping
+from reference.errors import InputError, check_choice, check_progress
 
 from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _data, _dtype_name, _timesteps,
                         p_mean_variance, q_posterior, q_sample, v_target)
@@ -278,7 +277,7 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
     eps_at = _noise_source(sched, noise, sched.T, x0)
     N = x0.shape[0]
     terms = []
-    for t in _progress_iter(range(sched.T), progress):
+    for t in check_progress(progress)(range(sched.T)):
         tt = torch.full((N,), t, dtype=torch.long, device=x0.device)
         xt = q_sample(sched, x0, tt, eps_at(t))                                 # (F3)
         p = p_mean_variance(sched, denoise(xt, tt), xt, tt, prediction, variance, clip_x0)

@@ -14,28 +14,29 @@ on the host to refuse a step that would need noise (a sync, on that rare path on
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from reference.errors import InputError, check_choice, check_T
-from reference.losses import _progress_iter  # non-math: progress-bar wrapping
-from reference.samplers import _warn_late_start  # non-math: the warning
+from reference.errors import InputError, check_choice, check_progress, check_T
+from reference.schedules import warn_late_start  # non-math: the shared diagnostic
 
 from . import schedules
-from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _check_values, _data, _timesteps,
+from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _check_values, _col, _data, _timesteps,
                         p_mean_variance, predict_eps, predict_x0)
 
 SPACINGS = ("leading", "trailing", "linspace")
 SAMPLERS = ("ddpm", "ddim")
 
-__all__ = ["SPACINGS", "SAMPLERS", "ddpm_step", "ddim_step", "timesteps", "respace", "sample_loop"]
 
+class Sampled(NamedTuple):
+    """What ``sample_loop`` returns: the samples x (N, ...) and, with record=True, the trajectory (a list of
+    (t, x_t, x0_hat) per step); else None. As reference.samplers.Sampled."""
+    x: torch.Tensor
+    trajectory: list | None
 
-def _col(c, x):
-    """Per-example coefficients (N,) or () shaped to broadcast against x (N, ...), in x's dtype."""
-    if c.ndim == 1:
-        c = c.reshape((-1,) + (1,) * (x.ndim - 1))
-    return c.to(device=x.device, dtype=x.dtype)
+__all__ = ["SPACINGS", "SAMPLERS", "Sampled", "ddpm_step", "ddim_step", "timesteps", "respace", "sample_loop"]
 
 
 def _noise(sched, noise, xt, needed):
@@ -196,7 +197,8 @@ def _noises(rng_or_noises, n, x):
 
 def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, spacing="leading", eta=0.0,
                 prediction="eps", variance="fixed_small", clip_x0=False, record=False, progress=None):
-    """Run the reverse process from x_T -> samples (N, ...), or (samples, trajectory) when ``record``.
+    """Run the reverse process from x_T -> Sampled(x, trajectory): the samples (N, ...), and the trajectory
+    when ``record`` (else None).
 
     Same meaning as reference.samplers.sample_loop. ``denoise(xt, t)`` gets the ORIGINAL 0-based
     indices t as a LongTensor (N,) on x_T's device. steps=None keeps all T steps; steps=n keeps
@@ -214,10 +216,10 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     kept_list = kept.tolist()
     n = len(kept_list)
     noise_at = _noises(rng_or_noises, n, x)
-    _warn_late_start(float(sched.alpha_bar_host[kept_list[-1]]), kept_list[-1], sched.T)
+    warn_late_start(float(sched.alpha_bar_host[kept_list[-1]]), kept_list[-1], sched.T)
     step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
     N, trajectory = x.shape[0], []
-    for k in _progress_iter(range(n), progress):
+    for k in check_progress(progress)(range(n)):
         i = n - 1 - k  # position in the kept list, from the last (noisiest) to the first
         t = torch.full((N,), kept_list[i], dtype=torch.long, device=x.device)
         out = denoise(x, t)
@@ -230,4 +232,4 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
         if record:
             trajectory.append((kept_list[i], x, x0_hat))
         x = x_new
-    return (x, trajectory) if record else x
+    return Sampled(x, trajectory if record else None)

@@ -21,10 +21,9 @@ import math
 
 import torch
 
-from reference.errors import InputError, check_betas, check_choice, check_T
+from reference.errors import InputError, check_betas, check_choice, check_rescaled, check_T
 from reference.schedules import (PRIOR_BPD_WARN, SCHEDULES, PriorMismatchWarning,  # non-math constants
-                                 ScheduleDiagnostics,  # prior term, warning, repr (scalar Python)
-                                 _check_rescaled)  # and the input check of the rescaled betas
+                                 ScheduleDiagnostics)  # prior term, warning, repr (scalar Python)
 
 __all__ = ["SCHEDULES", "PRIOR_BPD_WARN", "PriorMismatchWarning", "make_betas", "rescale_zero_terminal_snr",
            "Schedule"]
@@ -124,7 +123,7 @@ def rescale_zero_terminal_snr(betas):
     # (F2)  alpha_t = abar_t / abar_{t-1}, alpha_0 = abar_0
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
     betas = _checked(1.0 - alphas)
-    _check_rescaled(betas.detach().cpu().numpy())
+    check_rescaled(betas.detach().cpu().numpy())
     return betas
 
 
@@ -134,7 +133,8 @@ class Schedule(ScheduleDiagnostics):
     Same attribute names and meanings as reference.schedules.Schedule (see its docstring):
     betas, alphas, alpha_bar, alpha_bar_prev, sqrt_alpha_bar, sqrt_one_minus_alpha_bar,
     sqrt_recip_alpha_bar, sqrt_recipm1_alpha_bar, posterior_variance,
-    posterior_log_variance_clipped, posterior_mean_coef_x0, posterior_mean_coef_xt, snr, log_snr.
+    posterior_log_variance_clipped, fixed_large_variance, fixed_large_log_variance,
+    posterior_mean_coef_x0, posterior_mean_coef_xt, snr, log_snr.
     Index ``t`` is 0-based (paper t+1).
 
     ``validate`` (default False): CPU tensors always get value checks; with ``validate=True``
@@ -172,6 +172,9 @@ class Schedule(ScheduleDiagnostics):
         # (P4)  log beta~_0 = log 0 = -inf: use log beta~_1 there (log beta_0 when T = 1)
         first = self.posterior_variance[1:2] if self.T > 1 else b[:1]
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
+        # (M2, P4)  "fixed_large" sigma_t^2 = beta_t, with beta~_1 at t = 0 (beta_0 when T = 1)
+        self.fixed_large_variance = torch.cat([first, b[1:]])
+        self.fixed_large_log_variance = torch.log(self.fixed_large_variance)
         # (P2)  coef_x0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t)
         self.posterior_mean_coef_x0 = b * torch.sqrt(self.alpha_bar_prev) / one_minus
         # (P2)  coef_xt = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)

@@ -319,7 +319,7 @@ class Trainer:
                           clip_x0=self.cfg.data not in TWO_D, record=record, progress=progress)
         if record:
             return res
-        return res.cpu().numpy()
+        return res.x.cpu().numpy()
 
     # ---- checkpoint state: NumPy arrays keyed by the reference's names --------------------
 

@@ -102,7 +102,7 @@ def test_C4_noise_at_the_last_step_spreads_point_mass_data(rng):
     n, c = 2000, np.array([-1.0 + 2 * 200 / 255, -1.0 + 2 * 60 / 255])   # interior levels: bins of half-width 1/255
     oracle = lambda xt, t: np.broadcast_to(c, xt.shape).copy()  # noqa: E731
     x_T = rng.standard_normal((n, 2))
-    right = samplers.sample_loop(s, oracle, x_T, np.random.default_rng(1), prediction="x0")
+    right = samplers.sample_loop(s, oracle, x_T, np.random.default_rng(1), prediction="x0").x
     x = x_T
     noise_rng = np.random.default_rng(1)
     for t in range(s.T - 1, -1, -1):                 # wrong: noise at every step, t = 0 included

@@ -147,7 +147,7 @@ def test_A2_ddim_with_x0_knowing_denoiser_reconstructs_x0(rng, spacing):
     x0 = rng.uniform(-1, 1, size=(64, 2))
     for steps in (None, 1, 10, 50):
         x = samplers.sample_loop(sched, _x0_knowing(sched, x0), rng.standard_normal(x0.shape), rng,
-                                 sampler="ddim", steps=steps, spacing=spacing)
+                                 sampler="ddim", steps=steps, spacing=spacing).x
         # the last x0_hat is (x_t - (x_t - sqrt(abar) x0)) / sqrt(abar) at the last step's t: rounding
         # of O(1) numbers divided by sqrt(abar), at worst sqrt(abar_T) ~ 1/160 (one step, trailing)
         np.testing.assert_allclose(x, x0, rtol=0, atol=TOL["exact64"] / np.sqrt(sched.alpha_bar[-1]))
@@ -190,7 +190,7 @@ def test_A2_ddim_inversion_then_sampling_reconstructs_with_oracle(rng):
     for n in (25, 50, 100):
         kept = samplers.timesteps(1000, n, "trailing")
         xT = _ddim_invert(sched, denoise, x0, kept)
-        x = samplers.sample_loop(sched, denoise, xT, rng, sampler="ddim", steps=n, spacing="trailing")
+        x = samplers.sample_loop(sched, denoise, xT, rng, sampler="ddim", steps=n, spacing="trailing").x
         rms.append(np.sqrt(np.mean((x - x0) ** 2)))
     assert rms[1] < 0.6 * rms[0] and rms[2] < 0.6 * rms[1]
     assert rms[2] < 0.05  # 2x the measured first-order error at 100 steps
@@ -207,6 +207,8 @@ def test_sample_loop_noise_list_equals_generator(rng, sampler):
     calls = []
     kw = dict(sampler=sampler, steps=20, spacing="trailing", eta=1.0)
     a = samplers.sample_loop(sched, oracle.denoiser(sched), xT, g1, **kw)
+    assert a.trajectory is None
+    a = a.x
     b, traj = samplers.sample_loop(sched, oracle.denoiser(sched), xT, noises, record=True,
                                    progress=lambda it: calls.append(1) or it, **kw)
     np.testing.assert_array_equal(a, b)
@@ -247,7 +249,7 @@ def test_A1_A2_A4_G1_samplers_reproduce_gaussian_data(rng, case):
     sk, kw = SAMPLER_CASES[case]
     sched, oracle = _sched(**sk), GaussianOracle(MU, cov=COV)
     denoise = oracle.denoiser(sched, kw.get("prediction", "eps"))
-    x = samplers.sample_loop(sched, denoise, rng.standard_normal((4000, 2)), rng, **kw)
+    x = samplers.sample_loop(sched, denoise, rng.standard_normal((4000, 2)), rng, **kw).x
     _mc_check_moments(x, MU, COV)
 
 
@@ -299,7 +301,7 @@ def test_A1_G1_ddpm_output_matches_its_exact_moments_large_sample(variance):
     rng = np.random.default_rng(3)
     sched, oracle = _sched("linear"), GaussianOracle(MU, cov=COV)
     m, C = _sampler_moments(sched, oracle, "ddpm", variance=variance)
-    x = samplers.sample_loop(sched, oracle.denoiser(sched), rng.standard_normal((100000, 2)), rng, variance=variance)
+    x = samplers.sample_loop(sched, oracle.denoiser(sched), rng.standard_normal((100000, 2)), rng, variance=variance).x
     _mc_check_moments(x, m, C)
     assert np.abs(C - COV).max() < 0.02  # the chain's bias at T=1000: measured 0.0085 (fixed_small)
 
@@ -378,8 +380,8 @@ def test_A5_trailing_amplifies_eps_errors_on_the_clipped_cosine_step(rng):
     x_T = rng.standard_normal((8, 2))
     dev = {}
     for s in ("leading", "trailing"):
-        a = samplers.sample_loop(sched, exact, x_T, rng, sampler="ddim", steps=50, spacing=s)
-        b = samplers.sample_loop(sched, off, x_T, rng, sampler="ddim", steps=50, spacing=s)
+        a = samplers.sample_loop(sched, exact, x_T, rng, sampler="ddim", steps=50, spacing=s).x
+        b = samplers.sample_loop(sched, off, x_T, rng, sampler="ddim", steps=50, spacing=s).x
         dev[s] = float(np.max(np.abs(a - b)))           # what an eps error of 1e-3 does to the samples
     amp = np.sqrt((1 - sched.alpha_bar[-1]) / sched.alpha_bar[-1])   # the (R1) factor at t = T-1
     assert amp > 1e4

@@ -181,17 +181,17 @@ def test_steps_and_loop_keep_the_data_dtype(sched):
     assert TSa.ddpm_step(sched, out, x0, t, eps)[0].dtype == torch.float32
     assert TSa.ddim_step(sched, out, x0, t, torch.clamp(t - 100, min=-1), eps, 0.5)[0].dtype == torch.float32
     oracle = TO.GaussianOracle(0.0, var=0.5)
-    x = TSa.sample_loop(sched, oracle.denoiser(sched), x0, torch.Generator().manual_seed(0), "ddim", steps=5)
+    x = TSa.sample_loop(sched, oracle.denoiser(sched), x0, torch.Generator().manual_seed(0), "ddim", steps=5).x
     assert x.dtype == torch.float32 and torch.isfinite(x).all()
 
 
 def test_sample_loop_with_a_torch_generator_is_reproducible(sched):
     oracle = TO.GaussianOracle(0.0, var=0.5)
     x_T = torch.zeros(4, 2, dtype=torch.float64)
-    runs = [TSa.sample_loop(sched, oracle.denoiser(sched), x_T, torch.Generator().manual_seed(3), steps=10)
+    runs = [TSa.sample_loop(sched, oracle.denoiser(sched), x_T, torch.Generator().manual_seed(3), steps=10).x
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    other = TSa.sample_loop(sched, oracle.denoiser(sched), x_T, torch.Generator().manual_seed(4), steps=10)
+    other = TSa.sample_loop(sched, oracle.denoiser(sched), x_T, torch.Generator().manual_seed(4), steps=10).x
     assert not torch.equal(runs[0], other)
 
 
@@ -205,7 +205,7 @@ def test_validate_false_losses_and_samplers_never_sync_off_the_cpu():
     oracle = TO.GaussianOracle(torch.zeros(2, 4, 4), var=torch.full((2, 4, 4), 0.3)).to("meta")
     noises = [torch.empty_like(x0) for _ in range(4)]
     assert TSa.sample_loop(s, oracle.denoiser(s, "v"), x0, noises, "ddim", steps=4, eta=1.0,
-                           prediction="v").device.type == "meta"
+                           prediction="v").x.device.type == "meta"
     small = TS.Schedule(TS.make_betas("cosine", 5), validate=False).to("meta")
     out = TL.vlb_terms(small, oracle.denoiser(small), x0, torch.empty((5,) + x0.shape, device="meta"))
     assert out["terms"].shape == (5, 3) and out["terms"].device.type == "meta"
