@@ -1,7 +1,7 @@
 """Sampling (derivations/sampling.md): M1 eps-form mean, M2 the two variances, A1 Algorithm 2,
 A2/A3 DDIM and sigma_eta, A4 respacing.
 
-Independent routes: the posterior mean at the true x_0 (P2) for M1; regression of x_{t-1} on x_t
+Independent routes: (M1) typed from the paper with abar built from the betas alone for M1; regression of x_{t-1} on x_t
 over simulated forward pairs (Monte Carlo) for M2; point-mass data, whose true reverse chain is the
 forward posterior chain, for A1; the forward marginals (F3) for A2; the respaced ancestral sampler
 against DDIM between the same kept steps for A3/A4.
@@ -20,18 +20,22 @@ def sched():
 
 
 @pytest.mark.parametrize("t", [0, 1, 10, 500, 999])
-def test_M1_eps_form_mean_is_the_posterior_mean_at_the_true_x0(sched, rng, t):
-    """Feed the TRUE eps: the model's mean must be the posterior mean (P2) at the true x_0, and the
-    three parameterisations describing the same x_0 must give the same mean."""
+def test_M1_model_mean_is_the_eps_closed_form_built_from_the_betas_alone(sched, rng, t):
+    """(M1) typed from the paper with alpha_t and abar_t built here from the betas (np.cumprod, not the
+    Schedule's tables): the code writes the mean as (P2) at x0_hat (R1), so this is an independent route
+    to its posterior-mean coefficients. The x0 and v outputs that describe the same x_0 give the same mean."""
+    betas = make_betas("linear", 1000)
+    beta, alpha, abar = betas[t], 1.0 - betas[t], np.cumprod(1.0 - betas)[t]
     x0, eps = rng.uniform(-1, 1, (5, 3)), rng.standard_normal((5, 3))
-    xt = diffusion.q_sample(sched, x0, t, eps)
-    mean_eps = diffusion.p_mean_variance(sched, eps, xt, t, "eps").mean            # (M1)
-    post_mean = diffusion.q_posterior(sched, x0, xt, t)[0]                          # (P2)
-    scale = 1.0 / np.sqrt(sched.alphas[t]) * max(1.0, np.max(np.abs(xt)))          # size of the terms
-    assert np.max(np.abs(mean_eps - post_mean)) <= TOL["exact64"] * scale * sched.sqrt_recip_alpha_bar[t]
-    for prediction, out in [("x0", x0), ("v", diffusion.v_target(sched, x0, t, eps))]:
-        m = diffusion.p_mean_variance(sched, out, xt, t, prediction).mean
-        assert np.max(np.abs(m - post_mean)) <= TOL["exact64"] * scale * sched.sqrt_recip_alpha_bar[t]
+    xt = np.sqrt(abar) * x0 + np.sqrt(1.0 - abar) * eps                              # (F3) by hand
+    # (M1)  mu = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps)
+    want = (xt - beta / np.sqrt(1.0 - abar) * eps) / np.sqrt(alpha)
+    v = np.sqrt(abar) * eps - np.sqrt(1.0 - abar) * x0                                # (R3) by hand
+    # the code goes through x0_hat = x_t / sqrt(abar) - ..., so rounding grows by 1/sqrt(abar_t) (R1)
+    scale = max(1.0, np.max(np.abs(xt)), np.max(np.abs(eps))) / np.sqrt(alpha * abar)
+    for prediction, out in [("eps", eps), ("x0", x0), ("v", v)]:
+        mean = diffusion.p_mean_variance(sched, out, xt, t, prediction).mean
+        assert np.max(np.abs(mean - want)) <= TOL["exact64"] * scale, prediction
 
 
 @pytest.mark.parametrize("t", [1, 20, 300])
