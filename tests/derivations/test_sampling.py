@@ -6,6 +6,9 @@ over simulated forward pairs (Monte Carlo) for M2; point-mass data, whose true r
 forward posterior chain, for A1; the forward marginals (F3) for A2; the respaced ancestral sampler
 against DDIM between the same kept steps for A3/A4.
 """
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,6 +59,55 @@ def test_M2_true_reverse_variance_is_beta_tilde_for_a_point_and_beta_for_unit_ga
         assert mc_close(var_hat, want, want * np.sqrt(2.0 / (n - 2))), (data_sd, var_hat, want)
     # data with variance in between gives a variance in between (0 < sd < 1)
     assert small[0, 0] < large[0, 0]
+
+
+def _two_point_reverse_variance(sched, t, xt, n=2001, width=12.0):
+    """Var[x_{t-1} | x_t] for data x_0 = +-1 (probability 1/2 each; unit variance), by Bayes' rule
+    normalised on a grid: the prior q(x_{t-1}) is the two-Gaussian mixture (F3) and the likelihood
+    q(x_t | x_{t-1}) the step (F1). xt (M,) -> (M,). The grid spans +-width likelihood widths around
+    x_t / sqrt(alpha_t); the posterior, the likelihood times a wider prior, lies inside it (t >= 10)."""
+    a_prev, beta = sched.alpha_bar_prev[t], sched.betas[t]
+    xt = np.atleast_1d(np.asarray(xt, dtype=np.float64))[:, None]                  # (M, 1)
+    y = xt / np.sqrt(1 - beta) + np.sqrt(beta / (1 - beta)) * np.linspace(-width, width, n)  # (M, n)
+    m, v = np.sqrt(a_prev), 1.0 - a_prev
+    log_w = -0.5 * (xt - np.sqrt(1 - beta) * y) ** 2 / beta \
+        + np.logaddexp(-0.5 * (y - m) ** 2 / v, -0.5 * (y + m) ** 2 / v)
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    z = np.trapezoid(w, y, axis=1)
+    mean = np.trapezoid(w * y, y, axis=1) / z
+    return np.trapezoid(w * (y - mean[:, None]) ** 2, y, axis=1) / z
+
+
+def _m2_counterexample_ratio_on_the_page():
+    """The Var[x_{t-1} | x_t = 0] / beta_t that sampling.md quotes for its counterexample to a pointwise (M2)."""
+    text = (Path(__file__).resolve().parents[2] / "derivations" / "sampling.md").read_text()
+    found = re.findall(r"x_t = 0\] = ([0-9.]+)\\,\\beta_t", text)
+    assert len(found) == 1, f"sampling.md should quote the counterexample once, found {found}"
+    return found[0]
+
+
+@pytest.mark.parametrize("t", [50, 300])
+def test_M2_beta_bounds_the_reverse_variance_on_average_but_not_pointwise_for_two_point_data(sched, t):
+    """Data +-1 has unit variance, yet at x_t = 0 (halfway between the modes) Var[x_{t-1} | x_t] exceeds
+    beta_t: 2.14 beta_t at code t = 50 (linear, T = 1000), the figure sampling.md quotes. Averaged over
+    x_t ~ q(x_t) it lies in [beta~_t, beta_t], as (M2) states. Route: Bayes' rule on grids, in x_{t-1}
+    for each x_t and in x_t for the average, against the code's two variances."""
+    x = np.zeros((1, 1))
+    small = diffusion.p_mean_variance(sched, x, x, t, variance="fixed_small").variance.item()   # beta~_t
+    large = diffusion.p_mean_variance(sched, x, x, t, variance="fixed_large").variance.item()   # beta_t
+    at_zero = _two_point_reverse_variance(sched, t, 0.0).item()
+    # the law of total variance on the page: beta~ + c_t^2 Var[x_0 | x_t], and Var[x_0 | x_t = 0] = 1 by symmetry
+    c = np.sqrt(sched.alpha_bar_prev[t]) * sched.betas[t] / (1 - sched.alpha_bar[t])
+    assert abs(at_zero - (small + c**2)) <= TOL["grid64"] * at_zero
+    assert at_zero > large                                       # the pointwise upper bound fails ...
+    if t == 50:
+        assert f"{at_zero / large:.2f}" == _m2_counterexample_ratio_on_the_page() == "2.14"
+    # ... and holds on average: E over x_t ~ 1/2 N(+-sqrt(abar_t), 1 - abar_t) of the grid variance
+    a = sched.alpha_bar[t]
+    xt = np.linspace(-np.sqrt(a) - 12 * np.sqrt(1 - a), np.sqrt(a) + 12 * np.sqrt(1 - a), 1201)
+    p_xt = np.exp(-0.5 * (xt - np.sqrt(a)) ** 2 / (1 - a)) + np.exp(-0.5 * (xt + np.sqrt(a)) ** 2 / (1 - a))
+    average = np.trapezoid(p_xt * _two_point_reverse_variance(sched, t, xt), xt) / np.trapezoid(p_xt, xt)
+    assert small * (1 - TOL["grid64"]) <= average <= large, (small, average, large)
 
 
 def test_A1_point_mass_data_is_reproduced_exactly_and_the_last_step_adds_no_noise(rng):
