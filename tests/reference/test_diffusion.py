@@ -51,13 +51,43 @@ def test_F1_F3_monte_carlo_chain_of_q_steps_matches_q_sample(rng):
     assert mc_close(y.mean(), mean, se_mean) and mc_close(y.var(ddof=1), var, se_var)
 
 
-def test_F4_variance_preserving_for_unit_variance_data():
-    """With Var[x_0] = 1 and x_0 independent of eps, Var[x_t] = abar + (1 - abar) = 1 for all t."""
-    sched = sched_of("cosine")
-    v = 1.0
-    for a in sched.alphas:
-        v = a * v + (1 - a)  # one step of (F1) applied to the variance
-        assert abs(v - 1.0) < TOL["exact64"]
+# Cov[x_0] = L L^T = [[4, 2.4], [2.4, 1.6]] (not the identity), and the identity (variance preserving)
+F4_FACTORS = {"correlated": np.array([[2.0, 0.0], [1.2, 0.4]]), "unit": np.eye(2)}
+
+
+@pytest.mark.parametrize("data", sorted(F4_FACTORS))
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_F4_q_sample_q_step_and_q_mean_variance_carry_cov_x0_to_abar_cov_x0_plus_one_minus_abar(name, data):
+    """x_0 = L z with z ~ N(0, I), so Cov[x_0] = L L^T. q_sample and q_step are linear in (x_0, noise) with
+    scalar coefficients: fed the basis vectors as a batch, each returns the rows of R, the exact coefficients
+    of x_t in independent unit normals, and Cov[x_t] = R^T R. q_mean_variance gives Cov[x_t] by the law of
+    total covariance over a four-point x_0 with the same covariance. All three against (F4),
+    Cov[x_t] = abar_t Cov[x_0] + (1 - abar_t) I, with abar_t a plain product of (1 - beta)."""
+    sched = sched_of(name)
+    L, T, n = F4_FACTORS[data], sched.T, 2
+    c0, eye = L @ L.T, np.eye(n)
+    points = np.sqrt(n) * np.concatenate([L.T, -L.T])      # (4, n): +-sqrt(n) L e_j, weight 1/4: Cov = L L^T
+    # q_step route: rows [x_0's coefficients on z (n rows); on eps_1 (n rows); ...; on eps_T (n rows)]
+    rows = np.zeros((n + T * n, n))
+    rows[:n] = L.T
+    # q_sample route: x_t = q_sample(L z, t, eps) for z = e_j, eps = 0 and for z = 0, eps = e_j
+    z_rows, eps_rows = np.concatenate([L.T, np.zeros((n, n))]), np.concatenate([np.zeros((n, n)), eye])
+    abar = 1.0
+    for t, beta in enumerate(sched.betas.tolist()):
+        abar *= 1.0 - beta                                                  # (F2) by hand
+        want = abar * c0 + (1.0 - abar) * eye                              # (F4)
+        fresh = np.zeros_like(rows)
+        fresh[n + t * n: n + (t + 1) * n] = eye                           # this step's noise eps_{t+1}
+        rows = D.q_step(sched, rows, t, fresh)                            # (F1)
+        by_step = rows.T @ rows
+        r = D.q_sample(sched, z_rows, t, eps_rows)                       # (F3)
+        by_sample = r.T @ r
+        # q_mean_variance route: Cov[E[x_t | x_0]] + E[Var[x_t | x_0]] over the four points
+        mean, var = D.q_mean_variance(sched, points, t)
+        centred = mean - mean.mean(0)
+        by_moments = centred.T @ centred / len(points) + np.diag(var.mean(0))
+        for route, got in [("q_step", by_step), ("q_sample", by_sample), ("q_mean_variance", by_moments)]:
+            assert np.max(np.abs(got - want)) <= TOL["exact64"] * np.max(np.abs(want)), (route, t, got, want)
 
 
 def _bayes_on_grid(sched, x0, xt, t, half_width=12.0, n=400_001):
