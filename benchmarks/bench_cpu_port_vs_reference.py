@@ -57,7 +57,7 @@ import statistics  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reference import train as RT  # noqa: E402
-from reference.config import make_config  # noqa: E402
+from lab.config import make_config  # noqa: E402
 
 SETUPS = {  # data name (for the recipe), item shape, model overrides, default batch
     "digits": ("digits", (1, 8, 8), {}, 64),

@@ -4,7 +4,7 @@
     python benchmarks/bench_sampling.py --ckpt runs/moons/ckpt.npz --n 4000 --seeds 3
     python benchmarks/bench_sampling.py --backend reference      # the NumPy sampler instead of the port's
 
-Quality: the sliced Wasserstein-1 distance (reference/metrics.py) between n samples and a large
+Quality: the sliced Wasserstein-1 distance (lab/metrics.py) between n samples and a large
 held-out data set (--n-ref points), mean +- standard deviation over --seeds sampling seeds, printed
 beside its floor: the same distance from n fresh data points (what a perfect model would score; it is
 not zero because n is finite, and shrinks like 1/sqrt(n)). Differences smaller than the sd are noise.
@@ -44,12 +44,12 @@ def parse_args():
 
 
 def train_checkpoint(args, out_dir):
-    from reference.config import make_config
-    from torch_port.train import train
+    from lab.config import make_config
+    from lab.runner import train
 
     cfg = make_config(args.data, steps=args.train_steps, sample_every=0, save_every=0)
     t0 = time.perf_counter()
-    res = train(cfg, out_dir, progress=False, device="cpu")
+    res = train(cfg, out_dir, backend="torch", progress=False, device="cpu")
     print(f"trained {args.data}: {cfg.steps} steps, batch {cfg.batch_size}, MLP {cfg.model} in "
           f"{time.perf_counter() - t0:.0f} s (torch_port, CPU)")
     return res["ckpt"]
@@ -59,9 +59,9 @@ def main():
     args = parse_args()
     import torch
 
-    from reference import data, metrics
-    from reference.cli import Backend
-    from reference.cli_sample import draw, load_trainer
+    from lab import data, metrics
+    from lab.backend import Backend
+    from lab.sampling import draw, load_trainer
 
     torch.set_num_threads(args.threads)
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))

@@ -146,7 +146,7 @@ def make_trainer(spec, batch, mode, device="cuda", net=None):
     """The port's Trainer in ``mode``; with ``net``, diffusers' network replaces ours in it."""
     import torch
 
-    from reference.config import make_config
+    from lab.config import make_config
     from torch_port.optim import EMA, AdamW
     from torch_port.train import Trainer
 

@@ -1,6 +1,7 @@
 """DDPM as executable math: the NumPy reference implementation (the specification).
 
-The math modules (schedules, diffusion, losses, samplers, layers, unet, optim, train) import
-NumPy only. Non-math helpers shared with torch_port (data, pictures, checkpoints, CLI, input
-checks) live here too and are used by both sides.
+Math only: schedules, diffusion, losses, samplers, layers, unet, optim, train (Trainer, train_step),
+oracle, and errors (the input checks both sides share). It imports the standard library, NumPy,
+SciPy and itself. The tooling that runs it (command line, training loop, data, checkpoints,
+pictures, metrics) is the package ``lab``; ``python -m reference`` is lab's command line on this side.
 """

@@ -1,5 +1,5 @@
-"""``python -m reference COMMAND ...``: the command line of the NumPy reference (see reference/cli.py)."""
-from .cli import main
+"""``python -m reference COMMAND ...``: the command line (lab/cli.py) on the NumPy reference."""
+from lab.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(backend="reference"))

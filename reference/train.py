@@ -1,23 +1,21 @@
-"""One training step and the training loop of the NumPy reference.
+"""One training step of the NumPy reference, and the Trainer that holds a run's state.
 
 A step (Ho et al. Algorithm 1, with the usual engineering around it):
   t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps)                          (F3)
   loss = L_simple(model(x_t, t), target)                                            (L4)
   grads by the hand-written backward, global-norm clip, AdamW, EMA of the weights.  (O1-O4)
 
-The loop itself (progress bar, JSONL log, checkpoints, pictures, resume) is not math and is
-shared with torch_port: see reference/runner.py. This module gives it a `Trainer`.
+The loop itself (data order, progress, JSONL log, checkpoints, pictures, resume) is not math and is
+shared with torch_port: see lab/runner.py, which drives a ``Trainer``. ``cfg`` is a run configuration
+(lab.config.TrainConfig, or anything with its fields).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import data as datasets, runner
-from .config import TWO_D, TrainConfig
 from .diffusion import q_sample
 from .losses import simple_loss_and_grad
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .samplers import sample_loop
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
 
@@ -34,9 +32,9 @@ def build_schedule(cfg):
 
 
 def build_model(cfg, item_shape):
-    """UNet for images (item_shape (C, H, W)), MLP for 2-D points (item_shape (2,))."""
+    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,))."""
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
-    if cfg.data in TWO_D or len(item_shape) == 1:
+    if len(item_shape) == 1:
         return MLP(in_dim=item_shape[0], dtype=dtype, seed=cfg.seed, **cfg.model)
     return UNet(in_channels=item_shape[0], dtype=dtype, seed=cfg.seed, **cfg.model)
 
@@ -74,7 +72,7 @@ class Trainer:
 
     backend = "reference"
 
-    def __init__(self, cfg: TrainConfig, item_shape):
+    def __init__(self, cfg, item_shape):
         self.cfg = cfg
         self.item_shape = tuple(item_shape)
         self.sched = build_schedule(cfg)
@@ -99,16 +97,6 @@ class Trainer:
         model.load_params(self.ema.params if use_ema else self.model.params)
         return lambda xt, t: model.forward(xt.astype(self.dtype), t)[0]
 
-    def sample(self, n, seed=0, sampler="ddim", steps=None, eta=0.0, record=False, progress=None):
-        rng = np.random.default_rng(seed)
-        x_T = rng.standard_normal((n,) + self.item_shape).astype(self.dtype)
-        steps = steps or self.cfg.sample_steps
-        res = sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
-                          steps=None if steps >= self.cfg.T else steps, eta=eta,
-                          prediction=self.cfg.prediction, clip_x0=self.cfg.data not in TWO_D,
-                          record=record, progress=progress)
-        return res if record else res.x
-
     # ---- checkpoint state: NumPy arrays keyed by state_dict names --------------------------
 
     def state_dict(self):
@@ -128,14 +116,3 @@ class Trainer:
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt_state"])
         self.rng.bit_generator.state = ck["rng_state"]["noise"]
-
-
-def train(cfg: TrainConfig, out_dir, resume=False, progress=True, overwrite=False):
-    """Train on ``cfg.data``, writing ckpt.npz, log.jsonl and pictures into ``out_dir``."""
-    runner.validate_config(cfg)  # bad settings fail here, before the data is read
-    x = datasets.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
-    if cfg.n_data:
-        x = x[: cfg.n_data]
-    trainer = Trainer(cfg, x.shape[1:])
-    return runner.run(trainer, x, out_dir, resume=resume, progress=progress, overwrite=overwrite)
-

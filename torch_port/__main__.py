@@ -1,5 +1,5 @@
-"""python -m torch_port train|sample|forward|eval|schedules|demo — the same CLI as the reference, torch math."""
-from reference.cli import main
+"""``python -m torch_port COMMAND ...``: the same command line (lab/cli.py) on the PyTorch port."""
+from lab.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(backend="torch"))

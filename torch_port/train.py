@@ -39,15 +39,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from reference import data as datasets
-from reference import runner
-from reference.config import TWO_D, TrainConfig
 from reference.errors import InputError
 
 from .diffusion import q_sample
 from .losses import simple_loss
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .samplers import sample_loop
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
 
@@ -84,9 +80,9 @@ def build_schedule(cfg, device="cpu"):
 
 
 def build_model(cfg, item_shape):
-    """UNet for images (item_shape (C, H, W)), MLP for 2-D points (item_shape (2,)), in cfg.dtype."""
+    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)), in cfg.dtype."""
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    if cfg.data in TWO_D or len(item_shape) == 1:
+    if len(item_shape) == 1:
         model = MLP(in_dim=item_shape[0], seed=cfg.seed, **cfg.model)
     else:
         model = UNet(in_channels=item_shape[0], seed=cfg.seed, **cfg.model)
@@ -217,7 +213,7 @@ class Trainer:
 
     backend = "torch"
 
-    def __init__(self, cfg: TrainConfig, item_shape, device="auto", compile=None, amp=None, channels_last=None,
+    def __init__(self, cfg, item_shape, device="auto", compile=None, amp=None, channels_last=None,
                  cuda_graphs=False):
         self.cfg, self.item_shape = cfg, tuple(item_shape)
         self.device = resolve_device(device)
@@ -306,21 +302,6 @@ class Trainer:
 
         return denoise
 
-    def sample(self, n, seed=0, sampler="ddim", steps=None, eta=0.0, record=False, progress=None):
-        """Samples as a NumPy array. The noise comes from np.random.default_rng(seed), drawn exactly as the
-        reference draws it, so one checkpoint and one seed give the same samples on both sides."""
-        rng = np.random.default_rng(seed)
-        np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        x_T = torch.from_numpy(rng.standard_normal((n,) + self.item_shape).astype(np_dtype)).to(self.device)
-        steps = steps or self.cfg.sample_steps
-        res = sample_loop(self.sched, self.denoiser(), x_T, rng, sampler=sampler,
-                          steps=None if steps >= self.cfg.T else steps, eta=eta,
-                          prediction=self.cfg.prediction,
-                          clip_x0=self.cfg.data not in TWO_D, record=record, progress=progress)
-        if record:
-            return res
-        return res.x.cpu().numpy()
-
     # ---- checkpoint state: NumPy arrays keyed by the reference's names --------------------
 
     def state_dict(self):
@@ -347,19 +328,7 @@ class Trainer:
                 if key in st and st[key].stride() != p.stride():
                     st[key] = torch.empty_like(p).copy_(st[key])
 
-
-def train(cfg: TrainConfig, out_dir, resume=False, progress=True, overwrite=False, device="auto", compile=None,
-          amp=None, channels_last=None, cuda_graphs=False):
-    """Train on ``cfg.data`` with the port, writing ckpt.npz, log.jsonl and pictures into ``out_dir``."""
-    runner.validate_config(cfg)  # bad settings fail here, before the data is read
-    x = datasets.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
-    if cfg.n_data:
-        x = x[: cfg.n_data]
-    trainer = Trainer(cfg, x.shape[1:], device=device, compile=compile, amp=amp, channels_last=channels_last,
-                      cuda_graphs=cuda_graphs)
-    try:
-        return runner.run(trainer, x, out_dir, resume=resume, progress=progress and trainer.is_main,
-                          overwrite=overwrite)
-    finally:
-        if trainer.world > 1 and dist.is_initialized():
+    def close(self):
+        """Leave the process group joined for torchrun (a no-op for a single process)."""
+        if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

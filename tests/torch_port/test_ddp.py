@@ -139,9 +139,9 @@ def test_torchrun_two_processes_train_and_the_reference_loads_the_checkpoint(tmp
     """`torchrun --nproc_per_node=2 -m torch_port train` on the CPU: rank 0 writes one checkpoint whose keys
     are the reference's parameter names (no ``module.``), and the reference's sample command loads it.
     (10-20 s on a shared 2-core machine: two processes importing torch, gloo, the final pictures.)"""
-    from reference import checkpoint
-    from reference.cli import Backend
-    from reference.cli_sample import draw, load_trainer
+    from lab import checkpoint
+    from lab.backend import Backend
+    from lab.sampling import draw, load_trainer
     from reference.unet import MLP
 
     out = tmp_path / "run"

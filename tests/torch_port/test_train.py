@@ -17,11 +17,11 @@ from tolerances import TOL
 
 torch = pytest.importorskip("torch")
 
-from reference import checkpoint, runner  # noqa: E402
+from lab import checkpoint, runner  # noqa: E402
+from lab.backend import Backend  # noqa: E402
+from lab.config import make_config  # noqa: E402
+from lab.sampling import draw, load_trainer  # noqa: E402
 from reference import train as RT  # noqa: E402
-from reference.cli import Backend  # noqa: E402
-from reference.cli_sample import load_trainer  # noqa: E402
-from reference.config import make_config  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from torch_port import train as PT  # noqa: E402
 
@@ -137,11 +137,11 @@ def test_A1_A2_same_params_same_seed_same_samples_on_both_sides_float64(case, sa
     _steps(ref, _data(case), 2)  # an EMA that differs from the raw weights, and a nonzero last layer
     port = PT.Trainer(cfg, shape, device="cpu")
     port.load_state_dict(ref.state_dict())
-    a = ref.sample(6, seed=11, sampler=sampler, steps=8)
-    b = port.sample(6, seed=11, sampler=sampler, steps=8)
+    a = draw(Backend("reference"), ref, 6, seed=11, sampler=sampler, steps=8)
+    b = draw(Backend("torch"), port, 6, seed=11, sampler=sampler, steps=8)
     assert a.dtype == b.dtype == np.float64 and a.shape == b.shape == (6,) + shape
     np.testing.assert_allclose(b, a, rtol=TOL["net64"], atol=TOL["net64"] * np.max(np.abs(a)))
-    assert not np.allclose(port.sample(6, seed=12, sampler=sampler, steps=8), b)  # the seed matters
+    assert not np.allclose(draw(Backend("torch"), port, 6, seed=12, sampler=sampler, steps=8), b)  # the seed matters
 
 
 # ---- resume, noise seeding, data sharding ----------------------------------------------------------------

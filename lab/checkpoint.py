@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from reference.errors import InputError
 
 FORMAT = "ddpm-executable-checkpoint"
 VERSION = 1

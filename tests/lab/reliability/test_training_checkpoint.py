@@ -1,7 +1,7 @@
 """A real training checkpoint holds everything a run needs (config, step, params, EMA (O2), AdamW state
 (O1), every RNG stream) and is written atomically: temp file in the same folder, flush + fsync, rename.
 
-The file is read with plain ``np.load`` here, not with reference.checkpoint, and the RNG states are
+The file is read with plain ``np.load`` here, not with lab.checkpoint, and the RNG states are
 checked against generators advanced independently by the draws a run makes.
 """
 import json
@@ -10,10 +10,12 @@ import os
 import numpy as np
 import pytest
 
-from reference import checkpoint, cli, runner
-from reference import data as datasets
-from reference.config import TrainConfig, make_config
-from reference.train import Trainer, train
+from lab import checkpoint, cli, runner
+from lab import data as datasets
+from lab.config import TrainConfig, make_config
+from reference.train import Trainer
+
+train = runner.train  # the reference backend by default
 
 torch = pytest.importorskip("torch")
 
@@ -60,10 +62,8 @@ def test_O1_O2_reference_checkpoint_holds_config_step_params_ema_optimiser_and_r
 def test_torch_checkpoint_has_the_same_layout_and_the_same_data_stream(tmp_path):
     """One file format for both sides. The port seeds its noise per update from (seed, rank, step), so its
     only stored stream is the data order, which the shared runner draws identically on both sides."""
-    from torch_port.train import train as torch_train
-
     cfg = make_config("moons", **SMALL)
-    torch_train(cfg, tmp_path / "t", progress=False, device="cpu")
+    train(cfg, tmp_path / "t", backend="torch", progress=False, device="cpu")
     train(cfg, tmp_path / "r", progress=False)
     (ta, tm), (ra, rm) = _raw(tmp_path / "t" / "ckpt.npz"), _raw(tmp_path / "r" / "ckpt.npz")
     assert {k: (v.shape, v.dtype) for k, v in ta.items()} == {k: (v.shape, v.dtype) for k, v in ra.items()}

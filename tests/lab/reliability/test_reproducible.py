@@ -10,9 +10,9 @@ import random
 import numpy as np
 import pytest
 
-from reference import cli
-from reference.config import make_config
-from reliability.reliability_runs import assert_same_checkpoint
+from lab import cli, runner
+from lab.config import make_config
+from reliability_runs import assert_same_checkpoint
 
 torch = pytest.importorskip("torch")
 
@@ -25,12 +25,7 @@ def _train(backend, out, seed, global_seed):
     np.random.seed(global_seed)
     torch.manual_seed(global_seed)
     cfg = make_config("moons", seed=seed, **SMALL)
-    if backend == "reference":
-        from reference.train import train
-        train(cfg, out, progress=False)
-    else:
-        from torch_port.train import train
-        train(cfg, out, progress=False, device="cpu")
+    runner.train(cfg, out, backend=backend, progress=False, **({"device": "cpu"} if backend == "torch" else {}))
     return out / "ckpt.npz"
 
 
@@ -62,7 +57,7 @@ def test_same_seed_same_checkpoint_log_and_samples_other_seed_other_results(tmp_
 
     assert not np.array_equal(_sample(backend, a, tmp_path / "s8.npy", seed=8), sa)       # another sampling seed
     assert not np.array_equal(_sample(backend, c, tmp_path / "sc.npy", seed=7), sa)       # another training seed
-    from reference import checkpoint
+    from lab import checkpoint
     pa, pc = checkpoint.load(a).params, checkpoint.load(c).params
     assert all(not np.array_equal(pa[k], pc[k]) for k in pa if np.any(pa[k]))            # every non-zero init differs
     capsys.readouterr()
@@ -70,14 +65,14 @@ def test_same_seed_same_checkpoint_log_and_samples_other_seed_other_results(tmp_
 
 def test_a_sampling_run_does_not_disturb_the_training_streams(tmp_path):
     """Pictures during training (sample_every) draw from their own generator: the weights do not change."""
-    from reference.train import train
+    train = runner.train
 
     base = dict(SMALL, steps=30)
     train(make_config("moons", seed=5, **{**base, "sample_every": 0}), tmp_path / "quiet", progress=False)
     train(make_config("moons", seed=5, **{**base, "sample_every": 10}), tmp_path / "pictures", progress=False)
     assert sorted(p.name for p in (tmp_path / "pictures").glob("samples_step*.png")) == [
         "samples_step000010.png", "samples_step000020.png"]
-    from reference import checkpoint
+    from lab import checkpoint
     qa, qb = checkpoint.load(tmp_path / "quiet" / "ckpt.npz"), checkpoint.load(tmp_path / "pictures" / "ckpt.npz")
     assert qa.config != qb.config                                                # sample_every differs ...
     for k in qa.params:                                                          # ... the training does not

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from reference import checkpoint as C
+from lab import checkpoint as C
 from reference.errors import InputError
 
 

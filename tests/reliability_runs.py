@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reference import checkpoint
+from lab import checkpoint
 
 MODULES = {"reference": "reference", "torch": "torch_port"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",

@@ -1,64 +1,21 @@
-"""``sample``: draw samples from a checkpoint (both sides; registered into reference/cli.py).
+"""``sample``: draw samples from a checkpoint into a .npy file and a picture (both sides).
 
-The noise is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
-checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
-``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise).
+The noise is drawn from ``np.random.default_rng(seed)`` in the same order on both sides (lab/sampling.py),
+so one checkpoint and one seed give the same samples from either side.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
-from .cli import add_command, progress
-from .config import TWO_D, config_from_json
-from .errors import InputError
+from reference.errors import InputError
+from reference.samplers import SAMPLERS, SPACINGS
 
-SAMPLERS = ("ddpm", "ddim")
-SPACINGS = ("leading", "trailing", "linspace")
-
-
-def load_trainer(B, ckpt_path, device="auto", use_ema=True):
-    """A backend Trainer holding the checkpoint's weights (EMA weights by default) -> (trainer, ckpt)."""
-    ck = checkpoint.load(ckpt_path)
-    cfg = config_from_json(json.dumps(ck.config))
-    shape = ck.extra.get("item_shape")
-    if shape is None:
-        from . import data
-
-        shape = data.info(cfg.data, image_size=cfg.image_size).shape
-    kw = {"device": device} if B.name == "torch" else {}
-    trainer = B.train.Trainer(cfg, tuple(shape), **kw)
-    sd = trainer.state_dict()
-    sd["params"] = ck.params
-    sd["ema"] = (ck.ema or ck.params) if use_ema else ck.params
-    try:
-        trainer.load_state_dict(sd)
-    except (KeyError, ValueError, RuntimeError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"checkpoint {ckpt_path} does not fit the model its configuration describes: {e}") from None
-    return trainer, ck
-
-
-def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance="fixed_small",
-         record=False, progress=None):
-    """Samples as a NumPy array (and the trajectory when ``record``), noise from default_rng(seed)."""
-    cfg = trainer.cfg
-    rng = np.random.default_rng(seed)
-    np_dtype = np.float64 if cfg.dtype == "float64" else np.float32
-    x_T = B.from_numpy(rng.standard_normal((n,) + tuple(trainer.item_shape)).astype(np_dtype))
-    if B.name == "torch":
-        x_T = x_T.to(trainer.device)
-    res = B.samplers.sample_loop(trainer.sched, trainer.denoiser(), x_T, rng, sampler=sampler,
-                                 steps=None if not steps or steps >= cfg.T else steps, spacing=spacing, eta=eta,
-                                 prediction=cfg.prediction, variance=variance, clip_x0=cfg.data not in TWO_D,
-                                 record=record, progress=progress)
-    if record:
-        return B.to_numpy(res.x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in res.trajectory]
-    return B.to_numpy(res.x)
+from .. import plots
+from ..cli import add_command
+from ..progress import bar
+from ..sampling import draw, load_trainer
 
 
 def configure(p):
@@ -86,8 +43,6 @@ def configure(p):
 
 
 def run(args, B):
-    from . import plots
-
     out = Path(args.out)
     if out.suffix != ".npy":
         raise InputError(f"--out must name a .npy file, got {args.out!r}")
@@ -99,7 +54,7 @@ def run(args, B):
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
     res = draw(B, trainer, args.n, args.seed, args.sampler, args.sample_steps, args.spacing, args.eta,
-               args.variance, record=args.trajectory, progress=lambda it: progress(it, desc="sampling"))
+               args.variance, record=args.trajectory, progress=bar("sampling"))
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reference import data
+from lab import data
 from reference.errors import InputError
 from tolerances import TOL, mc_close
 
@@ -42,8 +42,8 @@ def test_points_standardisation_constants_match_monte_carlo(name):
 
 def test_checkerboard_points_lie_on_dark_squares_named_by_their_label():
     x, y = data.load("checkerboard", n=2000, seed=0, return_labels=True)
-    mean, std = data._point_moments("checkerboard")
-    raw = x.astype(np.float64) * std + mean + data.CHECKERBOARD_HALF     # back to [0, 4]^2
+    mean, std = data.points.point_moments("checkerboard")
+    raw = x.astype(np.float64) * std + mean + data.points.CHECKERBOARD_HALF     # back to [0, 4]^2
     col, row = np.floor(raw[:, 0]), np.floor(raw[:, 1])
     away = np.min(np.abs(raw - np.round(raw)), axis=1) > 1e-5           # float32 rounding at cell edges
     assert np.all(((row + col) % 2 == 0)[away])
@@ -115,7 +115,7 @@ def _write_idx_set(folder, rng, n_train=5, n_test=3, gz=True):
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
         imgs, lbls = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
-        for base, arr in zip(data._IDX_FILES[split], (imgs, lbls)):
+        for base, arr in zip(data.images._IDX_FILES[split], (imgs, lbls)):
             if gz:
                 (folder / (base + ".gz")).write_bytes(gzip.compress(_idx_bytes(arr)))
             else:
@@ -158,11 +158,11 @@ def test_missing_files_without_download_name_the_file(tmp_path):
 def test_download_failure_names_file_and_url(tmp_path, monkeypatch):
     def fail(url, timeout=None):
         raise urllib.error.URLError("no network in tests")
-    monkeypatch.setattr(data.urllib.request, "urlopen", fail)
+    monkeypatch.setattr(data.downloads.urllib.request, "urlopen", fail)
     with pytest.raises(InputError) as e:
         data.load("mnist", data_dir=tmp_path)
     msg = str(e.value)
-    assert "train-images-idx3-ubyte.gz" in msg and data.MIRRORS["mnist"][0] in msg and "no network" in msg
+    assert "train-images-idx3-ubyte.gz" in msg and data.downloads.MIRRORS["mnist"][0] in msg and "no network" in msg
 
 
 class _FakeResponse(io.BytesIO):
@@ -170,18 +170,18 @@ class _FakeResponse(io.BytesIO):
 
 
 def test_download_checksum_mismatch_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(b"not mnist"))
+    monkeypatch.setattr(data.downloads.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(b"not mnist"))
     with pytest.raises(InputError, match="checksum mismatch") as e:
         data.load("fashion-mnist", data_dir=tmp_path)
-    assert data.MIRRORS["fashion-mnist"][0] + "train-images-idx3-ubyte.gz" in str(e.value)
+    assert data.downloads.MIRRORS["fashion-mnist"][0] + "train-images-idx3-ubyte.gz" in str(e.value)
     assert list((tmp_path / "fashion-mnist").iterdir()) == []
 
 
 def test_download_with_the_right_checksum_is_kept(tmp_path, monkeypatch):
     payload = b"pretend archive"
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(payload))
+    monkeypatch.setattr(data.downloads.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(payload))
     import hashlib
-    dest = data._download(["http://example.invalid/f.gz"], tmp_path / "x" / "f.gz", hashlib.md5(payload).hexdigest())
+    dest = data.downloads.download(["http://example.invalid/f.gz"], tmp_path / "x" / "f.gz", hashlib.md5(payload).hexdigest())
     assert dest.read_bytes() == payload and [p.name for p in dest.parent.iterdir()] == ["f.gz"]
 
 
@@ -302,7 +302,7 @@ def test_to_uint8_inverts_the_model_space_map():
 
 def test_level_map_hits_minus_one_and_one_exactly_and_is_monotone():
     for levels in (17, 256):
-        x = data._levels_to_model_space(np.arange(levels, dtype=np.uint8), levels)
+        x = data.images.levels_to_model_space(np.arange(levels, dtype=np.uint8), levels)
         assert x.dtype == np.float32 and x[0] == -1.0 and x[-1] == 1.0 and np.all(np.diff(x) > 0)
         # each value is the float32 nearest to the exact 2k/(L-1) - 1
         exact = 2 * np.arange(levels) / (levels - 1) - 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from reference import metrics
+from lab import metrics
 from reference.errors import InputError
 
 
@@ -43,7 +43,7 @@ def test_sliced_wasserstein_rejects_bad_shapes():
 
 def test_feature_net_learns_the_digits_and_is_cached(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
-    from reference import data
+    from lab import data
 
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
     x, y = data.load("digits", split="train", return_labels=True)

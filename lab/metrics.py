@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from reference import layers as L
+from reference.errors import InputError
+from reference.optim import AdamW
 
 
 def sliced_wasserstein(a, b, n_proj=256, seed=0):
@@ -60,25 +62,53 @@ FEATURE_DIM = 32
 
 
 class FeatureNet:
-    """A small MLP classifier (flattened image -> 256 -> 32 -> classes) in NumPy, trained with
-    plain minibatch Adam on the dataset's labels. Its 32-d penultimate layer gives the features:
-    few enough dimensions that covariances estimated from a few hundred samples are meaningful
-    (the Frechet distance's sampling noise grows with dimension / sample count)."""
+    """A small MLP classifier (flattened image -> 256 -> 32 -> classes) trained on the dataset's labels
+    with the reference's own layers (reference.layers.linear_forward/backward, B7) and AdamW (O1, weight
+    decay 0: Adam), ReLU between the layers. Its 32-d penultimate layer gives the features: few enough
+    dimensions that covariances estimated from a few hundred samples are meaningful (the Frechet
+    distance's sampling noise grows with dimension / sample count). ``params``: w1, b1, w2, b2, w3, b3."""
 
     def __init__(self, params):
         self.params = params
 
+    def _forward(self, x):
+        """Logits and the caches of the three linear layers and two ReLUs."""
+        h, caches = np.asarray(x, np.float64).reshape(len(x), -1), []
+        for i in (1, 2, 3):
+            h, c = L.linear_forward(h, self.params[f"w{i}"], self.params[f"b{i}"])
+            caches.append(c)
+            if i < 3:
+                h = np.maximum(h, 0.0)  # ReLU
+                caches.append(h > 0)
+        return h, caches
+
     def features(self, x):
+        """The 32-d penultimate activations (N, FEATURE_DIM)."""
         h = np.asarray(x, np.float64).reshape(len(x), -1)
         for i in (1, 2):
-            h = np.maximum(h @ self.params[f"w{i}"].T + self.params[f"b{i}"], 0.0)
+            h = np.maximum(L.linear_forward(h, self.params[f"w{i}"], self.params[f"b{i}"])[0], 0.0)
         return h
 
     def logits(self, x):
-        return self.features(x) @ self.params["w3"].T + self.params["b3"]
+        return self._forward(x)[0]
 
     def accuracy(self, x, y):
         return float(np.mean(np.argmax(self.logits(x), 1) == y))
+
+    def _grads(self, xb, yb):
+        """Gradients of the mean softmax cross-entropy on one batch."""
+        z, caches = self._forward(xb)
+        z = z - z.max(1, keepdims=True)
+        d = np.exp(z)
+        d /= d.sum(1, keepdims=True)
+        d[np.arange(len(yb)), yb] -= 1.0  # d(mean CE)/d logits = (softmax - onehot) / N
+        d /= len(yb)
+        g = {}
+        for i in (3, 2, 1):
+            if i < 3:
+                d = d * caches.pop()  # ReLU
+            d, g[f"w{i}"], g[f"b{i}"] = L.linear_backward(d, caches.pop())
+        return g
 
     @classmethod
     def fit(cls, x, y, epochs=30, batch=128, lr=1e-3, seed=0):
@@ -88,34 +118,13 @@ class FeatureNet:
         k, dims = int(y.max()) + 1, [x.shape[1], 256, FEATURE_DIM]
         p = {}
         for i, (a, b) in enumerate(zip(dims, dims[1:] + [k]), start=1):
-            p[f"w{i}"] = rng.standard_normal((b, a)) * np.sqrt(2.0 / a)
+            p[f"w{i}"] = rng.standard_normal((b, a)) * np.sqrt(2.0 / a)  # He initialisation for ReLU
             p[f"b{i}"] = np.zeros(b)
-        m = {n: np.zeros_like(v) for n, v in p.items()}
-        v2 = {n: np.zeros_like(v) for n, v in p.items()}
-        step = 0
+        net, opt = cls(p), AdamW(p, lr=lr)
         for _ in range(epochs):
             for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch)):
-                xb, yb = x[idx], y[idx]
-                h1 = np.maximum(xb @ p["w1"].T + p["b1"], 0)
-                h2 = np.maximum(h1 @ p["w2"].T + p["b2"], 0)
-                z = h2 @ p["w3"].T + p["b3"]
-                z -= z.max(1, keepdims=True)
-                prob = np.exp(z)
-                prob /= prob.sum(1, keepdims=True)
-                dz = prob
-                dz[np.arange(len(yb)), yb] -= 1
-                dz /= len(yb)
-                g = {"w3": dz.T @ h2, "b3": dz.sum(0)}
-                dh2 = (dz @ p["w3"]) * (h2 > 0)
-                g["w2"], g["b2"] = dh2.T @ h1, dh2.sum(0)
-                dh1 = (dh2 @ p["w2"]) * (h1 > 0)
-                g["w1"], g["b1"] = dh1.T @ xb, dh1.sum(0)
-                step += 1
-                for n in p:
-                    m[n] = 0.9 * m[n] + 0.1 * g[n]
-                    v2[n] = 0.999 * v2[n] + 0.001 * g[n] ** 2
-                    p[n] -= lr * (m[n] / (1 - 0.9**step)) / (np.sqrt(v2[n] / (1 - 0.999**step)) + 1e-8)
-        return cls(p)
+                opt.step(net._grads(x[idx], y[idx]))
+        return net
 
 
 def _cache_dir():

@@ -17,8 +17,9 @@ matplotlib.use("Agg")  # no display: must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from reference.errors import InputError, check_finite  # noqa: E402
+
 from .data import to_uint8  # noqa: E402
-from .errors import InputError, check_finite  # noqa: E402
 
 DPI = 100
 PANEL_PX = 300          # one matplotlib panel is PANEL_PX x PANEL_PX pixels
@@ -263,7 +264,7 @@ def forward_process_figure(image, sched, path, frames=8, seed=0, q_sample=None):
     """
     x0 = _images(image, "image")[:1].astype(np.float64)           # (1, C, H, W)
     if q_sample is None:
-        from . import diffusion
+        from reference import diffusion
         q_sample = lambda x, t, e: diffusion.q_sample(sched, x, t, e)  # noqa: E731
     eps = np.random.default_rng(seed).standard_normal(x0.shape)   # (1, C, H, W)
     ts = forward_timesteps(int(sched.T), frames)

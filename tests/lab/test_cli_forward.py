@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reference import cli, plots
+from lab import cli, plots
 from reference.errors import InputError
 
 P = plots.PANEL_PX

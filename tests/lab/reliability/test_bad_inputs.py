@@ -1,6 +1,6 @@
 """Every bad input gets a clear error: a non-zero exit, a message that names the problem, no traceback.
 
-The catalogue runs through the CLI in-process (``reference.cli.main`` returns the exit code) and, for
+The catalogue runs through the CLI in-process (``lab.cli.main`` returns the exit code) and, for
 a few cases, in a real subprocess (``python -m reference`` / ``python -m torch_port``) to prove that
 no traceback reaches the user. The API-level cases run on both sides (reference and torch_port).
 """
@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from reference import checkpoint, cli
+from lab import checkpoint, cli
 from reference.errors import InputError
-from reliability.reliability_runs import run
+from reliability_runs import run
 
 torch = pytest.importorskip("torch")
 
@@ -70,7 +70,7 @@ CLI_CASES = {
     "unknown dataset": (_train(data="moonz"), "unknown dataset"),
     "unknown schedule": (_train("--schedule", "cosin"), "invalid choice: 'cosin'"),
     "unknown prediction": (_train("--prediction", "noise"), "invalid choice: 'noise'"),
-    "unknown weighting": (_train("--weighting", "snr"), "invalid choice: 'snr'"),
+    "unknown weighting": (_train("--weighting", "p2"), "invalid choice: 'p2'"),
     "unknown command": (["trian"], "invalid choice: 'trian'"),
     "no command": ([], "required"),
     "unknown flag": (_train("--lerning-rate", "1"), "unrecognized arguments: --lerning-rate"),

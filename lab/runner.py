@@ -3,9 +3,11 @@
 It owns what a run must get right whatever the math backend: the data order, the progress bar,
 the JSONL log, pictures, atomic checkpoints, resume, and stopping cleanly on a non-finite loss.
 
-A Trainer provides: ``cfg``, ``backend``, ``step(x0_batch, step) -> (loss, grad_norm)``,
-``sample(n, seed=..., steps=...) -> np.ndarray``, ``state_dict()`` and ``load_state_dict(d)`` with
-NumPy arrays keyed by state_dict names. ``step`` may return lazy values (torch tensors) that
+``train(cfg, out, backend)`` is the one entry point for both sides: it loads the data, builds the
+backend's Trainer and runs the loop. A Trainer provides: ``cfg``, ``backend`` ("reference" | "torch"),
+``item_shape``, ``step(x0_batch, step) -> (loss, grad_norm)``, ``sched`` and ``denoiser()`` (for the
+pictures, drawn by lab.sampling.draw), ``state_dict()`` and ``load_state_dict(d)`` with NumPy arrays
+keyed by state_dict names. ``step`` may return lazy values (torch tensors) that
 are only read every ``log_every`` steps, so a GPU step never waits for the host; they are
 also read before every checkpoint, so a checkpoint never holds the result of a non-finite step.
 
@@ -31,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
-from .config import TWO_D, config_from_json
-from .errors import InputError
+from reference.errors import InputError
+
+from . import checkpoint, data
+from .backend import Backend
+from .progress import step_bar
 
 CKPT = "ckpt.npz"
 # Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
@@ -175,16 +179,6 @@ def _read_rows(pending, ckpt_path, last_saved):
     return rows
 
 
-def _progress(total, initial, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.05)
-
-
 @contextmanager
 def _stop_requests(enabled):
     """While active, SIGINT/SIGTERM set ``flag["signum"]`` instead of stopping mid-step; a second one stops now."""
@@ -207,12 +201,17 @@ def _stop_requests(enabled):
 
 
 def pictures(trainer, out_dir, tag, n=64):
-    """Write a sample picture (grid for images, scatter for 2-D points) and return its path."""
-    from . import plots
+    """Write a sample picture (grid for images, scatter of 2000 for 2-D points) and return its path.
 
-    x = trainer.sample(n if trainer.cfg.data not in TWO_D else 2000, seed=trainer.cfg.seed)
+    DDIM with the run's ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s."""
+    from . import plots
+    from .sampling import draw
+
+    points = len(trainer.item_shape) == 1
+    x = draw(Backend(trainer.backend), trainer, 2000 if points else n, seed=trainer.cfg.seed, sampler="ddim",
+             steps=trainer.cfg.sample_steps)
     path = Path(out_dir) / f"samples_{tag}.png"
-    if x.ndim == 2:
+    if points:
         plots.scatter_2d(x, path)
     else:
         plots.image_grid(x, path)
@@ -243,6 +242,22 @@ def _start(trainer, out, resume, overwrite, data_rng, main):
     if main and log_path.exists():
         log_path.unlink()  # a fresh start: lines of an earlier run (e.g. killed before its first save) go
     return 0
+
+
+def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwrite=False, **trainer_options):
+    """Train on ``cfg.data`` with ``backend`` ("reference" or "torch"), writing ckpt.npz, log.jsonl and the
+    pictures into ``out_dir``; returns ``run``'s dict. ``trainer_options`` go to the backend's Trainer (the
+    port's device, compile, amp, channels_last, cuda_graphs)."""
+    validate_config(cfg)  # bad settings fail here, before the data is read
+    x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
+    if cfg.n_data:
+        x = x[: cfg.n_data]
+    trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], **trainer_options)
+    try:
+        return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
+                   overwrite=overwrite)
+    finally:
+        getattr(trainer, "close", lambda: None)()  # the port leaves its process group (torchrun)
 
 
 def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
@@ -286,7 +301,7 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
 
 def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop):
     cfg, out = trainer.cfg, ckpt_path.parent
-    bar = _progress(cfg.steps, start, progress)
+    bar = step_bar(cfg.steps, start, progress)
     pending, t_last, n_seen, last_saved = [], time.perf_counter(), 0, start
     try:
         with open(log_path if main else os.devnull, "a") as log:
@@ -333,8 +348,3 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
     finally:
         if bar is not None:
             bar.close()
-
-
-def load_run_config(ckpt):
-    """The TrainConfig a checkpoint was written with."""
-    return config_from_json(json.dumps(ckpt.config))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reference import plots
+from lab import plots
 from reference import schedules as S
 from reference.errors import InputError
 

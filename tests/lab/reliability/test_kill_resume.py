@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from reference import checkpoint, cli
-from reliability.reliability_runs import (SIGINT, SIGKILL, SIGTERM, assert_same_checkpoint, finish, read_log,
+from lab import checkpoint, cli
+from reliability_runs import (SIGINT, SIGKILL, SIGTERM, assert_same_checkpoint, finish, read_log,
                                           run, signal_after_checkpoint, start, temp_files, train_argv)
 
 STEPS, SAVE_EVERY = 300, 20

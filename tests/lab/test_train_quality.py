@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from reference import cli
+from lab import cli
 
 
 @pytest.mark.slow

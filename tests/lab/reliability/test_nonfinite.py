@@ -11,10 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from reference import runner
-from reference.config import make_config
+from lab import runner
+from lab.config import make_config
 from reference.errors import InputError
-from reliability.reliability_runs import run, train_argv
+from reliability_runs import run, train_argv
 
 torch = pytest.importorskip("torch")
 from torch_port import train as torch_train  # noqa: E402

@@ -9,10 +9,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .errors import InputError, check_choice
+from reference.diffusion import PREDICTIONS
+from reference.errors import InputError, check_choice
+from reference.losses import WEIGHTINGS as LOSS_WEIGHTINGS
 
-PREDICTIONS = ("eps", "x0", "v")
-WEIGHTINGS = ("none", "min_snr")
+from .data import POINT_SETS
+
+# The L_simple weightings as the CLI names them: "none" is the loss functions' None.
+WEIGHTINGS = ("none",) + tuple(w for w in LOSS_WEIGHTINGS if w is not None)
 
 
 @dataclass
@@ -29,7 +33,7 @@ class TrainConfig:
     schedule: str = "cosine"
     zero_terminal_snr: bool = False
     prediction: str = "eps"
-    weighting: str = "none"          # L_simple weighting: none or min_snr (gamma 5)
+    weighting: str = "none"          # L_simple weighting: none, snr or min_snr (gamma 5)
     seed: int = 0
     model: dict = field(default_factory=dict)   # constructor arguments of UNet / MLP
     image_size: int | None = None    # digits only: upsample 8x8 to this size
@@ -86,13 +90,11 @@ RECIPES = {
                   model=dict(base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2,
                              attention=(False, True, False), groups=32)),
 }
-TWO_D = ("moons", "swissroll", "gaussians8", "checkerboard")
-
 
 def recipe_for(data):
     if data == "digits":
         return RECIPES["digits"]
-    if data in TWO_D:
+    if data in POINT_SETS:
         return RECIPES["2d"]
     return RECIPES["image"]
 

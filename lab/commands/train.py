@@ -1,4 +1,4 @@
-"""``train``: fit a denoiser on a dataset (both sides; registered into reference/cli.py)."""
+"""``train``: fit a denoiser on a dataset (both sides; the loop is lab.runner's)."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from . import checkpoint
-from .cli import add_command, add_demo_step, command_args
-from .config import PREDICTIONS, WEIGHTINGS, TrainConfig, config_from_json, make_config, recipe_for
-from .errors import InputError
-from .runner import validate_config
-from .schedules import SCHEDULES
+from reference.errors import InputError
+from reference.schedules import SCHEDULES
+
+from .. import checkpoint, data, runner
+from ..cli import add_command
+from ..config import PREDICTIONS, WEIGHTINGS, TrainConfig, config_from_json, make_config, recipe_for
 
 def _positive_int(text):
     """argparse type: an integer >= 1 (the error names the flag and the value)."""
@@ -38,7 +38,7 @@ def _int_list(text):
 
 
 # Flags that map one-to-one onto TrainConfig fields. Defaults are None: the dataset's tuned
-# recipe (reference/config.py) fills what the user did not say; on --resume the checkpoint does.
+# recipe (lab/config.py) fills what the user did not say; on --resume the checkpoint does.
 _FIELDS = {
     "steps": (int, "number of optimisation steps"),
     "batch_size": (int, "images (or points) per step; with torchrun, the global batch over all processes"),
@@ -78,7 +78,9 @@ def configure(p):
                    help="rescale the schedule so alpha_bar_T = 0 exactly (needs --prediction v or x0)")
     p.add_argument("--prediction", choices=PREDICTIONS, default=None,
                    help="what the network predicts: eps (the noise, Ho et al.), x0 (the clean image) or v")
-    p.add_argument("--weighting", choices=WEIGHTINGS, default=None, help="L_simple weighting over t (min_snr: gamma 5)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                   help="L_simple weighting over t: none (Ho et al.), snr (every parameterisation's loss becomes "
+                        "the eps-MSE), min_snr (min-SNR-gamma, gamma 5)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from DIR/ckpt.npz")
     p.add_argument("--overwrite", action="store_true", help="start again even if DIR/ckpt.npz exists")
@@ -110,18 +112,16 @@ def config_from_args(args):
         d = dataclasses.asdict(cfg)
         d.update(given)
         d["model"] = {**d["model"], **model}
-        return validate_config(TrainConfig.from_dict(d))
+        return runner.validate_config(TrainConfig.from_dict(d))
     base_model = recipe_for(args.data)["model"]
     unknown = [k for k in model if k not in base_model]
     if unknown:
         kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
         raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
-    return validate_config(make_config(args.data, model=model, **given))
+    return runner.validate_config(make_config(args.data, model=model, **given))
 
 
 def run(args, B):
-    from . import data
-
     data.check_name(args.data)
     cfg = config_from_args(args)
     kw = {}
@@ -131,11 +131,10 @@ def run(args, B):
     elif args.device == "cuda" or args.compile or args.amp or args.channels_last or args.cuda_graphs:
         raise InputError("--device cuda, --compile, --amp, --channels-last and --cuda-graphs are torch_port "
                          "options: run `python -m torch_port train ...`")
-    from .runner import TrainingDiverged
-
     try:
-        res = B.train.train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite, **kw)
-    except TrainingDiverged as e:
+        res = runner.train(cfg, args.out, backend=B.name, resume=args.resume, progress=not args.quiet,
+                           overwrite=args.overwrite, **kw)
+    except runner.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if res.get("done"):
@@ -151,7 +150,7 @@ add_command(
     description="""
     Trains a network to predict the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, for t drawn
     uniformly (Ho et al. 2020, Algorithm 1), with AdamW, gradient clipping, warmup and an EMA of the weights.
-    With only --data and --out it uses the dataset's tuned recipe (reference/config.py). It writes into DIR:
+    With only --data and --out it uses the dataset's tuned recipe (lab/config.py). It writes into DIR:
     ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
     samples_*.png. Ctrl-C or a crash loses at most --save-every steps: `--resume` continues bit for bit.
     """,
@@ -162,30 +161,3 @@ add_command(
       python -m reference train --data digits --out runs/digits --resume --steps 8000
       torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar
     """)
-
-
-def _demo_train(args, B, out_dir):
-    """demo: train on the digits with the tuned recipe, sample with the trajectory, evaluate."""
-    from .cli import COMMANDS
-
-    run_dir = out_dir / "digits"
-    steps = getattr(args, "steps", None)
-    quick = getattr(args, "quick", False)
-    targs = command_args("train", ["--data", "digits", "--out", str(run_dir), "--overwrite"]
-                         + (["--steps", str(steps)] if steps else [])
-                         + (["--sample-every", "0", "--sample-steps", "10"] if quick else []))
-    code = run(targs, B)
-    if code:
-        return []
-    ckpt = str(run_dir / "ckpt.npz")
-    sample_steps = ["--sampler", "ddim", "--sample-steps", "10"] if quick else []
-    COMMANDS["sample"].run(command_args("sample", ["--ckpt", ckpt, "--n", "64", "--out", str(run_dir / "samples.npy"),
-                                                   "--trajectory"] + sample_steps), B)
-    # DDIM-50 for the figure: as good as DDPM-1000 here (benchmarks/bench_quality.py), 20x sooner
-    COMMANDS["eval"].run(command_args("eval", ["--ckpt", ckpt, "--json", str(run_dir / "eval.json")]
-                                      + (["--n", "100"] if quick else ["--repeats", "4"])
-                                      + (sample_steps or ["--sampler", "ddim", "--sample-steps", "50"])), B)
-    return sorted(run_dir.glob("*.png")) + sorted(run_dir.glob("*.gif"))
-
-
-add_demo_step("train", _demo_train)

@@ -1,0 +1,49 @@
+"""``eval``: every flag is checked before any work, and the quality judge (real sets, classifier, floor)
+is built once however many draws ``--repeats`` asks for, so ``sampling_seconds`` times sampling alone."""
+import json
+import time
+
+import pytest
+
+from lab import cli
+from lab.commands import eval as eval_cmd
+
+TINY = ["--steps", "4", "--save-every", "0", "--log-every", "2", "--sample-every", "0", "--sample-steps", "2",
+        "--quiet", "--batch-size", "16", "--T", "20", "--hidden", "16", "--num-layers", "1"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    assert cli.main(["train", "--data", "moons", "--out", str(out), *TINY]) == 0
+    return out / "ckpt.npz"
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--repeats", "0", "--repeats must be >= 1"),
+    ("--n", "1", "--n must be >= 2"),
+    ("--bpd-n", "-1", "--bpd-n must be >= 0"),
+    ("--sample-steps", "0", "--sample-steps must be >= 1"),
+])
+def test_a_bad_flag_is_refused_before_the_checkpoint_is_even_read(tmp_path, capsys, flag, value, needle):
+    code = cli.main(["eval", "--ckpt", str(tmp_path / "no_such.npz"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "not found" not in err
+
+
+def test_repeats_build_the_judge_once_and_time_only_the_sampling(ckpt, tmp_path, monkeypatch):
+    built, pause = [], 0.5
+
+    class SlowJudge(eval_cmd.Quality):
+        def __init__(self, *a, **kw):
+            built.append(1)
+            time.sleep(pause)  # loading data and training a classifier take time; it must not count
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(eval_cmd, "Quality", SlowJudge)
+    out = tmp_path / "e.json"
+    assert cli.main(["eval", "--ckpt", str(ckpt), "--n", "50", "--repeats", "3", "--sampler", "ddim",
+                     "--sample-steps", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert built == [1] and len(res["values"]) == 3
+    assert res["sampling_seconds"] < pause
