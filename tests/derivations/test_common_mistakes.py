@@ -2,8 +2,11 @@
 form and on the right form (the reference's), and asserts that the route rejects the first and
 accepts the second.
 """
+import inspect
 import math
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,25 +136,47 @@ def _trained_timesteps(T, monkeypatch, draws=200):
 
 
 def _sampled_timesteps(sched, **kw):
-    seen = set()
+    """The indices the sampler calls the network with, in calling order."""
+    seen = []
 
     def denoise(xt, t):
-        seen.update(np.asarray(t).tolist())
+        seen.extend(np.unique(t).tolist())
         return np.zeros_like(xt)
 
-    samplers.sample_loop(sched, denoise, np.zeros((2, 2)), np.random.default_rng(0), **kw)
+    with warnings.catch_warnings():   # a leading start that leaves signal warns (A5); not what this records
+        warnings.simplefilter("ignore", PriorMismatchWarning)
+        samplers.sample_loop(sched, denoise, np.zeros((2, 2)), np.random.default_rng(0), **kw)
     return seen
 
 
+def _leading_start_quoted(page):
+    """(t, n, T) of the sentence "$t = 900$ for $n = 10$ at $T = 1000$" on a derivations page."""
+    text = (Path(__file__).resolve().parents[2] / "derivations" / page).read_text()
+    found = re.findall(r"\$t = (\d+)\$ for \$n = (\d+)\$ at \$T = (\d+)\$", text)
+    assert len(found) == 1, f"{page} should state once where leading spacing starts, found {found}"
+    return tuple(int(v) for v in found[0])
+
+
 def test_C5_sampler_visits_only_timesteps_that_training_draws(monkeypatch):
-    T = 20
+    T, n = 20, 5
     trained = _trained_timesteps(T, monkeypatch)
     s = Schedule(make_betas("cosine", T), warn=False)
     assert trained == set(range(T))                                            # U{0..T-1}
-    for kw in [dict(sampler="ddpm"), dict(sampler="ddim", steps=5, spacing="trailing"),
-               dict(sampler="ddim", steps=5, spacing="linspace")]:
+    # right: every visited index is one training draws; all steps, trailing and linspace start at T-1
+    for kw in [dict(sampler="ddpm"), dict(sampler="ddim", steps=n, spacing="trailing"),
+               dict(sampler="ddim", steps=n, spacing="linspace")]:
         visited = _sampled_timesteps(s, **kw)
-        assert visited <= trained and T - 1 in visited, kw                   # right: covered, starts at T-1
+        assert set(visited) <= trained and visited[0] == T - 1, kw
+    # ... and the default spacing, leading, starts at (n - 1) floor(T / n) = T - T / n, also a training index
+    assert inspect.signature(samplers.sample_loop).parameters["spacing"].default == "leading"
+    for sampler in ("ddpm", "ddim"):
+        visited = _sampled_timesteps(s, sampler=sampler, steps=n)
+        assert set(visited) <= trained and visited == list(range(T - T // n, -1, -(T // n))), (sampler, visited)
+    # the pages quote the same start: t = 900 for n = 10 at T = 1000
+    for page in ("notation.md", "common_mistakes.md"):
+        t_start, n_q, T_q = _leading_start_quoted(page)
+        s_q = Schedule(make_betas("cosine", T_q), warn=False)
+        assert _sampled_timesteps(s_q, sampler="ddim", steps=n_q)[0] == t_start == T_q - T_q // n_q, page
     # wrong 1: train on {1..T-1} (exclusive upper end), sample from T down to 1
     wrong_trained, wrong_visited = set(range(1, T)), set(range(T, 0, -1))
     assert not wrong_visited <= wrong_trained and (wrong_visited - wrong_trained) == {T}
@@ -160,7 +185,7 @@ def test_C5_sampler_visits_only_timesteps_that_training_draws(monkeypatch):
     # wrong 2: betas on T + 1 points; the sampler then starts at index T, which training never drew
     long = Schedule(make_betas("cosine", T + 1), warn=False)
     visited = _sampled_timesteps(long, sampler="ddpm")
-    assert not visited <= trained and max(visited) == T
+    assert not set(visited) <= trained and visited[0] == T
 
 
 # ---- C6 ------------------------------------------------------------------------------------------
