@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from reference.diffusion import PREDICTIONS
@@ -74,7 +75,43 @@ class TrainConfig:
         if self.zero_terminal_snr and self.prediction == "eps":
             raise InputError("--zero-terminal-snr needs --prediction v or x0: x0 cannot be recovered from eps "
                              "at the last step, where alpha_bar = 0")
+        if "channel_mults" in self.model:
+            _check_unet(self.model)
         return self
+
+
+def _flags(v):
+    return ",".join(str(int(bool(a))) for a in v)
+
+
+def _check_unet(m):
+    """The UNet settings against each other, in the flags' words (before any model is built)."""
+    mults, attn = tuple(m["channel_mults"]), tuple(m.get("attention", ()))
+    if len(attn) != len(mults):
+        raise InputError(f"--attention {_flags(attn)} gives {len(attn)} flag(s) but --channel-mults "
+                         f"{','.join(map(str, mults))} has {len(mults)} levels: give one 0/1 per level")
+    chans = [m["base_channels"] * k for k in mults]
+    groups = m.get("groups", 1)
+    if any(c % groups for c in chans):
+        raise InputError(f"--groups {groups} must divide every level's channels {chans} "
+                         f"(--base-channels {m['base_channels']} times --channel-mults)")
+
+
+def fit_unet(model, given):
+    """Attention levels and GroupNorm groups follow the channel multipliers unless given: when
+    ``channel_mults`` (or ``base_channels``) changes, attention stays on the recipe's levels if the count
+    of levels is the same, else goes to the coarsest level only; groups stay the recipe's if they divide
+    every level's channels, else become the largest divisor of them all below the recipe's. ``given``: the
+    model keys the user set. Returns a new dict."""
+    m = dict(model)
+    levels = len(m["channel_mults"])
+    if "attention" not in given and len(m["attention"]) != levels:
+        m["attention"] = tuple(i == levels - 1 for i in range(levels))
+    chans = [m["base_channels"] * k for k in m["channel_mults"]]
+    if "groups" not in given and any(c % m["groups"] for c in chans):
+        g = math.gcd(*chans)
+        m["groups"] = max(d for d in range(1, m["groups"] + 1) if g % d == 0)
+    return m
 
 
 # Tuned recipes. `train --data NAME --out DIR` with no other flag uses these; the README quotes
@@ -91,6 +128,7 @@ RECIPES = {
                              attention=(False, True, False), groups=32)),
 }
 
+
 def recipe_for(data):
     if data == "digits":
         return RECIPES["digits"]
@@ -106,6 +144,8 @@ def make_config(data, **overrides):
     model_over = overrides.pop("model", None) or {}
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["model"].update(model_over)
+    if "channel_mults" in base["model"]:
+        base["model"] = fit_unet(base["model"], given=set(model_over))
     base["data"] = data
     return TrainConfig.from_dict(base).validate()
 

@@ -297,11 +297,7 @@ def schedule_plot(schedules, path):
     try:
         for name, s in schedules.items():
             abar = np.asarray(s.alpha_bar, dtype=np.float64)
-            if hasattr(s, "log_snr"):
-                log_snr = np.asarray(s.log_snr, dtype=np.float64)
-            else:  # a Schedule without the log table: take the log of its SNR (S7)
-                with np.errstate(divide="ignore"):
-                    log_snr = np.log(np.asarray(s.snr, dtype=np.float64))
+            log_snr = np.asarray(s.log_snr, dtype=np.float64)
             u = (np.arange(abar.size) + 1) / abar.size            # paper step / T, in (0, 1]
             a1.plot(u, abar, label=name, lw=1.2)
             ok = np.isfinite(log_snr)

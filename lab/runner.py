@@ -37,6 +37,7 @@ from reference.errors import InputError
 
 from . import checkpoint, data
 from .backend import Backend
+from .config import recipe_for
 from .progress import step_bar
 
 CKPT = "ckpt.npz"
@@ -168,15 +169,28 @@ def _trim_log(log_path, last_step):
     log_path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _read_rows(pending, ckpt_path, last_saved):
+def _read_rows(pending, ckpt_path, last_saved, cfg=None):
     """(step, loss, grad_norm) as floats — the only host sync — or TrainingDiverged at the first bad step."""
     rows = [(s, float(lv), float(gv)) for s, lv, gv in pending]
     bad = [r for r in rows if not (math.isfinite(r[1]) and math.isfinite(r[2]))]
     if bad:
-        raise TrainingDiverged(f"training stopped: non-finite loss or gradient at step {bad[0][0]} "
-                               f"(loss={bad[0][1]}, grad_norm={bad[0][2]}). The last good checkpoint "
-                               f"(step {last_saved}) in {ckpt_path} is intact.")
+        raise diverged(cfg, f"training stopped: non-finite loss or gradient at step {bad[0][0]} "
+                            f"(loss={bad[0][1]}, grad_norm={bad[0][2]})", ckpt_path, last_saved)
     return rows
+
+
+def diverged(cfg, what, ckpt_path, last_saved):
+    """The TrainingDiverged to raise: ``what`` happened, what is left on disk, and what to try."""
+    if last_saved > 0:
+        kept = f"The last good checkpoint (step {last_saved}) in {ckpt_path} is intact"
+    else:
+        kept = "No checkpoint of this run was written: it diverged before the first save"
+    hint = ""
+    if cfg is not None:
+        hint = (f"; try a lower --lr (this run: {cfg.lr:g}"
+                + (f", the recipe's: {recipe_lr:g}" if (recipe_lr := recipe_for(cfg.data).get("lr")) != cfg.lr
+                   else "") + ")" + ("" if cfg.grad_clip else " or --grad-clip 1"))
+    return TrainingDiverged(f"{what}. {kept}{hint}.")
 
 
 @contextmanager
@@ -252,12 +266,26 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
     if cfg.n_data:
         x = x[: cfg.n_data]
+    _check_fits_the_unet(cfg, x.shape[1:])
     trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], **trainer_options)
     try:
         return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
                    overwrite=overwrite)
     finally:
         getattr(trainer, "close", lambda: None)()  # the port leaves its process group (torchrun)
+
+
+def _check_fits_the_unet(cfg, item_shape):
+    """Images must halve cleanly at every level of the UNet: refused here, before anything is written."""
+    mults = cfg.model.get("channel_mults")
+    if mults is None or len(item_shape) != 3:
+        return
+    f, (_, h, w) = 2 ** (len(mults) - 1), item_shape
+    if h % f or w % f:
+        fit = -(-h // f) * f
+        raise InputError(f"{h}x{w} images do not fit the UNet: with --channel-mults {','.join(map(str, mults))} "
+                         f"({len(mults)} levels) the image size must be divisible by {f}; use --image-size {fit} "
+                         "(or fewer levels)")
 
 
 def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
@@ -310,21 +338,21 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
                 try:
                     loss, gnorm = trainer.step(x[idx], step)
                 except FloatingPointError as e:
-                    raise TrainingDiverged(f"training stopped at step {step + 1}: {e}. The last good checkpoint "
-                                           f"(step {last_saved}) in {ckpt_path} is intact.") from None
+                    raise diverged(cfg, f"training stopped at step {step + 1}: {e}", ckpt_path,
+                                   last_saved) from None
                 except InputError as e:
                     # The data and settings were checked before step 1, so a value check inside the step
                     # that finds NaN/inf (errors.check_finite's words) met diverged numbers, not bad input.
                     if "non-finite" not in str(e):
                         raise
-                    raise TrainingDiverged(f"training stopped at step {step + 1}: {e}. The last good checkpoint "
-                                           f"(step {last_saved}) in {ckpt_path} is intact.") from None
+                    raise diverged(cfg, f"training stopped at step {step + 1}: {e}", ckpt_path,
+                                   last_saved) from None
                 pending.append((step + 1, loss, gnorm))
                 n_seen += cfg.batch_size
                 done = step + 1
                 if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
                     now = time.perf_counter()
-                    rows = _read_rows(pending, ckpt_path, last_saved)
+                    rows = _read_rows(pending, ckpt_path, last_saved, cfg)
                     rec = {"step": rows[-1][0], "loss": float(np.mean([r[1] for r in rows])),
                            "grad_norm": rows[-1][2], "items_per_s": n_seen / max(now - t_last, 1e-9)}
                     log.write(json.dumps(rec) + "\n")
@@ -336,7 +364,7 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
                     bar.update(1)
                 periodic = cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps
                 if main and (periodic or (stop["signum"] is not None and done != cfg.steps)):
-                    _read_rows(pending, ckpt_path, last_saved)  # never checkpoint a non-finite step
+                    _read_rows(pending, ckpt_path, last_saved, cfg)  # never checkpoint a non-finite step
                     _save(trainer, ckpt_path, done, data_rng)
                     last_saved = done
                 if stop["signum"] is not None and done != cfg.steps:

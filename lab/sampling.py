@@ -55,3 +55,17 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     if record:
         return B.to_numpy(res.x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in res.trajectory]
     return B.to_numpy(res.x)
+
+
+def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None):
+    """The sampler's flags against each other and the checkpoint's T, in the CLI's words: a flag that
+    would be ignored, or a step count the schedule cannot give, is refused."""
+    if steps is not None and not 1 <= steps <= T:
+        raise InputError(f"--sample-steps {steps} must lie in 1..T={T} (the checkpoint's T); omit it for all "
+                         f"{T} steps")
+    if eta is not None and sampler != "ddim":
+        raise InputError(f"--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler {sampler} "
+                         "would ignore it")
+    if variance is not None and sampler != "ddpm":
+        raise InputError(f"--variance applies to --sampler ddpm only (the ancestral step's variance); "
+                         f"--sampler {sampler} would ignore it")

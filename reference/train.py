@@ -47,16 +47,19 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     """
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
-    out, cache = model.forward(xt, t)
-    if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
-        raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))} "
-                             "values NaN or inf)")
-    # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
-    loss, dout = simple_loss_and_grad(sched, out, x0, t, eps, prediction,
-                                      weighting=None if weighting == "none" else weighting)
-    _, grads = model.backward(dout, cache, input_grad=False)
-    # (O3)  g <- g * min(1, c / ||g||)
-    grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
+    # Weights that blew up overflow inside the network: the NonFiniteError below says so, once, instead of
+    # NumPy's warnings from every layer.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out, cache = model.forward(xt, t)
+        if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
+            raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))}"
+                                 " values NaN or inf)")
+        # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
+        loss, dout = simple_loss_and_grad(sched, out, x0, t, eps, prediction,
+                                          weighting=None if weighting == "none" else weighting)
+        _, grads = model.backward(dout, cache, input_grad=False)
+        # (O3)  g <- g * min(1, c / ||g||)
+        grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
     loss, norm = float(loss), float(norm)
     if not (np.isfinite(loss) and np.isfinite(norm)):
         raise NonFiniteError(f"non-finite {'loss' if not np.isfinite(loss) else 'gradient norm'} "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from .. import data as datasets
 from .. import metrics
 from ..cli import add_command
 from ..progress import bar
-from ..sampling import draw, load_trainer
+from ..sampling import check_sampler_flags, draw, load_trainer
 
 
 class Quality:
@@ -125,12 +126,17 @@ def run(args, B):
     _check(args, B)
     trainer, ck = load_trainer(B, args.ckpt, device=args.device)
     cfg = trainer.cfg
+    check_sampler_flags(cfg.T, args.sampler, args.sample_steps)
     name = args.data or cfg.data
     datasets.check_name(name)
-    if name != cfg.data and datasets.info(name, image_size=cfg.image_size).shape != tuple(trainer.item_shape):
-        raise InputError(f"--data {name!r} items do not have the shape the model was trained on {trainer.item_shape}")
+    if name != cfg.data:
+        if datasets.info(name, image_size=cfg.image_size).shape != tuple(trainer.item_shape):
+            raise InputError(f"--data {name!r} items do not have the shape the model was trained on "
+                             f"{trainer.item_shape}")
+        warnings.warn(f"the checkpoint was trained on {cfg.data!r}: its samples are judged against {name!r} "
+                      f"(--data), not against the data it learned; drop --data to judge it against {cfg.data!r}")
     n = args.n or (2000 if name in datasets.POINT_SETS else 500)
-    res = {"ckpt": str(args.ckpt), "data": name, "step": ck.step, "n": n, "sampler": args.sampler,
+    res = {"ckpt": str(args.ckpt), "data": name, "trained_on": cfg.data, "step": ck.step, "n": n, "sampler": args.sampler,
            "sample_steps": args.sample_steps or cfg.T}
     _bits_per_dim(B, trainer, name, args, res)
     _sample_quality(B, trainer, name, n, args, res)

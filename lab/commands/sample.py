@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from reference.errors import InputError
+from reference.diffusion import VARIANCES
 from reference.samplers import SAMPLERS, SPACINGS
 
 from .. import plots
 from ..cli import add_command
 from ..progress import bar
-from ..sampling import draw, load_trainer
+from ..sampling import check_sampler_flags, draw, load_trainer
 
 
 def configure(p):
@@ -32,9 +33,11 @@ def configure(p):
                         "and warns if its first step still holds signal; trailing/linspace start at T-1, which "
                         "with an eps-model and the cosine schedule (alpha_bar_{T-1} ~ 2e-9) amplifies the "
                         "network's error ~2e4-fold in x0_hat unless x0 is clipped (images)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 ancestral-like")
-    p.add_argument("--variance", choices=("fixed_small", "fixed_large"), default="fixed_small",
-                   help="DDPM reverse variance: posterior beta~_t (small) or beta_t (large)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM only: the step's noise, 0 deterministic (default), 1 ancestral-like")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="DDPM only: the reverse variance, posterior beta~_t (fixed_small, default) or beta_t "
+                        "(fixed_large)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--trajectory", action="store_true",
@@ -53,8 +56,9 @@ def run(args, B):
     if B.name == "reference" and args.device == "cuda":
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
-    res = draw(B, trainer, args.n, args.seed, args.sampler, args.sample_steps, args.spacing, args.eta,
-               args.variance, record=args.trajectory, progress=bar("sampling"))
+    check_sampler_flags(trainer.cfg.T, args.sampler, args.sample_steps, args.eta, args.variance)
+    res = draw(B, trainer, args.n, args.seed, args.sampler, args.sample_steps, args.spacing, args.eta or 0.0,
+               args.variance or "fixed_small", record=args.trajectory, progress=bar("sampling"))
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)

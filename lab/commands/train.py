@@ -25,6 +25,14 @@ def _positive_int(text):
     return v
 
 
+def _flag_list(text):
+    """argparse type: comma-separated 0/1 flags, one per level, e.g. "0,1,0" -> (False, True, False)."""
+    parts = [q.strip() for q in text.split(",")]
+    if not parts or any(q not in ("0", "1") for q in parts):
+        raise argparse.ArgumentTypeError(f"expected one 0 or 1 per level, comma-separated like 0,1,0, got {text!r}")
+    return tuple(q == "1" for q in parts)
+
+
 def _int_list(text):
     """argparse type: comma-separated positive integers, e.g. "1,2,2" -> (1, 2, 2)."""
     try:
@@ -61,6 +69,10 @@ _MODEL = {
     "base_channels": (_positive_int, "UNet: channels at the first level"),
     "channel_mults": (_int_list, "UNet: channel multiplier per level, e.g. 1,2,2"),
     "num_res_blocks": (_positive_int, "UNet: residual blocks per level"),
+    "attention": (_flag_list, "UNet: self-attention per level, one 0/1 per level, e.g. 0,1,0 (default: the "
+                              "recipe's; when --channel-mults changes the number of levels, the coarsest level)"),
+    "groups": (_positive_int, "UNet: GroupNorm groups; must divide every level's channels (default: the recipe's, "
+                              "or the largest divisor of the channels below it)"),
     "hidden": (_positive_int, "MLP (2-D data): hidden width"),
     "num_layers": (_positive_int, "MLP (2-D data): hidden layers"),
 }

@@ -47,3 +47,13 @@ def test_repeats_build_the_judge_once_and_time_only_the_sampling(ckpt, tmp_path,
     res = json.loads(out.read_text())
     assert built == [1] and len(res["values"]) == 3
     assert res["sampling_seconds"] < pause
+
+
+def test_judging_a_model_against_another_dataset_says_so(ckpt, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert cli.main(["eval", "--ckpt", str(ckpt), "--data", "gaussians8", "--n", "50", "--sampler", "ddim",
+                     "--sample-steps", "2", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "trained on 'moons'" in err and "judged against 'gaussians8'" in err
+    res = json.loads(out.read_text())
+    assert res["data"] == "gaussians8" and res["trained_on"] == "moons"

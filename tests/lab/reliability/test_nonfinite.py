@@ -42,6 +42,18 @@ def test_O1_cli_huge_lr_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path)
     assert (out / "ckpt.npz").read_bytes() == good
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_O1_a_fresh_run_that_diverges_says_no_checkpoint_exists_and_suggests_a_lower_lr(tmp_path, backend):
+    """Before the first save there is no checkpoint to point at; the one line names the flag to change, and
+    no NumPy overflow warnings come before it."""
+    out = tmp_path / "run"
+    rc, _, err = run(train_argv(backend, out, 20, 10, "--lr", "1e6", "--warmup", "0"))
+    assert rc == 1 and "Traceback" not in err and "overflow" not in err and "invalid value" not in err
+    assert "No checkpoint of this run was written" in err and "intact" not in err
+    assert "try a lower --lr (this run: 1e+06, the recipe's: 0.002)" in err
+    assert not (out / "ckpt.npz").exists()
+
+
 def _phase_one(tmp_path, make_trainer):
     cfg = make_config("moons", **GOOD)
     x = np.random.default_rng(0).standard_normal((256, 2)).astype(np.float32)
