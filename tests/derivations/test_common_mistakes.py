@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.config import TrainConfig
 from reference import diffusion, losses, samplers
 from reference import train as train_module
-from reference.config import TrainConfig
 from reference.errors import InputError
 from reference.schedules import PriorMismatchWarning, Schedule, make_betas
 from tolerances import TOL, mc_close
