@@ -214,22 +214,17 @@ def _stop_requests(enabled):
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-def pictures(trainer, out_dir, tag, n=64):
-    """Write a sample picture (grid for images, scatter of 2000 for 2-D points) and return its path.
-
-    DDIM with the run's ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s."""
-    from . import plots
+def pictures(trainer, out_dir, tag, step, n=64):
+    """Write a sample picture (grid for images, scatter of 2000 over real data for 2-D points) and return
+    its path. DDIM with the run's ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s."""
+    from .pictures import sampler_label, samples_picture
     from .sampling import draw
 
-    points = len(trainer.item_shape) == 1
-    x = draw(Backend(trainer.backend), trainer, 2000 if points else n, seed=trainer.cfg.seed, sampler="ddim",
-             steps=trainer.cfg.sample_steps)
-    path = Path(out_dir) / f"samples_{tag}.png"
-    if points:
-        plots.scatter_2d(x, path)
-    else:
-        plots.image_grid(x, path)
-    return path
+    cfg, points = trainer.cfg, len(trainer.item_shape) == 1
+    x = draw(Backend(trainer.backend), trainer, 2000 if points else n, seed=cfg.seed, sampler="ddim",
+             steps=cfg.sample_steps)
+    title = f"{cfg.data} samples (EMA), " + sampler_label("ddim", cfg.sample_steps, cfg.T, step=step)
+    return samples_picture(x, Path(out_dir) / f"samples_{tag}.png", cfg, title)
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -321,9 +316,10 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
         return {"step": cfg.steps}
     _save(trainer, ckpt_path, cfg.steps, data_rng)
     from . import plots
+    from .pictures import loss_label
 
-    plots.loss_curve(log_path, out / "loss.png")
-    final = pictures(trainer, out, "final")
+    plots.loss_curve(log_path, out / "loss.png", label=loss_label(cfg))
+    final = pictures(trainer, out, "final", cfg.steps)
     return {"step": cfg.steps, "ckpt": str(ckpt_path), "samples": str(final), "log": str(log_path)}
 
 
@@ -372,7 +368,7 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
                     raise TrainingInterrupted(f"{name}: training stopped after step {done}; checkpoint {ckpt_path} "
                                               f"saved; continue with --resume", stop["signum"])
                 if main and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
-                    pictures(trainer, out, f"step{done:06d}")
+                    pictures(trainer, out, f"step{done:06d}", done)
     finally:
         if bar is not None:
             bar.close()

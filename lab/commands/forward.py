@@ -16,7 +16,7 @@ def _configure_forward(p):
     p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the picture")
     add_schedule_args(p)
     p.add_argument("--frames", type=int, default=8,
-                   help="how many noise levels t to show, evenly spaced over 0..T-1")
+                   help="how many noise levels t to show after x_0, evenly spaced up to T-1")
     p.add_argument("--size", type=int, default=64,
                    help="resize (shorter side) and center-crop the image to SIZE x SIZE")
     p.add_argument("--seed", type=int, default=0, help="seed of the one noise draw eps shared by every panel")
@@ -38,7 +38,9 @@ def _run_forward(args, B):
     image = plots.sample_image(args.size) if args.image == "sample" else load_image(args.image, size=args.size)
     sched = make_schedule(B, args.schedule, args.T)
     plots.forward_process_figure(image, sched, out, frames=args.frames, seed=args.seed,
-                                 q_sample=_q_sample_numpy(B, sched))
+                                 q_sample=_q_sample_numpy(B, sched),
+                                 title=f"forward process q(x_t | x_0): {args.schedule} schedule, T={args.T}, "
+                                       "one noise draw shared by every t (t is 0-based)")
     ts = plots.forward_timesteps(args.T, args.frames)
     abar_T = float(np.asarray(B.to_numpy(sched.alpha_bar))[-1])
     print(f"wrote {out}: x_t ~ q(x_t | x_0) at t = {', '.join(map(str, ts))} "

@@ -13,8 +13,8 @@ from reference.errors import InputError
 from reference.diffusion import VARIANCES
 from reference.samplers import SAMPLERS, SPACINGS
 
-from .. import plots
 from ..cli import add_command
+from ..pictures import sampler_label, samples_picture, trajectory_pictures
 from ..progress import bar
 from ..sampling import check_sampler_flags, draw, load_trainer
 
@@ -41,7 +41,8 @@ def configure(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--trajectory", action="store_true",
-                   help="also write the denoising trajectory of the first samples (strip PNG and GIF)")
+                   help="also write the denoising trajectory: FILE_trajectory.png (x_t above the network's x0_hat "
+                        "at ~10 steps) and FILE_trajectory.gif (x_t at every step); images show the first 8/16")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch_port only")
 
 
@@ -63,21 +64,15 @@ def run(args, B):
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
-    png = out.with_suffix(".png")
-    if x.ndim == 2:
-        plots.scatter_2d(x, png)
-    else:
-        plots.image_grid(x, png)
+    cfg = trainer.cfg
+    how = sampler_label(args.sampler, args.sample_steps, cfg.T, step=ck.step, spacing=args.spacing)
+    png = samples_picture(x, out.with_suffix(".png"), cfg,
+                          f"{cfg.data}, {args.n} samples ({'raw' if args.no_ema else 'EMA'} weights), {how}")
     written = [str(out), str(png)]
-    if traj is not None and x.ndim == 4:
-        keep = np.unique(np.linspace(0, len(traj) - 1, 10).round().astype(int))
-        frames = [(traj[i][0], traj[i][2][:8]) for i in keep]  # x0_hat of the first 8 samples
-        strip, gif = out.with_name(out.stem + "_trajectory.png"), out.with_name(out.stem + "_trajectory.gif")
-        plots.trajectory_strip(frames, strip)
-        plots.trajectory_gif([(t, xt[:16]) for t, xt, _ in traj[:: max(1, len(traj) // 50)]] + [(-1, x[:16])], gif)
-        written += [str(strip), str(gif)]
-    print(f"{args.n} samples from step {ck.step} of a {ck.config.get('data')} run ({args.sampler}, "
-          f"{args.sample_steps or ck.config.get('T')} steps): " + ", ".join(written))
+    if traj is not None:
+        written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{cfg.data}: {how}"))
+    print(f"{args.n} samples from step {ck.step} of a {cfg.data} run ({args.sampler}, "
+          f"{args.sample_steps or cfg.T} steps): " + ", ".join(written))
     return 0
 
 

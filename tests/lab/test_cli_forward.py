@@ -20,8 +20,8 @@ def _size(path):
 def test_forward_writes_the_picture(tmp_path, capsys):
     out = tmp_path / "f.png"
     assert cli.main(["forward", "--out", str(out), "--size", "16", "--frames", "3", "--T", "100"]) == 0
-    assert _size(out) == (4 * P // 2, P // 2 + 40)            # x_0 plus 3 noise levels
-    assert "t = 0, 50, 99" in capsys.readouterr().out
+    assert _size(out) == (4 * P // 2, P // 2 + 60)            # x_0 plus 3 noise levels
+    assert "t = 33, 66, 99" in capsys.readouterr().out
 
 
 def test_forward_on_a_user_image(tmp_path):
@@ -35,7 +35,7 @@ def test_forward_on_a_user_image(tmp_path):
 def test_schedules_plots_and_prints_every_schedule(tmp_path, capsys):
     out = tmp_path / "s.png"
     assert cli.main(["schedules", "--out", str(out), "--T", "200"]) == 0
-    assert _size(out) == (2 * P, P)
+    assert _size(out) == (3 * P, 3 * P // 2)
     text = capsys.readouterr().out
     for name in ("linear", "cosine", "quadratic", "sigmoid", "zero terminal SNR"):
         assert name in text

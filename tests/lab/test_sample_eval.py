@@ -1,5 +1,6 @@
-"""``eval``: every flag is checked before any work, and the quality judge (real sets, classifier, floor)
-is built once however many draws ``--repeats`` asks for, so ``sampling_seconds`` times sampling alone."""
+"""``sample`` and ``eval`` on a tiny moons run: every flag is checked before any work; the quality judge
+(real sets, classifier, floor) is built once however many draws ``--repeats`` asks for, so
+``sampling_seconds`` times sampling alone; 2-D samples get their trajectory pictures too."""
 import json
 import time
 
@@ -57,3 +58,12 @@ def test_judging_a_model_against_another_dataset_says_so(ckpt, tmp_path, capsys)
     assert "trained on 'moons'" in err and "judged against 'gaussians8'" in err
     res = json.loads(out.read_text())
     assert res["data"] == "gaussians8" and res["trained_on"] == "moons"
+
+
+def test_sample_trajectory_on_2d_points_writes_the_strip_and_the_gif(ckpt, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", "--ckpt", str(ckpt), "--n", "200", "--out", str(out), "--sampler", "ddim",
+                     "--sample-steps", "5", "--trajectory"]) == 0
+    for name in ("s.npy", "s.png", "s_trajectory.png", "s_trajectory.gif"):
+        assert (tmp_path / name).is_file(), name
+    assert "s_trajectory.gif" in capsys.readouterr().out
