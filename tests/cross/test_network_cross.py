@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from reference import layers as RL  # noqa: E402
 from reference import unet as R  # noqa: E402
+from reference.errors import InputError  # noqa: E402
 from torch_port import layers as TL  # noqa: E402
 from torch_port import unet as T  # noqa: E402
 
@@ -81,6 +82,38 @@ def test_param_names_and_shapes_equal_state_dict(kw):
     mlp_sd = mlp_port.state_dict()
     assert list(mlp_ref.params) == list(mlp_sd)
     assert all(mlp_ref.params[k].shape == tuple(mlp_sd[k].shape) for k in mlp_sd)
+
+
+@pytest.mark.parametrize("kw", [dict(), SMALL_UNET, dict(SMALL_UNET, channel_mults=(1, 2, 2), num_res_blocks=2,
+                                                           attention=(True, False, True), mid_attention=False,
+                                                           out_channels=3)])
+def test_both_sides_build_the_same_plan(kw):
+    """The topology is written once on each side, the same way: equal plans (and time plans), step by step."""
+    ref, port = R.UNet(**kw), T.UNet(**kw)
+    assert [tuple(s) for s in ref.plan] == [tuple(s) for s in port.plan]
+    assert [tuple(s) for s in ref.time_plan] == [tuple(s) for s in port.time_plan]
+    mlp_ref, mlp_port = R.MLP(num_layers=3), T.MLP(num_layers=3)
+    assert [tuple(s) for s in mlp_ref.plan + mlp_ref.time_plan] == [tuple(s) for s in mlp_port.plan + mlp_port.time_plan]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(channel_mults=(1, 2), attention=(False,)),       # one attention flag per level
+    dict(channel_mults=(1, 2, 2), attention=(False, True)),
+    dict(base_channels=12, groups=8),                      # a level's channels not divisible by groups
+    dict(base_channels=16, channel_mults=(1, 3), attention=(False, False), groups=32),
+    dict(num_res_blocks=0),                                # num_res_blocks < 1
+    dict(num_res_blocks=-2),
+    dict(num_res_blocks=1.5),                              # not an integer
+    dict(num_res_blocks=2.0),
+    dict(num_res_blocks="2"),
+], ids=["attention_short", "attention_long", "groups_12_8", "groups_48_32", "blocks_0", "blocks_neg", "blocks_1.5",
+        "blocks_2.0", "blocks_str"])
+def test_both_sides_raise_the_same_input_error_for_bad_arguments(bad):
+    with pytest.raises(InputError) as ref_error:
+        R.UNet(**bad)
+    with pytest.raises(InputError) as port_error:
+        T.UNet(**bad)
+    assert str(port_error.value) == str(ref_error.value)
 
 
 def test_B6_time_embedding_is_the_same_formula_on_both_sides():

@@ -54,16 +54,48 @@ def test_B4_B7_B8_mlp_gradients_match_directional_finite_differences(rng):
     assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
 
 
-def test_B8_unet_backward_mutates_neither_dout_nor_cache(rng):
-    model = UNet(**SMALL_UNET, dtype=np.float64)
+@pytest.mark.parametrize("net", ["unet", "mlp"])
+def test_B8_backward_mutates_neither_dout_nor_cache(net, rng):
+    model, shape = ((UNet(**SMALL_UNET, dtype=np.float64), (2, 2, 8, 8)) if net == "unet" else
+                    (MLP(hidden=16, num_layers=2, time_dim=8, dtype=np.float64), (2, 2)))
     randomise(model, rng)
-    out, cache = model.forward(rng.standard_normal((2, 2, 8, 8)), np.array([1, 2]))
+    out, cache = model.forward(rng.standard_normal(shape), np.array([1, 2]))
     dout = rng.standard_normal(out.shape)
     dout0, cache0 = dout.copy(), snapshot(cache)
     dx1, g1 = model.backward(dout, cache)
     assert np.array_equal(dout, dout0) and same(cache, cache0)
     dx2, g2 = model.backward(dout, cache)  # a second backward from the same cache gives the same answer
     assert np.array_equal(dx1, dx2) and same(g1, g2)
+
+
+def test_B8_backward_reads_its_own_cache_not_state_kept_on_the_model(rng):
+    """The tape is the cache: a backward after another forward (other x, t) still gives its own gradients."""
+    model = UNet(**SMALL_UNET, dtype=np.float64)
+    randomise(model, rng)
+    x1, x2 = rng.standard_normal((2, 2, 2, 8, 8))
+    out1, cache1 = model.forward(x1, np.array([1, 2]))
+    dout = rng.standard_normal(out1.shape)
+    dx1, g1 = model.backward(dout, cache1)
+    model.forward(x2, np.array([700, 3]))
+    dx1_later, g1_later = model.backward(dout, cache1)
+    assert np.array_equal(dx1, dx1_later) and same(g1, g1_later)
+
+
+def test_plan_keeps_and_joins_balance_and_its_channels_chain():
+    """Every step's input channels are the previous step's output (an add's, the kept x's), every kept
+    output is joined exactly once, and conv_in comes first (backward's input_grad applies to it)."""
+    for kw in [dict(), SMALL_UNET, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False), mid_attention=False)]:
+        plan, kept = UNet(**kw).plan, []
+        assert plan[0].name == "conv_in" and plan[-1].name == "conv_out"
+        for prev, step in zip(plan, plan[1:]):
+            if step.op == "add":
+                assert step.c_in == kept.pop() and step.c_out == prev.c_out
+            else:
+                assert step.c_in == prev.c_out
+            if step.op == "concat":
+                assert step.c_out == step.c_in + kept.pop()
+            kept += [step.c_in] if step.op == "keep" else []
+        assert kept == []
 
 
 def test_backward_without_input_grad_returns_the_same_parameter_gradients(rng):
@@ -185,5 +217,8 @@ def test_bad_inputs_raise_input_error(rng):
         UNet(base_channels=12, groups=8)
     with pytest.raises(InputError, match="one flag per level"):
         UNet(channel_mults=(1, 2), attention=(False,))
+    for n in (0, 1.5, "2"):
+        with pytest.raises(InputError, match="num_res_blocks must be an integer >= 1"):
+            UNet(num_res_blocks=n)
     with pytest.raises(InputError, match="\\(N, 2\\)"):
         MLP().forward(rng.standard_normal((3, 3)), np.array([0, 1, 2]))
