@@ -44,6 +44,7 @@ class TrainConfig:
     sample_every: int = 1000         # a sample grid picture every N steps (0: only at the end)
     save_every: int = 1000           # checkpoint every N steps (and always at the end)
     sample_steps: int = 100          # steps of the sampler used for the pictures during training
+    final_samples: bool = True       # a sample picture after the last step (--no-final-samples skips it)
     dtype: str = "float32"
 
     def to_json(self):

@@ -1,15 +1,81 @@
-"""Progress bars for the tooling (tqdm on stderr, silent when stderr is not a terminal).
+"""Progress for the tooling: a tqdm bar when stderr is a terminal, else a plain line every tenth of the work
+or every 30 s (whichever comes first), with the time so far and an estimate of what is left, so a run
+in a log file or a CI job still shows it is moving.
 
 The math takes a ``progress`` callable that wraps an iterable (reference.errors.check_progress); these
 build such callables, so reference/ never imports tqdm.
 """
 from __future__ import annotations
 
+import sys
+import time
+
+EVERY_S = 30.0      # a line at least this often when stderr is not a terminal
+EVERY_FRACTION = 0.1
+
+
+def _is_terminal():
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def _duration(s):
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+class LineBar:
+    """What tqdm offers the loops (update, set_postfix, close, iteration) as occasional lines on stderr."""
+
+    def __init__(self, total=None, desc=None, initial=0, unit="it", iterable=None):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc or "progress", unit
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+        self.n = self.start_n = initial
+        self.t0 = self.t_last = time.perf_counter()
+        self.next_n = self._milestone(initial)
+        self.postfix = ""
+
+    def _milestone(self, n):
+        if not self.total:
+            return float("inf")
+        step = max(1, round(EVERY_FRACTION * self.total))
+        return (n // step + 1) * step
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+        self.close()
+
+    def set_postfix(self, **kw):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def update(self, k=1):
+        self.n += k
+        now = time.perf_counter()
+        if self.n >= self.next_n or now - self.t_last >= EVERY_S or (self.total and self.n == self.total):
+            self._line(now)
+
+    def _line(self, now):
+        done, spent = self.n - self.start_n, now - self.t0
+        of = f"/{self.total}" if self.total else ""
+        left = ""
+        if self.total and done > 0 and self.n < self.total:
+            left = f", ~{_duration(spent / done * (self.total - self.n))} left"
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit}s ({_duration(spent)}{left}{extra})", file=sys.stderr,
+              flush=True)
+        self.t_last, self.next_n = now, self._milestone(self.n)
+
+    def close(self):
+        pass
+
 
 def progress(iterable, desc=None, total=None):
-    """Wrap ``iterable`` in a tqdm bar on stderr; silent when stderr is not a terminal."""
+    """Wrap ``iterable`` in a tqdm bar on a terminal, else in a LineBar."""
+    if not _is_terminal():
+        return LineBar(total=total, desc=desc, iterable=iterable, unit="step")
     from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
+    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 def bar(desc, total=None):
@@ -18,8 +84,10 @@ def bar(desc, total=None):
 
 
 def step_bar(total, initial, enabled):
-    """The training loop's bar over steps (None when disabled)."""
+    """The training loop's bar over steps (None when disabled): tqdm on a terminal, else a LineBar."""
     if not enabled:
         return None
+    if not _is_terminal():
+        return LineBar(total=total, desc="train", initial=initial, unit="step")
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.05)

@@ -94,6 +94,9 @@ def configure(p):
                    help="L_simple weighting over t: none (Ho et al.), snr (every parameterisation's loss becomes "
                         "the eps-MSE), min_snr (min-SNR-gamma, gamma 5)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
+    p.add_argument("--final-samples", dest="final_samples", action=argparse.BooleanOptionalAction, default=None,
+                   help="write samples_final.png after the last step (default: yes; --no-final-samples skips "
+                        "the sampling pass, which a large model in NumPy pays for)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from DIR/ckpt.npz")
     p.add_argument("--overwrite", action="store_true", help="start again even if DIR/ckpt.npz exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,7 +117,8 @@ def configure(p):
 def config_from_args(args):
     """The run's TrainConfig: recipe defaults, or the checkpoint's config on --resume, plus the flags given."""
     given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
-                                                             "weighting", "dtype"] if getattr(args, k) is not None}
+                                                             "weighting", "dtype", "final_samples"]
+             if getattr(args, k) is not None}
     model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
     ckpt = Path(args.out) / "ckpt.npz"
     if args.resume and ckpt.exists():
@@ -152,8 +156,9 @@ def run(args, B):
     if res.get("done"):
         print(f"nothing to train: the checkpoint {res['ckpt']} is already at step {res['step']} "
               f"(--steps {cfg.steps}); pass a larger --steps to continue")
-    elif "samples" in res:
-        print(f"trained {res['step']} steps: checkpoint {res['ckpt']}, samples {res['samples']}, log {res['log']}")
+    elif "ckpt" in res:
+        samples = f", samples {res['samples']}" if "samples" in res else ""
+        print(f"trained {res['step']} steps: checkpoint {res['ckpt']}{samples}, log {res['log']}")
     return 0
 
 
