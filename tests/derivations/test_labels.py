@@ -5,7 +5,7 @@ Rules (see derivations/README.md):
   * a label is defined by ``\\tag{P2}`` inside a ``$$ ... $$`` display block of a derivations/*.md page,
     one tag per block (MathJax on GitHub renders one tag per display);
   * a test cites a label when the label is an underscore-separated token of a test function's name
-    anywhere under tests/ (``def test_P2_P3_posterior_is_bayes_rule_on_a_grid``);
+    anywhere under tests/ (``def test_P1_P2_P3_posterior_is_bayes_rule_on_a_grid``);
   * code cites a label as ``(P2)`` or ``(P2, P3)`` in comments or docstrings of reference/ and torch_port/;
   * pages point at code and tests with ``**Code:**`` / ``**Test:**`` lines holding ``path::name`` refs.
 
@@ -216,3 +216,23 @@ def test_pages_named_in_code_exist():
                for i, line in enumerate(path.read_text().splitlines(), 1)
                for name in page_ref.findall(line) if name not in pages]
     assert not missing, "code names derivation pages that do not exist:\n  " + "\n  ".join(missing)
+
+
+QUOTED_TEST = re.compile(r"(?<![\w/.])(test_\w+)(…|\.\.\.|\.py)?")
+
+
+def test_test_names_quoted_in_the_docs_exist():
+    """A test named in prose (`test_P1_P2_P3_...`, or a prefix ending in an ellipsis) in derivations/*.md or
+    README.md is a real test function: the docs cite the tests that hold their claims."""
+    names = {n for found in _test_function_names().values() for n in found}
+    problems = []
+    for doc in _pages() + [ROOT / "README.md"]:
+        for i, line in enumerate(doc.read_text().splitlines(), 1):
+            for span in re.findall(r"`([^`\n]+)`", line):
+                for name, tail in QUOTED_TEST.findall(span):
+                    if tail == ".py":
+                        continue
+                    ok = any(n.startswith(name) for n in names) if tail else name in names
+                    if not ok:
+                        problems.append(f"{doc.name}:{i}: {name}{tail} names no test function")
+    assert not problems, "docs quote tests that do not exist:\n  " + "\n  ".join(problems)
