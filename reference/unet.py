@@ -142,6 +142,9 @@ def state_dict_order(plan):
 # The steps, forward and backward side by side: forward(h, step, run) -> out, cache; backward(dout,
 # cache, name, grads, run) -> dh. ``run``: what one pass's steps share (forward: params, groups, temb,
 # the stack of kept outputs; backward: the sum d temb, the stack of the kept outputs' gradients).
+# In place, as in the plans these functions build: temb and add write into h, the fresh output of the
+# conv or linear before them (a cache holds a layer's input, never its output), and keep's backward
+# into its dout, the fresh dx of the step after it (norm, silu, conv or keep). Nothing else writes.
 
 
 def _wb(run, name):
@@ -159,11 +162,9 @@ _conv_backward = _with_grads(L.conv2d_backward)  # (B2, B10); input_grad=False f
 
 
 def _temb_forward(h, step, run):
-    if not step.name:  # the MLP: h + temb
-        return h + run.temb, None
-    tp, cache = L.linear_forward(run.temb, *_wb(run, step.name))  # (N, C)
-    # (B8)  h += proj(SiLU(temb)), the same vector at every position
-    h += tp[:, None, None, :]
+    # (B8)  h += proj(SiLU(temb)), the same vector at every position (the MLP, unnamed: h += temb)
+    tp, cache = L.linear_forward(run.temb, *_wb(run, step.name)) if step.name else (run.temb, None)  # (N, C)
+    h += tp[:, None, None, :] if step.name else tp
     return h, cache
 
 
@@ -225,15 +226,13 @@ def _add_backward(dout, cache, name, grads, run):
 
 
 STEPS = {  # op -> (forward, backward)
-    "conv": (lambda h, s, run: L.conv2d_forward(h, *_wb(run, s.name), s.stride, s.k // 2),  # (B1); (B9) stride 2
-             _conv_backward),
+    "conv": (lambda h, s, run: L.conv2d_forward(h, *_wb(run, s.name), s.stride, s.k // 2), _conv_backward),  # (B1)
     "linear": (lambda h, s, run: L.linear_forward(h, *_wb(run, s.name)),  # (B7)
                _with_grads(lambda dout, cache, *_: L.linear_backward(dout, cache))),
     "norm": (lambda h, s, run: L.group_norm_forward(h, *_wb(run, s.name), run.groups),  # (B3)
              _with_grads(L.group_norm_backward)),
     "silu": (lambda h, s, run: L.silu_forward(h), lambda dout, cache, *_: L.silu_backward(dout, cache)),  # (B4)
-    "up2x": (lambda h, s, run: L.upsample_nearest2x_forward(h),  # (B9)
-             lambda dout, cache, *_: L.upsample_nearest2x_backward(dout, cache)),
+    "up2x": (lambda h, s, run: L.upsample_nearest2x_forward(h), lambda d, c, *_: L.upsample_nearest2x_backward(d, c)),
     "attend": (_attend_forward, _attend_backward),
     "temb": (_temb_forward, _temb_backward),
     "keep": (_keep_forward, _keep_backward),

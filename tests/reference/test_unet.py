@@ -83,10 +83,15 @@ def test_B8_backward_reads_its_own_cache_not_state_kept_on_the_model(rng):
 
 def test_plan_keeps_and_joins_balance_and_its_channels_chain():
     """Every step's input channels are the previous step's output (an add's, the kept x's), every kept
-    output is joined exactly once, and conv_in comes first (backward's input_grad applies to it)."""
+    output is joined exactly once, and conv_in comes first (backward's input_grad applies to it). The
+    in-place rule of the steps holds: temb and add follow a conv or linear (they write into its fresh
+    output), and a keep is followed by a norm, silu, conv or keep (its backward writes into that dx)."""
     for kw in [dict(), SMALL_UNET, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False), mid_attention=False)]:
         plan, kept = UNet(**kw).plan, []
         assert plan[0].name == "conv_in" and plan[-1].name == "conv_out"
+        for prev, step in zip(plan, plan[1:]):
+            assert prev.op in ("conv", "linear") if step.op in ("temb", "add") else True, (prev, step)
+            assert step.op in ("norm", "silu", "conv", "keep") if prev.op == "keep" else True, (prev, step)
         for prev, step in zip(plan, plan[1:]):
             if step.op == "add":
                 assert step.c_in == kept.pop() and step.c_out == prev.c_out
@@ -96,6 +101,10 @@ def test_plan_keeps_and_joins_balance_and_its_channels_chain():
                 assert step.c_out == step.c_in + kept.pop()
             kept += [step.c_in] if step.op == "keep" else []
         assert kept == []
+    mlp = MLP(num_layers=3).plan
+    for prev, step in zip(mlp, mlp[1:]):
+        assert prev.op in ("conv", "linear") if step.op in ("temb", "add") else True, (prev, step)
+        assert step.op in ("norm", "silu", "conv", "keep") if prev.op == "keep" else True, (prev, step)
 
 
 def test_backward_without_input_grad_returns_the_same_parameter_gradients(rng):
