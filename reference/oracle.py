@@ -1,4 +1,8 @@
-"""Gaussian data: the exact optimal denoiser and the exact likelihood — derivations/gaussian_oracle.md (G1, G2).
+"""Gaussian data and Gaussian mixtures: exact denoisers, scores and likelihoods — derivations/gaussian_oracle.md.
+
+GaussianOracle (G1, G2): one Gaussian, at the schedule's steps. GaussianMixtureOracle (G3, G4): a mixture,
+at every continuous alpha_bar (density, responsibilities, E[x_0 | x_t], E[eps | x_t], the score), the
+exact route for the continuous-time solvers (derivations/solvers.md).
 
 For data x_0 ~ N(mu, Sigma) every quantity of the diffusion is Gaussian and known in closed form,
 so tests can run the samplers and the bound with a perfect network. The forward process adds
@@ -177,3 +181,153 @@ class GaussianOracle:
         lam_T = a * self.lam + 1.0 - a  # q(x_T) = N(sqrt(abar_T) m, abar_T lam + 1 - abar_T)
         prior = 0.5 * (lam_T + a * self.m**2 - 1.0 - np.log(lam_T))
         return float((kl.sum(axis=0).mean() + np.mean(prior)) / LN2)
+
+
+class GaussianMixtureOracle:
+    """x_0 ~ sum_k w_k N(mu_k, Sigma_k): exact denoisers, score and density at every noise level (G3, G4).
+
+    ``weights`` (K,) > 0 (normalised here), ``means`` (K, *shape), and exactly one of ``var`` (diagonal
+    covariances, broadcastable to means' shape) or ``cov`` ((K, D, D) for shape (D,)). Variances may be 0
+    (point masses: a mixture of deltas is the ideal denoiser of a finite data set) except where a density
+    or an eps at alpha_bar = 1 is asked for. Each component is rotated to its eigenbasis
+    Sigma_k = U_k diag(lam_k) U_k^T, where the forward process keeps it diagonal (F4).
+
+    Every method takes x (N, *shape) and a CONTINUOUS alpha_bar in [0, 1] (a number or (N,)): the
+    mixture's marginal exists in closed form at any noise level, not only at the trained steps.
+    ``predict``/``denoiser`` take the discrete 0-based t of a schedule (the samplers' interface);
+    ``denoise_sigma`` is the solvers' D(x~, sigma) (K6).
+    """
+
+    def __init__(self, weights, means, var=None, cov=None):
+        if (var is None) == (cov is None):
+            raise InputError("give exactly one of var (diagonal covariances) or cov ((K, D, D) covariances)")
+        w = np.asarray(weights, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        if w.ndim != 1 or means.ndim < 2 or means.shape[0] != w.size or not np.all(np.isfinite(w) & (w > 0)):
+            raise InputError(f"weights must be (K,) positive and means (K, *shape); got {w.shape} and {means.shape}")
+        self.log_w, self.shape = np.log(w / w.sum()), means.shape[1:]
+        K, D = w.size, int(np.prod(self.shape))
+        self.m = means.reshape(K, D)
+        if cov is not None:
+            cov = np.asarray(cov, dtype=np.float64)
+            if means.ndim != 2 or cov.shape != (K, D, D) or not np.allclose(cov, np.swapaxes(cov, 1, 2)):
+                raise InputError(f"cov must be symmetric (K, D, D) = {(K, D, D)} for means (K, D), got {cov.shape}")
+            lam, self.U = np.linalg.eigh(cov)  # Sigma_k = U_k diag(lam_k) U_k^T
+        else:
+            lam, self.U = np.broadcast_to(np.asarray(var, dtype=np.float64), means.shape).reshape(K, D), None
+        if not np.all(lam >= -1e-12 * np.max(np.abs(lam), initial=1.0)):
+            raise InputError("every component covariance must be positive semi-definite (variances >= 0)")
+        self.lam = np.maximum(lam, 0.0)
+
+    def _parts(self, x, alpha_bar):
+        """Per component: innovation z in the eigenbasis (K, N, D), its variances d, and log w_k N_k(x) (K, N)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim < 1 or x.shape[1:] != self.shape:
+            raise InputError(f"x must have shape (N, *{self.shape}), got {x.shape}")
+        x = x.reshape(x.shape[0], -1)
+        a = np.asarray(alpha_bar, dtype=np.float64)
+        if a.ndim > 1 or (a.ndim == 1 and a.size != x.shape[0]) or np.any(~(a >= 0) | (a > 1)):
+            raise InputError(f"alpha_bar must be a number or shape ({x.shape[0]},), in [0, 1]")
+        a = a.reshape(1, -1, 1) if a.ndim else a
+        diff = x[None] - np.sqrt(a) * self.m[:, None, :]                # (K, N, D)
+        z = diff if self.U is None else diff @ self.U                    # z = U_k^T (x - sqrt(abar) mu_k)
+        # (G3)  Cov_k(x_t) = abar Sigma_k + (1 - abar) I: eigenvalues abar lam + 1 - abar
+        d = a * self.lam[:, None, :] + (1.0 - a)                         # (K, N or 1, D)
+        if np.any(d == 0):
+            raise InputError("a point-mass component (variance 0) has no density at alpha_bar = 1")
+        # (G3)  log w_k N(x; sqrt(abar) mu_k, abar Sigma_k + (1 - abar) I)
+        logp = self.log_w[:, None] - 0.5 * np.sum(z**2 / d + np.log(2.0 * math.pi * d), axis=-1)
+        return z, d, logp
+
+    def _back(self, zk):
+        """Eigen coordinates (K, N, D) -> data coordinates."""
+        return zk if self.U is None else zk @ np.swapaxes(self.U, 1, 2)
+
+    def log_prob(self, x, alpha_bar):
+        """(G3) log q(x_t) at alpha_bar (alpha_bar = 1: the data's log-density), (N,)."""
+        logp = self._parts(x, alpha_bar)[2]
+        mx = logp.max(axis=0)
+        # (G3)  log sum_k exp(l_k), shifted by the max so nothing under- or overflows
+        return mx + np.log(np.sum(np.exp(logp - mx), axis=0))
+
+    def responsibilities(self, x, alpha_bar):
+        """(G4) r_k(x_t) = P(component k | x_t), (N, K): a softmax of the log-joints (log-sum-exp stable)."""
+        return self._softmax(self._parts(x, alpha_bar)[2]).T
+
+    @staticmethod
+    def _softmax(logp):
+        e = np.exp(logp - logp.max(axis=0))
+        return e / e.sum(axis=0)
+
+    def _weighted(self, x, alpha_bar, per_component):
+        z, d, logp = self._parts(x, alpha_bar)
+        r = self._softmax(logp)                                          # (G4) responsibilities (K, N)
+        return np.sum(r[:, :, None] * per_component(z, d), axis=0).reshape((-1,) + self.shape)
+
+    def x0_mean(self, x, alpha_bar):
+        """(G4) E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) Sigma_k C_k^{-1} (x_t - sqrt(abar) mu_k))."""
+        ra = np.sqrt(np.asarray(alpha_bar, dtype=np.float64))
+        ra = ra.reshape(1, -1, 1) if ra.ndim else ra
+        # (G4, G1)  per component the Gaussian denoiser, in its eigenbasis: sqrt(abar) lam / d times z
+        lam, m = self.lam[:, None, :], self.m[:, None, :]
+        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z))
+
+    def score(self, x, alpha_bar):
+        """(G4) grad log q(x_t) = -sum_k r_k C_k^{-1} (x_t - sqrt(abar) mu_k), from the density directly."""
+        # (G4)  grad of log sum_k w_k N_k = sum_k r_k grad log N_k
+        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d))
+
+    def eps_mean(self, x, alpha_bar):
+        """(G4, R2) E[eps | x_t] = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar); alpha_bar < 1."""
+        a = np.asarray(alpha_bar, dtype=np.float64)
+        if np.any(a >= 1):
+            raise InputError("E[eps | x_t] needs alpha_bar < 1 (there is no noise at alpha_bar = 1)")
+        a = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
+        # (R2, G4)
+        return (np.asarray(x, dtype=np.float64) - np.sqrt(a) * self.x0_mean(x, alpha_bar)) / np.sqrt(1.0 - a)
+
+    def predict(self, sched, xt, t, prediction="eps"):
+        """The optimal network output at the discrete 0-based step t (as GaussianOracle.predict)."""
+        check_choice(prediction, PREDICTIONS, "prediction")
+        xt = np.asarray(xt, dtype=np.float64)
+        a = sched.alpha_bar[check_timesteps(t, sched.T, n=xt.shape[0] if xt.ndim else None)]
+        x0 = self.x0_mean(xt, a)
+        if prediction == "x0":
+            return x0
+        eps = self.eps_mean(xt, a)
+        if prediction == "eps":
+            return eps
+        ac = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
+        # (R3, G4)  E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t]
+        return np.sqrt(ac) * eps - np.sqrt(1.0 - ac) * x0
+
+    def denoiser(self, sched, prediction="eps"):
+        """A ``denoise(xt, t) -> model_output`` callable for the samplers (discrete 0-based t)."""
+        check_choice(prediction, PREDICTIONS, "prediction")
+        return lambda xt, t: self.predict(sched, xt, t, prediction).astype(np.asarray(xt).dtype, copy=False)
+
+    def denoise_sigma(self, x, sigma):
+        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~], x~ = x_0 + sigma eps, at any sigma >= 0."""
+        a = 1.0 / (1.0 + float(sigma) ** 2)                           # (K6)  abar = 1 / (1 + sigma^2)
+        # (K6)  x_t = sqrt(abar) x~ has the same posterior over x_0
+        return self.x0_mean(np.asarray(x) * math.sqrt(a), a).astype(np.asarray(x).dtype, copy=False)
+
+    def sample(self, rng, n):
+        """n draws -> (x_0 (n, *shape), labels (n,) int64): the component first, then its Gaussian."""
+        labels = rng.choice(self.log_w.size, size=n, p=np.exp(self.log_w))
+        z = np.sqrt(self.lam[labels]) * rng.standard_normal((n, self.m.shape[1]))  # eigen coordinates
+        x = self.m[labels] + (z if self.U is None else (self.U[labels] @ z[:, :, None])[:, :, 0])
+        return x.reshape((n,) + self.shape), labels.astype(np.int64)
+
+    @property
+    def mean(self):
+        """E[x_0] = sum_k w_k mu_k, shape ``shape``."""
+        return (np.exp(self.log_w) @ self.m).reshape(self.shape)
+
+    @property
+    def cov(self):
+        """Cov[x_0] (D, D) = sum_k w_k (Sigma_k + mu_k mu_k^T) - E[x_0] E[x_0]^T (total variance)."""
+        S = np.stack([np.diag(l) for l in self.lam]) if self.U is None else (self.U * self.lam[:, None, :]) @ \
+            np.swapaxes(self.U, 1, 2)
+        w, mu = np.exp(self.log_w), self.mean.reshape(-1)
+        return np.einsum("k,kde->de", w, S + self.m[:, :, None] * self.m[:, None, :]) - np.outer(mu, mu)

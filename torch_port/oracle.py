@@ -1,4 +1,4 @@
-"""Gaussian data: the exact optimal denoiser and the exact likelihood, in torch — (G1, G2).
+"""Gaussian data and Gaussian mixtures, in torch: GaussianOracle (G1, G2), GaussianMixtureOracle (G3, G4).
 
 Mirror of reference/oracle.py (see its docstring): for x_0 ~ N(mu, Sigma) every quantity of the
 diffusion is Gaussian and known in closed form, so the port's samplers and bound can run with a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from reference.errors import InputError, check_choice
@@ -18,7 +19,7 @@ from .diffusion import PREDICTIONS, VARIANCES, _timesteps
 LN2 = math.log(2.0)
 _F64 = torch.float64
 
-__all__ = ["GaussianOracle"]
+__all__ = ["GaussianOracle", "GaussianMixtureOracle"]
 
 
 class GaussianOracle:
@@ -178,3 +179,153 @@ class GaussianOracle:
         # (L8)  KL(q(x_T) || N(0, I))
         prior = 0.5 * (lam_T + a * self.m**2 - 1.0 - torch.log(lam_T))
         return float((kl.sum(dim=0).mean() + torch.mean(prior)) / LN2)
+
+
+class GaussianMixtureOracle:
+    """x_0 ~ sum_k w_k N(mu_k, Sigma_k): exact denoisers, score and density at every noise level (G3, G4).
+
+    Mirror of reference.oracle.GaussianMixtureOracle (see its docstring): ``weights`` (K,), ``means``
+    (K, *shape), one of ``var`` (diagonal) or ``cov`` (K, D, D). Tensors float64 on the oracle's device
+    (``to(device)``); ``alpha_bar`` a number or a tensor (N,); x (N, *shape). Value checks (alpha_bar in
+    range, a density at alpha_bar = 1 with a point mass) run on CPU inputs only, so nothing syncs on a device.
+    """
+
+    def __init__(self, weights, means, var=None, cov=None):
+        if (var is None) == (cov is None):
+            raise InputError("give exactly one of var (diagonal covariances) or cov ((K, D, D) covariances)")
+        w = torch.as_tensor(weights, dtype=_F64)
+        means = torch.as_tensor(means, dtype=_F64)
+        if w.ndim != 1 or means.ndim < 2 or means.shape[0] != w.numel() or \
+                not bool((torch.isfinite(w) & (w > 0)).all()):
+            raise InputError(f"weights must be (K,) positive and means (K, *shape); got {tuple(w.shape)} and "
+                             f"{tuple(means.shape)}")
+        self.log_w, self.shape = torch.log(w / w.sum()), tuple(means.shape[1:])
+        K, D = w.numel(), int(np.prod(self.shape))
+        self.m = means.reshape(K, D)
+        if cov is not None:
+            cov = torch.as_tensor(cov, dtype=_F64)
+            if means.ndim != 2 or tuple(cov.shape) != (K, D, D) or not torch.allclose(cov, cov.transpose(1, 2)):
+                raise InputError(f"cov must be symmetric (K, D, D) = {(K, D, D)} for means (K, D), "
+                                 f"got {tuple(cov.shape)}")
+            lam, self.U = torch.linalg.eigh(cov)  # Sigma_k = U_k diag(lam_k) U_k^T
+        else:
+            lam, self.U = torch.as_tensor(var, dtype=_F64).expand(means.shape).reshape(K, D), None
+        if not bool((lam >= -1e-12 * max(float(lam.abs().max()), 1.0)).all()):
+            raise InputError("every component covariance must be positive semi-definite (variances >= 0)")
+        self.lam = torch.clamp(lam, min=0.0)
+
+    def to(self, device):
+        new = object.__new__(GaussianMixtureOracle)
+        new.__dict__ = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return new
+
+    def _abar(self, alpha_bar, n):
+        """alpha_bar as a float64 tensor shaped (1, N, 1) or (), on the oracle's device, checked on the host."""
+        a = alpha_bar.to(_F64) if isinstance(alpha_bar, torch.Tensor) else torch.as_tensor(float(alpha_bar), dtype=_F64)
+        if a.ndim > 1 or (a.ndim == 1 and a.numel() != n) or \
+                (a.device.type == "cpu" and bool(((a < 0) | (a > 1) | torch.isnan(a)).any())):
+            raise InputError(f"alpha_bar must be a number or shape ({n},), in [0, 1]")
+        a = a.to(self.m.device)
+        return a.reshape(1, -1, 1) if a.ndim else a
+
+    def _parts(self, x, alpha_bar):
+        """Per component: innovation z in the eigenbasis (K, N, D), its variances d, and log w_k N_k(x) (K, N)."""
+        x = torch.as_tensor(x).to(_F64)
+        if x.ndim < 1 or tuple(x.shape[1:]) != self.shape:
+            raise InputError(f"x must have shape (N, *{self.shape}), got {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], -1)
+        a = self._abar(alpha_bar, x.shape[0])
+        diff = x[None] - torch.sqrt(a) * self.m[:, None, :]              # (K, N, D)
+        z = diff if self.U is None else diff @ self.U                    # z = U_k^T (x - sqrt(abar) mu_k)
+        # (G3)  Cov_k(x_t) = abar Sigma_k + (1 - abar) I: eigenvalues abar lam + 1 - abar
+        d = a * self.lam[:, None, :] + (1.0 - a)                         # (K, N or 1, D)
+        if d.device.type == "cpu" and bool((d == 0).any()):
+            raise InputError("a point-mass component (variance 0) has no density at alpha_bar = 1")
+        # (G3)  log w_k N(x; sqrt(abar) mu_k, abar Sigma_k + (1 - abar) I)
+        logp = self.log_w[:, None] - 0.5 * torch.sum(z**2 / d + torch.log(2.0 * math.pi * d), dim=-1)
+        return z, d, logp
+
+    def _back(self, zk):
+        return zk if self.U is None else zk @ self.U.transpose(1, 2)
+
+    def log_prob(self, x, alpha_bar):
+        """(G3) log q(x_t) at alpha_bar, (N,): log-sum-exp over the components."""
+        # (G3)  log sum_k exp(l_k)
+        return torch.logsumexp(self._parts(x, alpha_bar)[2], dim=0)
+
+    def responsibilities(self, x, alpha_bar):
+        """(G4) r_k(x_t) = P(component k | x_t), (N, K), a softmax of the log-joints."""
+        return torch.softmax(self._parts(x, alpha_bar)[2], dim=0).T
+
+    def _weighted(self, x, alpha_bar, per_component):
+        z, d, logp = self._parts(x, alpha_bar)
+        r = torch.softmax(logp, dim=0)                                   # (G4) responsibilities (K, N)
+        return torch.sum(r[:, :, None] * per_component(z, d), dim=0).reshape((-1,) + self.shape)
+
+    def x0_mean(self, x, alpha_bar):
+        """(G4) E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) Sigma_k C_k^{-1} (x_t - sqrt(abar) mu_k))."""
+        ra = torch.sqrt(self._abar(alpha_bar, torch.as_tensor(x).shape[0]))
+        # (G4, G1)  per component the Gaussian denoiser in its eigenbasis: sqrt(abar) lam / d times z
+        lam, m = self.lam[:, None, :], self.m[:, None, :]
+        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z))
+
+    def score(self, x, alpha_bar):
+        """(G4) grad log q(x_t) = -sum_k r_k C_k^{-1} (x_t - sqrt(abar) mu_k)."""
+        # (G4)  sum_k r_k grad log N_k
+        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d))
+
+    def eps_mean(self, x, alpha_bar):
+        """(G4, R2) E[eps | x_t] = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar); alpha_bar < 1."""
+        x = torch.as_tensor(x).to(_F64)
+        a = self._abar(alpha_bar, x.shape[0])
+        if a.device.type == "cpu" and bool((a >= 1).any()):
+            raise InputError("E[eps | x_t] needs alpha_bar < 1 (there is no noise at alpha_bar = 1)")
+        a = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
+        # (R2, G4)
+        return (x.to(a.device) - torch.sqrt(a) * self.x0_mean(x, alpha_bar)) / torch.sqrt(1.0 - a)
+
+    def predict(self, sched, xt, t, prediction="eps"):
+        """The optimal network output at the discrete 0-based step t (float64)."""
+        check_choice(prediction, PREDICTIONS, "prediction")
+        xt = torch.as_tensor(xt).to(_F64)
+        a = sched.alpha_bar.to(xt.device)[_timesteps(sched, t, xt)]
+        x0 = self.x0_mean(xt, a)
+        if prediction == "x0":
+            return x0
+        eps = self.eps_mean(xt, a)
+        if prediction == "eps":
+            return eps
+        ac = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
+        # (R3, G4)  E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t]
+        return torch.sqrt(ac) * eps - torch.sqrt(1.0 - ac) * x0
+
+    def denoiser(self, sched, prediction="eps"):
+        """A ``denoise(xt, t) -> model_output`` callable (output in xt's dtype) for the samplers."""
+        check_choice(prediction, PREDICTIONS, "prediction")
+        return lambda xt, t: self.predict(sched, xt, t, prediction).to(torch.as_tensor(xt).dtype)
+
+    def denoise_sigma(self, x, sigma):
+        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~] at any sigma >= 0 (sigma a Python number)."""
+        a = 1.0 / (1.0 + float(sigma) ** 2)                            # (K6)  abar = 1 / (1 + sigma^2)
+        # (K6)  x_t = sqrt(abar) x~ has the same posterior over x_0
+        return self.x0_mean(x * math.sqrt(a), a).to(x.dtype)
+
+    def sample(self, generator, n):
+        """n draws -> (x_0 (n, *shape), labels (n,) int64), from a torch.Generator on the oracle's device."""
+        labels = torch.multinomial(torch.exp(self.log_w), n, replacement=True, generator=generator)
+        e = torch.randn((n, self.m.shape[1]), generator=generator, dtype=_F64, device=self.m.device)
+        z = torch.sqrt(self.lam[labels]) * e                             # eigen coordinates
+        x = self.m[labels] + (z if self.U is None else (self.U[labels] @ z[:, :, None])[:, :, 0])
+        return x.reshape((n,) + self.shape), labels
+
+    @property
+    def mean(self):
+        """E[x_0] = sum_k w_k mu_k, shape ``shape``."""
+        return (torch.exp(self.log_w) @ self.m).reshape(self.shape)
+
+    @property
+    def cov(self):
+        """Cov[x_0] (D, D) = sum_k w_k (Sigma_k + mu_k mu_k^T) - E[x_0] E[x_0]^T."""
+        S = torch.diag_embed(self.lam) if self.U is None else (self.U * self.lam[:, None, :]) @ self.U.transpose(1, 2)
+        w, mu = torch.exp(self.log_w), self.mean.reshape(-1)
+        return torch.einsum("k,kde->de", w, S + self.m[:, :, None] * self.m[:, None, :]) - torch.outer(mu, mu)
