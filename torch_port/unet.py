@@ -55,7 +55,7 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
     """The UNet in forward order, a list of Step (the layout in words: UNet's docstring)."""
     plan, kept = [Step("conv", "conv_in", in_channels, chans[0])], []  # kept: channels of the kept outputs
 
-    def add(op, name="", c_out=None, k=3, stride=1):  # the next step, its channels tracked as forward does
+    def step(op, name="", c_out=None, k=3, stride=1):  # append the next step, tracking channels as forward
         c_in = c = plan[-1].c_out
         if op == "keep":
             kept.append(c)
@@ -69,40 +69,40 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
     def res(pre, c_out):  # skip(x) + conv3x3(SiLU(GN(conv3x3(SiLU(GN(x))) + proj(SiLU(temb)))))
         for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), ("conv", "conv1"), ("temb", "temb_proj"),
                          ("norm", "norm2"), ("silu", ""), ("conv", "conv2"), ("add", "skip")]:
-            add(op, name and f"{pre}.{name}", c_out if op == "conv" else None)
+            step(op, name and f"{pre}.{name}", c_out if op == "conv" else None)
 
     def attn(pre):  # x + proj(attention(q, k, v)), [q | k | v] = qkv(GN(x)); 1x1 convs
         c = plan[-1].c_out
         for op, name, c_out, k in [("keep", "", c, 3), ("norm", "norm", c, 3), ("conv", "qkv", 3 * c, 1),
                                    ("attend", "", c, 3), ("conv", "proj", c, 1), ("add", "", c, 3)]:
-            add(op, name and f"{pre}.{name}", c_out, k)
+            step(op, name and f"{pre}.{name}", c_out, k)
 
     def block(side, l, r):  # a residual block, then self-attention where the level has it
         res(f"{side}.{l}.res.{r}", chans[l])
         if attention[l]:
             attn(f"{side}.{l}.attn.{r}")
 
-    add("keep")
+    step("keep")
     for l in range(len(chans)):
         for r in range(num_res_blocks):
             block("down", l, r)
-            add("keep")
+            step("keep")
         if l < len(chans) - 1:
-            add("conv", f"down.{l}.downsample", stride=2)  # (B9) stride-2 conv3x3
-            add("keep")
+            step("conv", f"down.{l}.downsample", stride=2)  # (B9) stride-2 conv3x3
+            step("keep")
     res("mid.res1", chans[-1])
     if mid_attention:
         attn("mid.attn")
     res("mid.res2", chans[-1])
     for l in reversed(range(len(chans))):
         for r in range(num_res_blocks + 1):  # DDPM: one block more than down, each taking a skip
-            add("concat")  # (B8) skip connection: [h | the newest kept output]
+            step("concat")  # (B8) skip connection: [h | the newest kept output]
             block("up", l, r)
         if l > 0:
-            add("up2x")  # (B9) nearest 2x, then conv3x3
-            add("conv", f"up.{l}.upsample")
+            step("up2x")  # (B9) nearest 2x, then conv3x3
+            step("conv", f"up.{l}.upsample")
     for op, name, c_out in [("norm", "norm_out", None), ("silu", "", None), ("conv", "conv_out", out_channels)]:
-        add(op, name, c_out)
+        step(op, name, c_out)
     return plan
 
 
