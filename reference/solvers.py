@@ -99,9 +99,9 @@ def sigma_grid(sched, n, grid):
     if grid != "karras":
         kept = samplers.timesteps(sched.T, n, grid)
         return np.concatenate([table[kept[::-1]], [0.0]])
-    n = check_int(n, "n (number of steps)", lo=1)
-    if not n <= sched.T:
-        raise InputError(f"n (number of sampling steps) must be in 1..T={sched.T}, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= sched.T:
+        raise InputError(f"n (number of sampling steps) must be an integer in 1..T={sched.T}, got {n!r}")
+    n = int(n)
     if not np.isfinite(table[-1]):
         raise InputError("the schedule ends at alpha_bar = 0 (sigma = inf): the sigma grids need a finite "
                          "sigma_max; sample with samplers.sample_loop, sampler 'ddim'")

@@ -77,24 +77,32 @@ def karras_sigmas(n, sigma_min, sigma_max, rho=RHO):
     return torch.cat([s, torch.zeros(1, dtype=_F64)])
 
 
+def _interp(x, xp, fp):
+    """np.interp in torch: piecewise-linear through (xp, fp), xp increasing, clamped to fp's ends."""
+    if xp.numel() == 1:
+        return fp.expand(x.shape)
+    k = torch.clamp(torch.searchsorted(xp, x), 1, xp.numel() - 1)
+    u = fp[k - 1] + (x - xp[k - 1]) * (fp[k] - fp[k - 1]) / (xp[k] - xp[k - 1])
+    return torch.clamp(u, min=float(fp[0]), max=float(fp[-1]))
+
+
 def snap_sigmas(sched, sigmas):
-    """(K8) Each nonzero level moved to the nearest trained sigma_t in log sigma, kept strictly decreasing."""
+    """(K8) Each nonzero level moved to the nearest trained sigma_t in log sigma, kept strictly decreasing.
+
+    As the reference: neighbours that would share a step are pushed to the next steps up (at most T levels).
+    """
     s = torch.tensor(check_sigmas(sigmas), dtype=_F64)
     pos = s[s > 0]
     if pos.numel() > sched.T:
         raise InputError(f"a grid of {pos.numel()} nonzero levels cannot be snapped to T={sched.T} trained steps")
-    log_table = torch.log(trained_sigmas(sched))
+    table = trained_sigmas(sched)
     # (K8)  t(sigma) by interpolation in log sigma between trained steps, then rounded
-    k = torch.clamp(torch.searchsorted(log_table, torch.log(pos)), 1, sched.T - 1) if sched.T > 1 else None
-    if k is None:
-        t = torch.zeros(pos.numel(), dtype=torch.long)
-    else:
-        u = (k - 1) + (torch.log(pos) - log_table[k - 1]) / (log_table[k] - log_table[k - 1])
-        t = torch.round(torch.clamp(u, 0, sched.T - 1)).to(torch.long).tolist()
-        for i in range(len(t) - 2, -1, -1):      # from the bottom: distinct steps, pushed upwards
-            t[i] = max(t[i], t[i + 1] + 1)
-        t = torch.tensor([min(v, sched.T - 1 - i) for i, v in enumerate(t)], dtype=torch.long)
-    return torch.cat([trained_sigmas(sched)[t], s[pos.numel():]])
+    t = torch.round(_interp(torch.log(pos), torch.log(table), torch.arange(sched.T, dtype=_F64))).long().tolist()
+    for i in range(len(t) - 2, -1, -1):          # from the bottom: distinct steps, pushed upwards
+        t[i] = max(t[i], t[i + 1] + 1)
+    for i in range(len(t)):                      # from the top: stay within 0..T-1
+        t[i] = min(t[i], sched.T - 1 - i)
+    return torch.cat([table[torch.tensor(t, dtype=torch.long)], s[pos.numel():]])
 
 
 def sigma_grid(sched, n, grid):
@@ -104,9 +112,9 @@ def sigma_grid(sched, n, grid):
     if grid != "karras":
         kept = samplers.timesteps(sched.T, n, grid)
         return torch.cat([table[kept.flip(0)], torch.zeros(1, dtype=_F64)])
-    n = check_int(n, "n (number of steps)", lo=1)
-    if not n <= sched.T:
-        raise InputError(f"n (number of sampling steps) must be in 1..T={sched.T}, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= sched.T:
+        raise InputError(f"n (number of sampling steps) must be an integer in 1..T={sched.T}, got {n!r}")
+    n = int(n)
     if not math.isfinite(float(table[-1])):
         raise InputError("the schedule ends at alpha_bar = 0 (sigma = inf): the sigma grids need a finite "
                          "sigma_max; sample with samplers.sample_loop, sampler 'ddim'")
@@ -214,12 +222,16 @@ def nfe(sampler, sigmas):
     return 2 * n - (s[-1] == 0) if sampler == "heun" else n
 
 
-def _check_order(sampler, s):
+def _second_order_steps(sampler, s):
+    """How many of the grid's steps are second-order updates (0 for euler)."""
     n, to_zero = len(s) - 1, s[-1] == 0
-    second = {"euler": 1, "heun": n - to_zero, "dpm++2m": n - 1 - to_zero}[sampler]
-    if second < 1:
+    return {"euler": 0, "heun": n - to_zero, "dpm++2m": n - 1 - to_zero}[sampler]
+
+
+def _check_order(sampler, s):
+    if sampler != "euler" and _second_order_steps(sampler, s) < 1:
         need = 2 if sampler == "heun" else 3
-        raise InputError(f"{sampler} takes no second-order step on a grid of {n} step(s) ending at "
+        raise InputError(f"{sampler} takes no second-order step on a grid of {len(s) - 1} step(s) ending at "
                          f"sigma = {s[-1]:g} (NFE {nfe(sampler, s)}): it needs at least {need} steps (NFE >= 3); "
                          "use more steps or sampler 'euler'")
 
