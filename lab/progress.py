@@ -91,3 +91,41 @@ def step_bar(total, initial, enabled):
         return LineBar(total=total, desc="train", initial=initial, unit="step")
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+
+LONG_RUN_S = 1800   # a run estimated longer than this says so, whether progress is shown or not
+ESTIMATE_STEPS = 3  # steps timed for the estimate, after the first (which pays for warm-up)
+
+
+class RunEstimate:
+    """The run's estimated time, on stderr: right after the first step when even that pace (warm-up
+    included) makes the run long, and after ESTIMATE_STEPS more steps at the measured pace (always shown
+    when progress is, else only for a long run). A long run on the reference adds the pointer to the port."""
+
+    def __init__(self, trainer, start, show):
+        self.trainer, self.start, self.show, self.t0, self.t1, self.warned = trainer, start, show, None, None, False
+        self.t0 = time.perf_counter()
+
+    def tick(self, done):
+        now = time.perf_counter()
+        if done == self.start + 1:
+            self.t1 = now
+            if (now - self.t0) * (self.trainer.cfg.steps - self.start) > LONG_RUN_S:
+                self._say(now - self.t0, "the first step, warm-up included")
+        elif self.t1 is not None and done == self.start + 1 + ESTIMATE_STEPS:
+            per_step = (now - self.t1) / ESTIMATE_STEPS
+            if self.show or per_step * (self.trainer.cfg.steps - self.start) > LONG_RUN_S:
+                self._say(per_step, f"steps {done - ESTIMATE_STEPS + 1}..{done}")
+            self.t1 = None
+
+    def _say(self, per_step, measured):
+        cfg, backend = self.trainer.cfg, self.trainer.backend
+        total = per_step * (cfg.steps - self.start)
+        msg = (f"estimated training time: {_duration(total)} for {cfg.steps - self.start} steps at "
+               f"{per_step:.3g} s/step ({backend}, measured over {measured})")
+        if total > LONG_RUN_S and backend == "reference" and not self.warned:
+            msg += (f". That is long for NumPy: the port trains the same recipe on a GPU, "
+                    f"`python -m torch_port train --data {cfg.data} --out DIR --device cuda`, or choose a smaller "
+                    "run (--steps, --base-channels, --image-size)")
+            self.warned = True
+        print(msg, file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ from reference.errors import InputError
 from . import checkpoint, data
 from .backend import Backend
 from .config import recipe_for
-from .progress import step_bar
+from .progress import RunEstimate, step_bar
 
 CKPT = "ckpt.npz"
 # Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
@@ -326,50 +326,10 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
     return res
 
 
-LONG_RUN_S = 1800   # a run estimated longer than this says so, whether progress is shown or not
-ESTIMATE_STEPS = 3  # steps timed for the estimate, after the first (which pays for warm-up)
-
-
-class _Estimate:
-    """The run's estimated time, on stderr: right after the first step when even that pace (warm-up
-    included) makes the run long, and after ESTIMATE_STEPS more steps at the measured pace (always shown
-    when progress is, else only for a long run). A long run on the reference adds the pointer to the port."""
-
-    def __init__(self, trainer, start, show):
-        self.trainer, self.start, self.show, self.t0, self.t1, self.warned = trainer, start, show, None, None, False
-        self.t0 = time.perf_counter()
-
-    def tick(self, done):
-        now = time.perf_counter()
-        if done == self.start + 1:
-            self.t1 = now
-            if (now - self.t0) * (self.trainer.cfg.steps - self.start) > LONG_RUN_S:
-                self._say(now - self.t0, "the first step, warm-up included")
-        elif self.t1 is not None and done == self.start + 1 + ESTIMATE_STEPS:
-            per_step = (now - self.t1) / ESTIMATE_STEPS
-            if self.show or per_step * (self.trainer.cfg.steps - self.start) > LONG_RUN_S:
-                self._say(per_step, f"steps {done - ESTIMATE_STEPS + 1}..{done}")
-            self.t1 = None
-
-    def _say(self, per_step, measured):
-        from .progress import _duration
-
-        cfg, backend = self.trainer.cfg, self.trainer.backend
-        total = per_step * (cfg.steps - self.start)
-        msg = (f"estimated training time: {_duration(total)} for {cfg.steps - self.start} steps at "
-               f"{per_step:.3g} s/step ({backend}, measured over {measured})")
-        if total > LONG_RUN_S and backend == "reference" and not self.warned:
-            msg += (f". That is long for NumPy: the port trains the same recipe on a GPU, "
-                    f"`python -m torch_port train --data {cfg.data} --out DIR --device cuda`, or choose a smaller "
-                    "run (--steps, --base-channels, --image-size)")
-            self.warned = True
-        print(msg, file=sys.stderr, flush=True)
-
-
 def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop):
     cfg, out = trainer.cfg, ckpt_path.parent
     bar = step_bar(cfg.steps, start, progress)
-    estimate = _Estimate(trainer, start, show=progress and main)
+    estimate = RunEstimate(trainer, start, show=progress and main)
     pending, t_last, n_seen, last_saved = [], time.perf_counter(), 0, start
     try:
         with open(log_path if main else os.devnull, "a") as log:

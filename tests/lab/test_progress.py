@@ -3,7 +3,7 @@ training run says how long it will take, pointing a long NumPy run at the port."
 import time
 from types import SimpleNamespace
 
-from lab import progress, runner
+from lab import progress
 
 
 def test_without_a_terminal_the_bar_prints_a_line_every_tenth_with_the_time_left(capsys):
@@ -29,7 +29,7 @@ def _fake_trainer(steps, backend="reference"):
 
 
 def test_a_long_reference_run_says_so_after_its_first_step_and_points_at_the_port(capsys):
-    est = runner._Estimate(_fake_trainer(10 ** 7), start=0, show=False)
+    est = progress.RunEstimate(_fake_trainer(10 ** 7), start=0, show=False)
     time.sleep(0.01)
     est.tick(1)
     err = capsys.readouterr().err
@@ -39,7 +39,7 @@ def test_a_long_reference_run_says_so_after_its_first_step_and_points_at_the_por
 
 def test_a_short_run_is_estimated_only_when_progress_is_shown(capsys):
     for show in (False, True):
-        est = runner._Estimate(_fake_trainer(10, backend="torch"), start=0, show=show)
+        est = progress.RunEstimate(_fake_trainer(10, backend="torch"), start=0, show=show)
         for done in range(1, 6):
             est.tick(done)
         err = capsys.readouterr().err
