@@ -26,7 +26,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
