@@ -25,14 +25,17 @@ def test_frechet_distance_is_finite_with_fewer_samples_than_dimensions(rng):
 
 
 def test_sliced_wasserstein_of_a_shift_is_its_mean_projection():
-    """Shifting a cloud by s moves every projection by <s, theta>: SWD_1 = |s| E|theta_1|, and for a
-    uniform direction on the circle E|cos| = 2/pi."""
+    """Shifting a cloud by s moves every projection by <s, theta>: SW_1 = |s| E|cos|, and for a uniform
+    direction on the circle E|cos| = 2/pi; SW_2 = |s| sqrt(E cos^2) = |s| / sqrt(2)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5000, 2))
     s = np.array([0.6, -0.8])
-    got = metrics.sliced_wasserstein(x, x + s, n_proj=4000, seed=2)
+    got = metrics.sliced_wasserstein(x, x + s, n_proj=4000, seed=2, p=1)
     # the projection directions are random: |cos| has std ~0.31, so the mean of 4000 is within ~0.005*5
     assert got == pytest.approx(1.0 * 2 / math.pi, abs=5 * 0.31 / math.sqrt(4000))
+    # cos^2 has std ~0.35 around 1/2: the mean of 4000 within 5 * 0.35 / sqrt(4000), its root half that relative
+    got2 = metrics.sliced_wasserstein(x, x + s, n_proj=4000, seed=2)
+    assert got2 == pytest.approx(1.0 / math.sqrt(2), rel=5 * 0.35 / math.sqrt(4000))
     assert metrics.sliced_wasserstein(x, x) == 0.0
 
 
