@@ -1,4 +1,4 @@
-"""Layers with hand-written backward passes — derivations/backprop.md (B1..B10).
+"""Layers with hand-written backward passes — derivations/backprop.md (B1..B11).
 
 API (CS231n pairs, each backward right under its forward)::
 
@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .errors import InputError
 
-GN_EPS = 1e-5  # GroupNorm's epsilon, as torch.nn.GroupNorm
+GN_EPS = 1e-5  # GroupNorm's default epsilon, as torch.nn.GroupNorm (a UNet's norm_eps may differ)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +150,30 @@ def conv2d_backward(dout, cache, input_grad=True):
     w_off = w_mat.reshape(kh * kw, C, O).transpose(0, 2, 1)  # (kh kw, O, C)
     dcols = np.matmul(dout_mat, w_off).reshape(kh, kw, N, Ho, Wo, C)
     return _col2im(dcols, x_shape, kh, kw, stride, padding), dw, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero padding by given amounts per side (B11): TensorFlow's "SAME" before a stride-2 conv
+
+
+def pad_forward(x, top, bottom, left, right):
+    """(B11) Zero-pad NHWC x (N, H, W, C) -> (N, top + H + bottom, left + W + right, C).
+
+    pad_forward(x, 0, 1, 0, 1) and then a stride-2 3x3 conv with padding 0 is TensorFlow's "SAME" on even
+    H, W: DDPM's downsampling (diffusers' downsample_padding=0), which reads rows 2y..2y+2, not 2y-1..2y+1.
+    """
+    N, H, W, C = x.shape
+    out = np.zeros((N, top + H + bottom, left + W + right, C), dtype=x.dtype)
+    # (B11)  xpad[n, top + h, left + w, c] = x[n, h, w, c], zero elsewhere
+    out[:, top:top + H, left:left + W] = x
+    return out, (top, left, H, W)
+
+
+def pad_backward(dout, cache):
+    """(B11) The adjoint of zero padding is cropping: dx = dout[:, top:top + H, left:left + W] (a fresh array)."""
+    top, left, H, W = cache
+    # (B11)  dx[n, h, w, c] = dout[n, top + h, left + w, c]; the padded zeros depend on no input
+    return dout[:, top:top + H, left:left + W].copy()
 
 
 # ----------------------------------------------------------------------------------------------

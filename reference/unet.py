@@ -1,14 +1,14 @@
 """The denoising networks: a small conv UNet for 8x8 to 32x32 images and an MLP for 2-D data, built
-from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B10)::
+from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B11)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
     dx, grads = model.backward(dout, cache) # grads keyed like model.params
     _, grads = model.backward(dout, cache, input_grad=False)  # dx is None; training needs no more
 
-Each network is written once, as a plan: its layers and joins in forward order (``unet_plan``,
+Each network is written once, as a plan (plans.py): its layers and joins in forward order (``unet_plan``,
 ``mlp_plan``; ``time_plan`` for the time MLP). The constructor makes the parameters from it, forward
 runs it and records a tape (each step's backward beside its cache), and backward runs the tape in
-reverse: the chain rule as a loop. torch_port/unet.py builds the same plans the same way.
+reverse: the chain rule as a loop. torch_port builds the same plans the same way.
 ``model.params`` names (``conv_in.weight``, ``down.0.res.0.norm1.weight``, ``mid.attn.qkv.bias``, ...)
 are exactly the torch port's ``state_dict()`` keys; conv weights OIHW, linear weights (out, in).
 Activations inside are NHWC (layers.py explains why). Init: _Model._make_params.
@@ -17,126 +17,15 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import NamedTuple
 
 import numpy as np
 
 from . import layers as L
-from .errors import InputError, check_finite, check_int
+from .errors import InputError, check_finite
+from .plans import Step, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan, unet_plan
 
-# ----------------------------------------------------------------------------------------------
-# Plans: a network's steps in forward order. torch_port/unet.py has the same code.
-
-
-class Step(NamedTuple):
-    """One step of a plan; ``name`` is the prefix of its parameters ("" when it has none). op: conv
-    (k x k, padding k // 2, stride), linear, norm (GroupNorm), silu, up2x (nearest), attend (attention
-    over [q | k | v] channels), temb (+ Linear(temb) at every position; + temb when unnamed), and the
-    joins: keep (h is also kept for a later join), concat ([h | the newest kept]) and add (skip(x) + h,
-    x the newest kept, of c_in channels; skip a 1x1 conv or none)."""
-    op: str
-    name: str
-    c_in: int
-    c_out: int
-    k: int = 3
-    stride: int = 1
-
-
-def _check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups):
-    """-> (channels per level, attention flags, num_res_blocks as int); InputError names a bad argument."""
-    channel_mults, attention = tuple(channel_mults), tuple(bool(a) for a in attention)
-    if len(attention) != len(channel_mults):
-        raise InputError(f"attention {attention} needs one flag per level of channel_mults {channel_mults}")
-    chans = [base_channels * m for m in channel_mults]
-    if any(c % groups for c in chans):
-        raise InputError(f"every level's channels {chans} must be divisible by groups={groups}")
-    return chans, attention, check_int(num_res_blocks, "num_res_blocks", lo=1)
-
-
-def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_attention):
-    """The UNet in forward order, a list of Step (the layout in words: UNet's docstring)."""
-    plan, kept = [Step("conv", "conv_in", in_channels, chans[0])], []  # kept: channels of the kept outputs
-
-    def step(op, name="", c_out=None, k=3, stride=1):  # append the next step, tracking channels as forward
-        c_in = c = plan[-1].c_out
-        if op == "keep":
-            kept.append(c)
-        elif op == "concat":  # (B8) [h | kept]
-            c_out = c + kept.pop()
-        elif op == "add":  # (B8) skip(x) + h: skip a 1x1 conv where the channels change, else the identity
-            c_in, k = kept.pop(), 1
-            name = name if c_in != c else ""
-        plan.append(Step(op, name, c_in, c if c_out is None else c_out, k, stride))
-
-    def res(pre, c_out):  # skip(x) + conv3x3(SiLU(GN(conv3x3(SiLU(GN(x))) + proj(SiLU(temb)))))
-        for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), ("conv", "conv1"), ("temb", "temb_proj"),
-                         ("norm", "norm2"), ("silu", ""), ("conv", "conv2"), ("add", "skip")]:
-            step(op, name and f"{pre}.{name}", c_out if op == "conv" else None)
-
-    def attn(pre):  # x + proj(attention(q, k, v)), [q | k | v] = qkv(GN(x)); 1x1 convs
-        c = plan[-1].c_out
-        for op, name, c_out, k in [("keep", "", c, 3), ("norm", "norm", c, 3), ("conv", "qkv", 3 * c, 1),
-                                   ("attend", "", c, 3), ("conv", "proj", c, 1), ("add", "", c, 3)]:
-            step(op, name and f"{pre}.{name}", c_out, k)
-
-    def block(side, l, r):  # a residual block, then self-attention where the level has it
-        res(f"{side}.{l}.res.{r}", chans[l])
-        if attention[l]:
-            attn(f"{side}.{l}.attn.{r}")
-
-    step("keep")
-    for l in range(len(chans)):
-        for r in range(num_res_blocks):
-            block("down", l, r)
-            step("keep")
-        if l < len(chans) - 1:
-            step("conv", f"down.{l}.downsample", stride=2)  # (B9) stride-2 conv3x3
-            step("keep")
-    res("mid.res1", chans[-1])
-    if mid_attention:
-        attn("mid.attn")
-    res("mid.res2", chans[-1])
-    for l in reversed(range(len(chans))):
-        for r in range(num_res_blocks + 1):  # DDPM: one block more than down, each taking a skip
-            step("concat")  # (B8) skip connection: [h | the newest kept output]
-            block("up", l, r)
-        if l > 0:
-            step("up2x")  # (B9) nearest 2x, then conv3x3
-            step("conv", f"up.{l}.upsample")
-    for op, name, c_out in [("norm", "norm_out", None), ("silu", "", None), ("conv", "conv_out", out_channels)]:
-        step(op, name, c_out)
-    return plan
-
-
-def time_plan(emb_dim, time_dim, act):
-    """temb = fc2(SiLU(fc1(emb))) from the (B6) embedding emb, then SiLU(temb) where ``act`` (the UNet)."""
-    d = time_dim
-    return [Step("linear", "time_mlp.fc1", emb_dim, d), Step("silu", "", d, d),
-            Step("linear", "time_mlp.fc2", d, d)] + [Step("silu", "", d, d)] * bool(act)
-
-
-def mlp_plan(in_dim, hidden, num_layers):
-    """h = in_proj(x) + temb;  h <- h + layers.i(SiLU(h)) for i < num_layers;  out = out_proj(SiLU(h))."""
-    h = hidden
-    plan = [Step("linear", "in_proj", in_dim, h), Step("temb", "", h, h)]
-    for i in range(num_layers):
-        plan += [Step("keep", "", h, h), Step("silu", "", h, h), Step("linear", f"layers.{i}", h, h),
-                 Step("add", "", h, h, 1)]  # (B8) residual: h + layer(SiLU(h))
-    return plan + [Step("silu", "", h, h), Step("linear", "out_proj", h, in_dim)]
-
-
-def state_dict_order(plan):
-    """The steps with parameters in torch's state_dict order: a container's children in the order of first
-    use, numbered ones by number (a level's attention after all its res blocks; up levels 0, 1, 2, run
-    2, 1, 0). Both sides make parameters in this order: names and seeded draws follow the state_dict."""
-    named = [s for s in plan if s.name]
-    paths, first = [tuple(s.name.split(".")) for s in named], {}
-    for i, path in enumerate(paths):
-        for k in range(1, len(path) + 1):
-            first.setdefault(path[:k], i)  # each prefix: its first use
-    key = lambda i: [int(p) if p.isdigit() else first[paths[i][:k + 1]] for k, p in enumerate(paths[i])]  # noqa: E731
-    return [named[i] for i in sorted(range(len(named)), key=key)]
-
+# the plans are re-exported: reference.unet.unet_plan and the like keep working
+__all__ = ["MLP", "STEPS", "Step", "UNet", "mlp_plan", "state_dict_order", "time_plan", "unet_plan"]
 
 # ----------------------------------------------------------------------------------------------
 # The steps, forward and backward side by side: forward(h, step, run) -> out, cache; backward(dout,
@@ -144,7 +33,7 @@ def state_dict_order(plan):
 # the stack of kept outputs; backward: the sum d temb, the stack of the kept outputs' gradients).
 # In place, as in the plans these functions build: temb and add write into h, the fresh output of the
 # conv or linear before them (a cache holds a layer's input, never its output), and keep's backward
-# into its dout, the fresh dx of the step after it (norm, silu, conv or keep). Nothing else writes.
+# into its dout, the fresh dx of the step after it (norm, silu, conv, pad or keep). Nothing else writes.
 
 
 def _wb(run, name):
@@ -226,13 +115,15 @@ def _add_backward(dout, cache, name, grads, run):
 
 
 STEPS = {  # op -> (forward, backward)
-    "conv": (lambda h, s, run: L.conv2d_forward(h, *_wb(run, s.name), s.stride, s.k // 2), _conv_backward),  # (B1)
+    "conv": (lambda h, s, run: L.conv2d_forward(h, *_wb(run, s.name), s.stride, conv_padding(s)),  # (B1)
+             _conv_backward),
     "linear": (lambda h, s, run: L.linear_forward(h, *_wb(run, s.name)),  # (B7)
                _with_grads(lambda dout, cache, *_: L.linear_backward(dout, cache))),
-    "norm": (lambda h, s, run: L.group_norm_forward(h, *_wb(run, s.name), run.groups),  # (B3)
+    "norm": (lambda h, s, run: L.group_norm_forward(h, *_wb(run, s.name), run.groups, run.eps),  # (B3)
              _with_grads(L.group_norm_backward)),
     "silu": (lambda h, s, run: L.silu_forward(h), lambda dout, cache, *_: L.silu_backward(dout, cache)),  # (B4)
     "up2x": (lambda h, s, run: L.upsample_nearest2x_forward(h), lambda d, c, *_: L.upsample_nearest2x_backward(d, c)),
+    "pad": (lambda h, s, run: L.pad_forward(h, 0, 1, 0, 1), lambda d, c, *_: L.pad_backward(d, c)),  # (B11)
     "attend": (_attend_forward, _attend_backward),
     "temb": (_temb_forward, _temb_backward),
     "keep": (_keep_forward, _keep_backward),
@@ -302,7 +193,9 @@ class _Model:
 
     def _run(self, plan, h, temb=None):
         """Every step of ``plan`` on h, in order -> out and the tape [(backward, name, cache), ...]."""
-        run, tape = SimpleNamespace(p=self.params, groups=getattr(self, "groups", None), temb=temb, kept=[]), []
+        run = SimpleNamespace(p=self.params, groups=getattr(self, "groups", None), eps=getattr(self, "norm_eps", None),
+                              temb=temb, kept=[])
+        tape = []
         for step in plan:
             forward, backward = STEPS[step.op]
             h, cache = forward(h, step, run)
@@ -334,20 +227,28 @@ class UNet(_Model):
     diffusion_tf/models/unet.py (and diffusers' UNet2DModel), so DDPM's CIFAR-10 arguments give its
     35.7M parameters. Time: sinusoidal embedding of dim base_channels (B6) -> Linear, SiLU, Linear to
     time_dim (default 4 base_channels); each residual block adds Linear(SiLU(temb)). ``self.plan`` is
-    this layout step by step (unet_plan), ``self.time_plan`` the time MLP."""
+    this layout step by step (unet_plan), ``self.time_plan`` the time MLP.
+
+    For published checkpoints (lab/convert.py): ``downsample_padding`` "symmetric" (default) pads the
+    stride-2 conv by 1 on every side (B9); "same" pads one zero row and column at the bottom and right and
+    convolves with padding 0 (B11), TensorFlow's SAME, as DDPM's checkpoints (diffusers' downsample_padding=0).
+    ``norm_eps`` is every GroupNorm's epsilon (1e-5 as torch's default; DDPM's checkpoints use 1e-6)."""
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
-                 mid_attention=True, dtype=np.float32, seed=0):
-        chans, attention, nrb = _check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups)
+                 mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, dtype=np.float32, seed=0):
+        chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
+                                                downsample_padding, norm_eps)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels or in_channels, groups
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
+        self.norm_eps = float(norm_eps)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=tuple(channel_mults),
                            num_res_blocks=num_res_blocks, attention=attention, groups=groups,
                            out_channels=self.out_channels, time_dim=self.time_dim, mid_attention=bool(mid_attention),
-                           dtype=np.dtype(dtype).name)
+                           downsample_padding=downsample_padding, norm_eps=self.norm_eps, dtype=np.dtype(dtype).name)
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True)
-        self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention))
+        self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention),
+                              downsample_padding)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
     def forward(self, x, t):
@@ -373,17 +274,19 @@ class UNet(_Model):
 
 class MLP(_Model):
     """Residual MLP denoiser for (N, in_dim) points (mlp_plan); temb = fc2(SiLU(fc1(emb(t)))), emb the
-    sinusoidal embedding of dim time_dim (B6)."""
+    sinusoidal embedding of dim time_dim (B6). ``out_dim`` outputs (default in_dim), as the UNet's out_channels."""
 
-    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, dtype=np.float32, seed=0):
-        self.config = dict(in_dim=in_dim, hidden=hidden, num_layers=num_layers, time_dim=time_dim,
-                           dtype=np.dtype(dtype).name)
+    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, dtype=np.float32, seed=0):
         self.in_dim, self.hidden, self.num_layers, self.emb_dim = in_dim, hidden, num_layers, time_dim
-        self.time_plan, self.plan = time_plan(time_dim, hidden, act=False), mlp_plan(in_dim, hidden, num_layers)
+        self.out_dim = out_dim or in_dim
+        self.config = dict(in_dim=in_dim, hidden=hidden, num_layers=num_layers, time_dim=time_dim,
+                           out_dim=self.out_dim, dtype=np.dtype(dtype).name)
+        self.time_plan = time_plan(time_dim, hidden, act=False)
+        self.plan = mlp_plan(in_dim, hidden, num_layers, self.out_dim)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
     def forward(self, x, t):
-        """x (N, in_dim), t int (N,) 0-based -> out (N, in_dim), cache (the tapes)."""
+        """x (N, in_dim), t int (N,) 0-based -> out (N, out_dim), cache (the tapes)."""
         x = self._input(x, 2, "(N, in_dim)")
         if x.shape[1] != self.in_dim:
             raise InputError(f"MLP expects x of shape (N, {self.in_dim}), got {x.shape}")
@@ -392,7 +295,7 @@ class MLP(_Model):
         return out, dict(tape=tape, time_tape=time_tape)
 
     def backward(self, dout, cache, input_grad=True):
-        """dout (N, in_dim) -> dx (N, in_dim) (None with input_grad=False), grads {name: array like params[name]}."""
+        """dout (N, out_dim) -> dx (N, in_dim) (None with input_grad=False), grads {name: array like params[name]}."""
         g = {}
         dx, dtemb = self._backprop(cache["tape"], np.asarray(dout, dtype=self.dtype), g, input_grad)
         self._backprop(cache["time_tape"], dtemb, g, input_grad=False)  # (B8) h = in_proj(x) + temb

@@ -1,4 +1,4 @@
-"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B9).
+"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B11).
 
 Same math, written in torch (F.conv2d, F.group_norm, ...); autograd provides the backward.
 Parameters are named ``weight`` / ``bias`` with conv weights OIHW and linear weights (out, in),
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GN_EPS = 1e-5  # as reference.layers.GN_EPS and torch.nn.GroupNorm
+GN_EPS = 1e-5  # the default epsilon, as reference.layers.GN_EPS and torch.nn.GroupNorm (a UNet's norm_eps may differ)
 
 
 def torch_dtype(dtype):
@@ -56,15 +56,15 @@ class Linear(nn.Module):
 class GroupNorm(nn.Module):
     """(B3) y = (x - mu_{n,g}) / sqrt(var_{n,g} + eps) gamma + beta; weight = gamma, bias = beta (C,)."""
 
-    def __init__(self, groups, channels, dtype=torch.float32):
+    def __init__(self, groups, channels, dtype=torch.float32, eps=GN_EPS):
         super().__init__()
-        self.groups = groups
+        self.groups, self.eps = groups, eps
         self.weight = nn.Parameter(torch.ones(channels, dtype=torch_dtype(dtype)))
         self.bias = nn.Parameter(torch.zeros(channels, dtype=torch_dtype(dtype)))
 
     def forward(self, x):
         # (B3)
-        return F.group_norm(x, self.groups, self.weight, self.bias, GN_EPS)
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
 
 
 def silu(x):
@@ -85,6 +85,11 @@ def timestep_embedding(t, dim):
     args = t.to(torch.float64)[:, None] * freqs[None, :]  # (N, half)
     # (B6)  emb = [sin(t freq), cos(t freq)]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def pad(x, top, bottom, left, right):
+    """(B11) Zero-pad the two spatial axes of NCHW x: (N, C, top + H + bottom, left + W + right)."""
+    return F.pad(x, (left, right, top, bottom))
 
 
 def upsample_nearest2x(x):

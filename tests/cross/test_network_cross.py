@@ -28,7 +28,11 @@ CONFIGS = {
     "unet_default_8x8": (R.UNet, T.UNet, dict(), (2, 1, 8, 8)),
     "unet_three_blocks_no_mid_attention": (R.UNet, T.UNet, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False),
                                                                 mid_attention=False), (2, 2, 8, 8)),
+    "unet_same_padding_eps_1e-6": (R.UNet, T.UNet, dict(SMALL_UNET, channel_mults=(1, 2, 2),
+                                                        attention=(False, True, False), downsample_padding="same",
+                                                        norm_eps=1e-6), (2, 2, 8, 8)),
     "mlp": (R.MLP, T.MLP, dict(hidden=32, num_layers=3, time_dim=16), (7, 2)),
+    "mlp_out_dim_4": (R.MLP, T.MLP, dict(hidden=32, num_layers=2, time_dim=16, out_dim=4), (7, 2)),
 }
 
 
@@ -60,7 +64,7 @@ def test_B1_to_B9_outputs_and_every_gradient_agree_with_torch(config_name, dtype
     ref, port, shape = twin_models(config_name, dtype, rng)
     x = rng.standard_normal(shape).astype(dtype)
     t = rng.integers(0, 1000, size=shape[0])
-    dout = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(ref.forward(x, t)[0].shape).astype(dtype)  # (N, out_channels or out_dim, ...)
     (out, dx, grads), (out_t, dx_t, grads_t) = run_both(ref, port, x, t, dout)
     assert out.dtype == out_t.dtype == dx.dtype == dtype
     assert rel_max_error(out, out_t) <= tol
@@ -78,7 +82,7 @@ def test_param_names_and_shapes_equal_state_dict(kw):
     sd = port.state_dict()
     assert list(ref.params) == list(sd)
     assert all(ref.params[k].shape == tuple(sd[k].shape) for k in sd)
-    mlp_ref, mlp_port = R.MLP(num_layers=4), T.MLP(num_layers=4)
+    mlp_ref, mlp_port = R.MLP(num_layers=4, out_dim=6), T.MLP(num_layers=4, out_dim=6)
     mlp_sd = mlp_port.state_dict()
     assert list(mlp_ref.params) == list(mlp_sd)
     assert all(mlp_ref.params[k].shape == tuple(mlp_sd[k].shape) for k in mlp_sd)
@@ -86,7 +90,7 @@ def test_param_names_and_shapes_equal_state_dict(kw):
 
 @pytest.mark.parametrize("kw", [dict(), SMALL_UNET, dict(SMALL_UNET, channel_mults=(1, 2, 2), num_res_blocks=2,
                                                            attention=(True, False, True), mid_attention=False,
-                                                           out_channels=3)])
+                                                           out_channels=3, downsample_padding="same")])
 def test_both_sides_build_the_same_plan(kw):
     """The topology is written once on each side, the same way: equal plans (and time plans), step by step."""
     ref, port = R.UNet(**kw), T.UNet(**kw)
@@ -106,14 +110,34 @@ def test_both_sides_build_the_same_plan(kw):
     dict(num_res_blocks=1.5),                              # not an integer
     dict(num_res_blocks=2.0),
     dict(num_res_blocks="2"),
+    dict(downsample_padding="valid"),                      # "symmetric" or "same"
+    dict(downsample_padding=0),
+    dict(norm_eps=0.0),                                    # GroupNorm's eps in (0, 1]
+    dict(norm_eps=-1e-6),
 ], ids=["attention_short", "attention_long", "groups_12_8", "groups_48_32", "blocks_0", "blocks_neg", "blocks_1.5",
-        "blocks_2.0", "blocks_str"])
+        "blocks_2.0", "blocks_str", "padding_valid", "padding_0", "eps_0", "eps_neg"])
 def test_both_sides_raise_the_same_input_error_for_bad_arguments(bad):
     with pytest.raises(InputError) as ref_error:
         R.UNet(**bad)
     with pytest.raises(InputError) as port_error:
         T.UNet(**bad)
     assert str(port_error.value) == str(ref_error.value)
+
+
+def test_B11_pad_layer_matches_torch_pad(rng):
+    x, d = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 6, 7, 3))
+    out, cache = RL.pad_forward(x.transpose(0, 2, 3, 1), 1, 0, 2, 1)
+    xt = torch.from_numpy(x).requires_grad_()
+    out_t = TL.pad(xt, 1, 0, 2, 1)
+    out_t.backward(torch.from_numpy(d.transpose(0, 3, 1, 2).copy()))
+    assert np.array_equal(out.transpose(0, 3, 1, 2), out_t.detach().numpy())
+    assert np.array_equal(RL.pad_backward(d, cache).transpose(0, 3, 1, 2), xt.grad.numpy())
+
+
+def test_both_sides_hold_the_group_norm_eps_they_were_given():
+    port = T.UNet(**SMALL_UNET, norm_eps=1e-6)
+    assert {m.eps for m in port.modules() if isinstance(m, TL.GroupNorm)} == {1e-6}
+    assert {m.eps for m in T.UNet(**SMALL_UNET).modules() if isinstance(m, TL.GroupNorm)} == {TL.GN_EPS} == {RL.GN_EPS}
 
 
 def test_B6_time_embedding_is_the_same_formula_on_both_sides():

@@ -246,3 +246,47 @@ def test_B1_B2_float32_stays_float32(rng):
     h, c = L.group_norm_forward(out, np.ones(8, np.float32), np.zeros(8, np.float32), 4)
     assert out.dtype == h.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
     assert all(g.dtype == np.float32 for g in L.group_norm_backward(h, c))
+
+
+@pytest.mark.parametrize("pads", [(0, 1, 0, 1), (1, 0, 2, 0), (2, 2, 1, 1)])
+def test_B11_zero_padding_is_np_pad_and_its_backward_crops_as_finite_differences_say(pads, rng):
+    top, bottom, left, right = pads
+    x = rng.standard_normal((2, 5, 4, 3))
+    out, _ = L.pad_forward(x, *pads)
+    assert np.array_equal(out, np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))))
+    fwd = lambda x: L.pad_forward(x, *pads)
+    assert fd_check(fwd, L.pad_backward, [x], rng) <= TOL["fd64"]
+    assert_backward_mutates_nothing(fwd, L.pad_backward, [x], rng)
+    dout = rng.standard_normal(out.shape)
+    dx = L.pad_backward(dout, fwd(x)[1])
+    assert dx.flags.c_contiguous and not np.shares_memory(dx, dout)  # fresh: a later step may write into it
+
+
+def _same_conv(x, w, b):
+    """(B11) then (B1): pad one zero row below and one zero column right, then a stride-2 conv with padding 0."""
+    xp, pad_cache = L.pad_forward(x, 0, 1, 0, 1)
+    out, conv_cache = L.conv2d_forward(xp, w, b, 2, 0)
+    return out, (pad_cache, conv_cache)
+
+
+def _same_conv_backward(dout, cache):
+    dxp, dw, db = L.conv2d_backward(dout, cache[1])
+    return L.pad_backward(dxp, cache[0]), dw, db
+
+
+def test_B11_same_downsampling_reads_rows_2y_to_2y_plus_2_and_its_gradients_match_finite_differences(rng):
+    """TensorFlow's SAME for a stride-2 3x3 conv on even H: output row y reads input rows 2y, 2y+1, 2y+2 (the
+    last one a zero past the edge), where the symmetric padding reads 2y-1, 2y, 2y+1: loops by that definition,
+    and the composite backward (B2, then B11's crop) against central differences."""
+    x, w, b = rng.standard_normal((2, 6, 8, 3)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    out, _ = _same_conv(x, w, b)
+    xz = np.zeros((2, 7, 9, 3))
+    xz[:, :6, :8] = x  # x with zeros past its bottom and right edges
+    want = np.zeros((2, 3, 4, 4))
+    for y in range(3):
+        for z in range(4):
+            want[:, y, z] = np.einsum("nijc,ocij->no", xz[:, 2 * y:2 * y + 3, 2 * z:2 * z + 3], w) + b
+    assert rel_error(out, want) <= TOL["exact64"]
+    assert rel_error(out, L.conv2d_forward(x, w, b, 2, 1)[0]) > 0.1  # another function than the symmetric one
+    assert fd_check(_same_conv, _same_conv_backward, [x, w, b], rng) <= TOL["fd64"]
+    assert_backward_mutates_nothing(_same_conv, _same_conv_backward, [x, w, b], rng)

@@ -47,10 +47,24 @@ def test_B1_to_B9_unet_gradients_match_directional_finite_differences(config, si
     assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
 
 
-def test_B4_B7_B8_mlp_gradients_match_directional_finite_differences(rng):
-    model = MLP(in_dim=2, hidden=16, num_layers=3, time_dim=8, dtype=np.float64, seed=1)
+def test_B11_same_padding_unet_gradients_match_directional_finite_differences(rng):
+    """DDPM's checkpoints' options: "same" downsampling (pad, then a stride-2 conv with padding 0) at two levels,
+    and GroupNorm's eps 1e-6 everywhere."""
+    model = UNet(**dict(SMALL_UNET, channel_mults=(1, 2, 2), attention=(False, True, False)),
+                 downsample_padding="same", norm_eps=1e-6, dtype=np.float64, seed=3)
+    assert [s.op for s in model.plan].count("pad") == 2
     randomise(model, rng)
-    err, name = check_directional(model, rng.standard_normal((5, 2)), np.array([0, 1, 10, 500, 999]), rng)
+    err, name = check_directional(model, rng.standard_normal((2, 2, 8, 8)), np.array([0, 917]), rng)
+    assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
+
+
+@pytest.mark.parametrize("out_dim", [None, 4])
+def test_B4_B7_B8_mlp_gradients_match_directional_finite_differences(out_dim, rng):
+    model = MLP(in_dim=2, hidden=16, num_layers=3, time_dim=8, out_dim=out_dim, dtype=np.float64, seed=1)
+    randomise(model, rng)
+    x = rng.standard_normal((5, 2))
+    assert model.forward(x, np.arange(5))[0].shape == (5, out_dim or 2)
+    err, name = check_directional(model, x, np.array([0, 1, 10, 500, 999]), rng)
     assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
 
 
@@ -85,13 +99,14 @@ def test_plan_keeps_and_joins_balance_and_its_channels_chain():
     """Every step's input channels are the previous step's output (an add's, the kept x's), every kept
     output is joined exactly once, and conv_in comes first (backward's input_grad applies to it). The
     in-place rule of the steps holds: temb and add follow a conv or linear (they write into its fresh
-    output), and a keep is followed by a norm, silu, conv or keep (its backward writes into that dx)."""
-    for kw in [dict(), SMALL_UNET, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False), mid_attention=False)]:
+    output), and a keep is followed by a norm, silu, conv, pad or keep (its backward writes into that dx)."""
+    for kw in [dict(), SMALL_UNET, dict(SMALL_UNET, num_res_blocks=3, attention=(True, False), mid_attention=False),
+               dict(SMALL_UNET, downsample_padding="same")]:
         plan, kept = UNet(**kw).plan, []
         assert plan[0].name == "conv_in" and plan[-1].name == "conv_out"
         for prev, step in zip(plan, plan[1:]):
             assert prev.op in ("conv", "linear") if step.op in ("temb", "add") else True, (prev, step)
-            assert step.op in ("norm", "silu", "conv", "keep") if prev.op == "keep" else True, (prev, step)
+            assert step.op in ("norm", "silu", "conv", "pad", "keep") if prev.op == "keep" else True, (prev, step)
         for prev, step in zip(plan, plan[1:]):
             if step.op == "add":
                 assert step.c_in == kept.pop() and step.c_out == prev.c_out
@@ -105,6 +120,20 @@ def test_plan_keeps_and_joins_balance_and_its_channels_chain():
     for prev, step in zip(mlp, mlp[1:]):
         assert prev.op in ("conv", "linear") if step.op in ("temb", "add") else True, (prev, step)
         assert step.op in ("norm", "silu", "conv", "keep") if prev.op == "keep" else True, (prev, step)
+
+
+def test_the_default_plan_is_the_one_every_existing_checkpoint_was_trained_with():
+    """downsample_padding "symmetric" and norm_eps 1e-5 by default: no pad step, every conv padded k // 2 (the
+    stride-2 ones by 1), so a checkpoint whose configuration names neither option computes as it did."""
+    for kw in [dict(), SMALL_UNET, dict(SMALL_UNET, num_res_blocks=2, channel_mults=(1, 2, 2), attention=(1, 0, 1))]:
+        model = UNet(**kw)
+        assert "pad" not in [s.op for s in model.plan] and all(s.padding is None for s in model.plan)
+        assert model.norm_eps == 1e-5 and model.config["downsample_padding"] == "symmetric"
+        assert [tuple(s) for s in model.plan] == [tuple(s) for s in UNet(**kw, downsample_padding="symmetric",
+                                                                         norm_eps=1e-5).plan]
+    same = UNet(**SMALL_UNET, downsample_padding="same").plan
+    down = [i for i, s in enumerate(same) if s.stride == 2]
+    assert [(same[i - 1].op, same[i].padding) for i in down] == [("pad", 0)]
 
 
 def test_backward_without_input_grad_returns_the_same_parameter_gradients(rng):
@@ -163,6 +192,8 @@ def test_param_names_follow_the_state_dict_scheme():
     assert p["down.0.res.0.conv1.weight"].shape == (32, 32, 3, 3)  # OIHW
     assert p["time_mlp.fc1.weight"].shape == (128, 32)  # linear (out, in)
     assert p["down.2.attn.0.qkv.weight"].shape == (192, 64, 1, 1)
+    assert list(MLP(num_layers=2, out_dim=4).params) == list(MLP(num_layers=2).params)
+    assert MLP(hidden=16, out_dim=4).params["out_proj.weight"].shape == (4, 16)
     assert list(MLP(num_layers=2).params) == [
         "time_mlp.fc1.weight", "time_mlp.fc1.bias", "time_mlp.fc2.weight", "time_mlp.fc2.bias",
         "in_proj.weight", "in_proj.bias", "layers.0.weight", "layers.0.bias", "layers.1.weight",
@@ -229,5 +260,10 @@ def test_bad_inputs_raise_input_error(rng):
     for n in (0, 1.5, "2"):
         with pytest.raises(InputError, match="num_res_blocks must be an integer >= 1"):
             UNet(num_res_blocks=n)
+    with pytest.raises(InputError, match="unknown downsample_padding 'valid'"):
+        UNet(downsample_padding="valid")
+    for eps in (0.0, -1e-6, float("nan"), "1e-6"):
+        with pytest.raises(InputError, match="norm_eps must"):
+            UNet(norm_eps=eps)
     with pytest.raises(InputError, match="\\(N, 2\\)"):
         MLP().forward(rng.standard_normal((3, 3)), np.array([0, 1, 2]))
