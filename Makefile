@@ -11,7 +11,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned: the exact version has a CPU build here; a range pulls CUDA.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[torch,test,data]"
+	$(PY) -m pip install -q -e ".[torch,test,data,interop]"
 	touch $(STAMP)
 
 demo: $(STAMP)

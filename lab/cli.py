@@ -35,7 +35,7 @@ from .backend import BACKENDS, Backend
 
 # The modules that register commands when imported, in the order `--help` lists them.
 COMMAND_MODULES = ("lab.commands.forward", "lab.commands.schedules", "lab.commands.demo", "lab.commands.train",
-                   "lab.commands.sample", "lab.commands.eval")
+                   "lab.commands.sample", "lab.commands.eval", "lab.commands.convert")
 
 DEFAULT_T = 1000
 DEFAULT_SCHEDULE = "linear"
