@@ -4,14 +4,11 @@
     checkpoint.save(path, ck.params, config=ck.config, extra=ck.extra)
     to_diffusers(ckpt_path, folder)            # config.json + safetensors + scheduler_config.json
 
-The networks map one to one when diffusers' model has DDPM's layout: ResNet blocks with a time projection,
-one-head attention at chosen levels, a stride-2 conv down, nearest 2x + conv up, the positional time
-embedding [sin | cos] with frequency shift 1. Every weight is used once: diffusers numbers its up path from
-the coarsest level (up_blocks.0 is our up.{L-1}) and keeps q, k, v as three linear layers, which we stack
-into one 1x1 conv ``qkv``; the attention output is a linear layer, our ``proj`` a 1x1 conv. Two options of
-our UNet exist for these checkpoints: ``downsample_padding`` ("same" is diffusers' downsample_padding=0:
-pad bottom and right, then padding 0) and ``norm_eps``. Any other configuration is refused naming the
-field; unknown or missing weights are refused naming them. diffusers is imported lazily (the interop extra).
+DDPM's layout (ResNet blocks, one-head attention at chosen levels, the positional embedding [sin | cos] with
+freq_shift 1) maps weight for weight: diffusers numbers its up path from the coarsest level (up_blocks.0 is
+our up.{L-1}) and keeps q, k, v as three linear layers, stacked here into one 1x1 conv ``qkv``. Our UNet's
+``downsample_padding="same"`` is diffusers' downsample_padding=0; ``norm_eps`` its norm_eps. Any other
+configuration, and any missing or unexpected weight, is refused naming it. diffusers is imported lazily.
 """
 from __future__ import annotations
 
@@ -44,6 +41,7 @@ REQUIRED = {"center_input_sample": False, "time_embedding_type": "positional", "
             "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
             "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "resnet_time_scale_shift": "default",
             "class_embed_type": None, "num_class_embeds": None}
+IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0}  # what no such argument means
 _DOWN, _UP = {"DownBlock2D": False, "AttnDownBlock2D": True}, {False: "UpBlock2D", True: "AttnUpBlock2D"}
 
 
@@ -206,17 +204,17 @@ def full_kwargs(model, in_channels):
 def model_dict(kw):
     """The TrainConfig.model dict of full keyword arguments: what differs from our UNet's defaults (and not
     in_channels, which the data gives)."""
-    skip = {"in_channels", "dtype", "seed"}
-    derived = {"out_channels": kw["in_channels"], "time_dim": 4 * kw["base_channels"]}
+    derived = dict(UNET_DEFAULTS, out_channels=kw["in_channels"], time_dim=4 * kw["base_channels"])
     keep = {"base_channels", "channel_mults", "num_res_blocks", "attention", "groups"}
-    return {k: v for k, v in kw.items() if k not in skip and (k in keep or v != derived.get(k, UNET_DEFAULTS.get(k)))}
+    return {k: v for k, v in kw.items() if k not in ("in_channels", "dtype", "seed") and (k in keep or v != derived[k])}
 
 
 def diffusers_unet_config(kw, sample_size):
     """Our full keyword arguments -> UNet2DModel's constructor arguments (every one that matters, stated)."""
     boc = [kw["base_channels"] * m for m in kw["channel_mults"]]
     return dict(REQUIRED, sample_size=sample_size, in_channels=kw["in_channels"], out_channels=kw["out_channels"],
-                time_embedding_dim=kw["time_dim"], block_out_channels=boc, layers_per_block=kw["num_res_blocks"],
+                time_embedding_dim=None if kw["time_dim"] == 4 * boc[0] else kw["time_dim"], block_out_channels=boc,
+                layers_per_block=kw["num_res_blocks"],
                 down_block_types=[next(t for t, a in _DOWN.items() if a == x) for x in kw["attention"]],
                 up_block_types=[_UP[x] for x in reversed(kw["attention"])], add_attention=kw["mid_attention"],
                 downsample_padding=1 if kw["downsample_padding"] == "symmetric" else 0, attention_head_dim=None,
@@ -308,9 +306,7 @@ def read_weights(folder):
     from safetensors.torch import load_file
 
     def load(path):
-        if path.suffix == ".safetensors":
-            return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, "cpu", weights_only=True)
 
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
@@ -380,7 +376,12 @@ def to_diffusers(ckpt_path, folder, use_ema=True):
         raise InputError(f"{ckpt_path} holds an MLP for points of shape {shape}; only UNets convert to diffusers")
     kw, weights = full_kwargs(cfg.model, shape[0]), (ck.ema or ck.params) if use_ema else ck.params
     UNet(**kw).load_params(weights)  # InputError names a missing, unexpected or misshapen weight
-    model = diffusers.UNet2DModel(**diffusers_unet_config(kw, shape[1] if shape[1] == shape[2] else list(shape[1:])))
+    dc, known = diffusers_unet_config(kw, shape[1] if shape[1] == shape[2] else list(shape[1:])), _defaults(
+        diffusers.UNet2DModel)  # an older diffusers lacks some arguments: fine where it behaves as their value
+    lost = {k: v for k, v in dc.items() if k not in known and v != {**REQUIRED, **IMPLIED}.get(k)}
+    if lost:
+        raise InputError(f"diffusers {diffusers.__version__} has no UNet2DModel argument for {lost}: upgrade it")
+    model = diffusers.UNet2DModel(**{k: v for k, v in dc.items() if k in known})
     sd = params_to_diffusers(weights, len(kw["channel_mults"]))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
     model.save_pretrained(folder)
