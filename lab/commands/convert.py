@@ -105,6 +105,9 @@ def run(args, B):
         n = sum(int(np.asarray(v).size) for v in params.values())
         print(f"wrote {path}: {n:,} parameters, data {cfg['data']}, T={cfg['T']} {cfg['schedule']}, "
               f"prediction {cfg['prediction']}, model {json.dumps(cfg['model'])}")
+        s = ck.extra["sampling"]
+        print(f"the scheduler config samples with variance_type {s['variance']} (sample --variance {s['variance']}), "
+              f"clip_sample {str(s['clip_x0']).lower()}, timestep_spacing {s['spacing']} (--spacing {s['spacing']})")
         if args.no_check:
             return 0
         dmodel = diffusers.UNet2DModel.from_pretrained(C.unet_folder(args.from_diffusers), local_files_only=True,
