@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from reference.diffusion import PREDICTIONS
 from reference.errors import InputError, check_choice
 from reference.losses import WEIGHTINGS as LOSS_WEIGHTINGS
+from reference.vlb import LOSSES, TRAIN_VARIANCES
 
 from .data import POINT_SETS
 
@@ -35,6 +36,10 @@ class TrainConfig:
     zero_terminal_snr: bool = False
     prediction: str = "eps"
     weighting: str = "none"          # L_simple weighting: none, snr or min_snr (gamma 5)
+    variance: str = "fixed"          # "learned": the network also outputs its reverse variances (V1)
+    loss: str = "simple"             # "hybrid" (L_simple + hybrid_lambda L_vlb, V4) or "vlb" (the bound)
+    hybrid_lambda: float = 0.001     # L_hybrid's weight of L_vlb (V4)
+    importance_sampling: bool = False  # loss "vlb": t ~ p_t, sqrt(E L_t^2) from a loss history (I1, I2)
     seed: int = 0
     model: dict = field(default_factory=dict)   # constructor arguments of UNet / MLP
     image_size: int | None = None    # digits only: upsample 8x8 to this size
@@ -76,9 +81,27 @@ class TrainConfig:
         if self.zero_terminal_snr and self.prediction == "eps":
             raise InputError("--zero-terminal-snr needs --prediction v or x0: x0 cannot be recovered from eps "
                              "at the last step, where alpha_bar = 0")
+        _check_loss(self)
         if "channel_mults" in self.model:
             _check_unet(self.model)
         return self
+
+
+def _check_loss(c):
+    """--variance, --loss, --hybrid-lambda and --importance-sampling against each other, in the flags' words."""
+    check_choice(c.variance, TRAIN_VARIANCES, "variance")
+    check_choice(c.loss, LOSSES, "loss")
+    if c.variance == "learned" and c.loss == "simple":
+        raise InputError("--variance learned is trained by the bound: use --loss hybrid (the default with it) or "
+                         "--loss vlb; L_simple gives the variance outputs no gradient")
+    if c.loss == "hybrid" and c.variance != "learned":
+        raise InputError("--loss hybrid trains learned variances: add --variance learned (with fixed variances "
+                         "its bound term trains nothing)")
+    lam = c.hybrid_lambda
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (math.isfinite(lam) and lam >= 0):
+        raise InputError(f"--hybrid-lambda must be a finite number >= 0, got {lam!r}")
+    if c.importance_sampling and c.loss != "vlb":
+        raise InputError(f"--importance-sampling applies to --loss vlb (the bound's sum over t), not --loss {c.loss}")
 
 
 def _flags(v):

@@ -262,7 +262,9 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     if cfg.n_data:
         x = x[: cfg.n_data]
     _check_fits_the_unet(cfg, x.shape[1:])
-    trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], **trainer_options)
+    # the bound losses' decoder needs the data's levels (17 for the digits, 256 for 8-bit images, None for points)
+    levels = data.info(cfg.data, image_size=cfg.image_size).levels if cfg.loss != "simple" else None
+    trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], levels=levels, **trainer_options)
     try:
         return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
                    overwrite=overwrite)

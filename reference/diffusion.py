@@ -1,7 +1,7 @@
 """The forward process, the posterior, the three parameterisations and the reverse step's moments.
 
 Derivations: derivations/forward.md (F*), derivations/posterior.md (P*),
-derivations/parameterisations.md (R*), derivations/sampling.md (M*).
+derivations/parameterisations.md (R*), derivations/sampling.md (M*), derivations/learned_variance.md (V*).
 
 Conventions: ``t`` is the 0-based index (paper step t+1), an int or an int array of shape (N,)
 matching the batch. Data ``x0``, ``xt``, ``eps`` are (N, ...) arrays: (N, 2) points or NCHW
@@ -16,7 +16,9 @@ import numpy as np
 from .errors import InputError, check_batched, check_choice, check_finite, check_same_shape, check_timesteps
 
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large")   # sigma_t^2 from the schedule (M2)
+LEARNED = "learned"   # the network's last C of 2C channels interpolate log beta~_t .. log beta_t (V1)
+ALL_VARIANCES = VARIANCES + (LEARNED,)
 
 
 def _col(c, x):
@@ -136,6 +138,42 @@ def predict_eps(sched, xt, t, model_output, prediction):
     return _bcast(sched.sqrt_alpha_bar, t, xt) * out + _bcast(sched.sqrt_one_minus_alpha_bar, t, xt) * xt
 
 
+def split_output(model_output, variance):
+    """(V1) The network's output as (mean part, variance part): with variance="learned" the 2C channels (axis 1)
+    split into the C channels of the mean's parameterisation (eps / x0 / v) and the C raw interpolation
+    channels u; with a fixed variance the output is all mean: (model_output, None).
+
+    DDIM and the ODE solvers use the mean part only (``split_output(out, "learned")[0]``).
+    """
+    check_choice(variance, ALL_VARIANCES, "variance")
+    out = _data(model_output, "model_output")
+    if variance != LEARNED:
+        return out, None
+    if out.ndim < 2 or out.shape[1] % 2:
+        raise InputError(f"variance='learned' needs a model output with 2C channels on axis 1 (the mean's C, then "
+                         f"the variance's C), got shape {out.shape}")
+    c = out.shape[1] // 2
+    return out[:, :c], out[:, c:]
+
+
+def learned_log_variance(sched, u, t):
+    """(V1) log sigma_t^2 = nu log beta_t + (1 - nu) log beta~_t with nu = (u + 1) / 2, per element.
+
+    u: the variance channels (N, C, ...) (improved-diffusion's LEARNED_RANGE "model_var_values": u = -1 is
+    beta~_t, u = 1 is beta_t, u = 0, a zero-initialised head, their geometric mean). At t = 0 log beta~_0 is
+    log beta~_1 (P4), so the decoder's range is [beta~_1, beta_0]. On a respaced schedule (A4) both ends are
+    the respaced beta' and beta~' of the kept step (V5).
+    """
+    u = _data(u, "u")
+    tt = check_timesteps(t, sched.T, n=u.shape[0])
+    log_beta = _col(np.log(sched.betas[tt]), u)
+    log_beta_tilde = _col(sched.posterior_log_variance_clipped[tt], u)
+    # (V1)  nu = (u + 1) / 2
+    nu = (u + 1.0) / 2.0
+    # (V1, P4)  log sigma^2 = nu log beta_t + (1 - nu) log beta~_t
+    return nu * log_beta + (1.0 - nu) * log_beta_tilde
+
+
 class Reverse(NamedTuple):
     """Moments of p_theta(x_{t-1} | x_t) and the x_0, eps they were computed from."""
     mean: np.ndarray
@@ -153,9 +191,13 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
       "fixed_small": beta~_t (posterior variance; 0 at t=0, log taken with the (P4) rule),
       "fixed_large": beta_t, except at t=0 where beta~_1 is used, as in Ho et al.'s code
                      (so the decoder step keeps a finite, small log-variance).
+      "learned":     model_output has 2C channels: the mean's C, then u with
+                     log sigma^2 = nu log beta_t + (1 - nu) log beta~_t, nu = (u + 1) / 2 (V1).
     ``clip_x0`` clips x0_hat to [-1, 1] (images) and re-derives eps from the clipped x0_hat.
     """
-    check_choice(variance, VARIANCES, "variance")
+    check_choice(variance, ALL_VARIANCES, "variance")
+    if variance == LEARNED:
+        model_output, u = split_output(model_output, variance)
     x0_hat = predict_x0(sched, xt, t, model_output, prediction)
     if clip_x0:
         x0_hat = np.clip(x0_hat, -1.0, 1.0)
@@ -163,6 +205,9 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
     mean, post_var, post_log_var = q_posterior(sched, x0_hat, xt, t)
     if variance == "fixed_small":
         var, log_var = post_var, post_log_var
+    elif variance == LEARNED:
+        log_var = learned_log_variance(sched, u, t)  # (V1)
+        var = np.exp(log_var)
     else:
         # (M2)  sigma_t^2 = beta_t, with beta~_1 at t = 0 (the Schedule's table)
         var = np.broadcast_to(_bcast(sched.fixed_large_variance, t, xt), mean.shape)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy.special import log_ndtr
 
-from .diffusion import PREDICTIONS, VARIANCES, _data, p_mean_variance, q_posterior, q_sample, v_target
+from .diffusion import ALL_VARIANCES, PREDICTIONS, _data, p_mean_variance, q_posterior, q_sample, v_target
 from .errors import InputError, check_choice, check_finite, check_progress, check_same_shape, check_timesteps
 
 WEIGHTINGS = (None, "snr", "min_snr")
@@ -33,6 +33,7 @@ APPROXES = ("exact", "tanh")
 LN2 = math.log(2.0)
 # 8-bit data in [-1, 1]: 256 bins of width 2/255 centred on -1 + 2k/255; half a bin is 1/255.
 HALF_BIN = 1.0 / 255.0
+LEVELS = 256  # the decoder's default: 8-bit data. Data with L levels (digits: 17) has half-bins 1/(L-1) (L9)
 
 
 # ---- L_simple and its SNR weightings --------------------------------------------------------
@@ -149,23 +150,56 @@ def _tanh_cdf(z):
     return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
 
 
-def _check_8bit(x):
+def check_levels(levels):
+    """The decoder's number of levels L: an int >= 2 (256 for 8-bit images, 17 for the digits)."""
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise InputError(f"levels (pixel values per channel) must be an integer >= 2, got {levels!r}")
+    return int(levels)
+
+
+def _check_on_levels(x, levels):
+    """x as a finite array on the L-level grid -1 + 2k/(L-1) of [-1, 1]; the message names the grid."""
     x = _numeric(x, "x")
+    what = "8-bit data" if levels == 256 else f"data of {levels} levels"
     if np.any(np.abs(x) > 1.0 + 1e-6):
-        raise InputError(f"x must be 8-bit data scaled to [-1, 1]; got values in [{x.min():.4g}, {x.max():.4g}]")
-    k = (x.astype(np.float64) + 1.0) * 127.5
+        raise InputError(f"x must be {what} scaled to [-1, 1]; got values in [{x.min():.4g}, {x.max():.4g}]")
+    k = (x.astype(np.float64) + 1.0) * ((levels - 1) / 2.0)
     if np.any(np.abs(k - np.round(k)) > 1e-3):
-        raise InputError("x must be 8-bit data on the grid -1 + 2k/255 (k = 0..255); got values between bins "
-                         "(use decoder='gaussian' for continuous data)")
+        raise InputError(f"x must be {what} on the grid -1 + 2k/{levels - 1} (k = 0..{levels - 1}); got values "
+                         "between bins (pass levels=L for data of L levels, or use decoder='gaussian' for "
+                         "continuous data)")
     return x
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, approx="exact"):
-    """(L6) log P(x) of 8-bit data x in [-1, 1] under N(means, exp(log_scales)^2), per element, in nats.
+def bin_edges(x, means, log_scales, levels=LEVELS):
+    """(L6, L9) The bin of each x in standard units, a = (x - 1/(L-1) - mu) / sigma and
+    b = (x + 1/(L-1) - mu) / sigma, with a = -inf at x = -1 and b = +inf at x = 1 (the edge bins take the
+    tails) -> (a, b, 1/sigma), float64 arrays of the broadcast shape."""
+    levels = check_levels(levels)
+    x = _check_on_levels(x, levels)
+    means, log_scales = _numeric(means, "means"), _numeric(log_scales, "log_scales")
+    try:
+        x, means, log_scales = np.broadcast_arrays(x, means, log_scales)
+    except ValueError:
+        raise InputError(f"shape mismatch: x {x.shape}, means {means.shape} and log_scales "
+                         f"{log_scales.shape} do not broadcast together") from None
+    half = 1.0 / (levels - 1)  # (L9)  half a bin: 1/255 for 8-bit data, 1/16 for the 17-level digits
+    inv_sigma = np.exp(-log_scales.astype(np.float64))
+    centred = x.astype(np.float64) - means
+    left, right = x < -1.0 + half, x > 1.0 - half  # the two edge bins
+    # (L6, L9)  bin edges in standard units; the edge bins open to -inf and +inf
+    a = np.where(left, -np.inf, (centred - half) * inv_sigma)
+    b = np.where(right, np.inf, (centred + half) * inv_sigma)
+    return a, b, inv_sigma
 
-    P(x) = Phi((x + 1/255 - mu) / sigma) - Phi((x - 1/255 - mu) / sigma), the mass of the bin of
-    width 2/255 around x; the edge bins extend to -inf (x = -1) and +inf (x = 1), so the 256 bin
-    masses sum to 1. ``log_scales`` = log sigma (= 0.5 * log variance, as in improved-diffusion).
+
+def discretized_gaussian_log_likelihood(x, means, log_scales, approx="exact", levels=LEVELS):
+    """(L6, L9) log P(x) of data x on L levels in [-1, 1] under N(means, exp(log_scales)^2), per element, in nats.
+
+    P(x) = Phi((x + h - mu) / sigma) - Phi((x - h - mu) / sigma), h = 1/(L-1), the mass of the bin of
+    width 2/(L-1) around x; the edge bins extend to -inf (x = -1) and +inf (x = 1), so the L bin
+    masses sum to 1. levels=256 (the default) is 8-bit data, h = 1/255; the digits have 17 levels.
+    ``log_scales`` = log sigma (= 0.5 * log variance, as in improved-diffusion).
     Shapes: x, means, log_scales broadcast together; the result has the broadcast shape.
     approx="exact": scipy's log_ndtr, stable in both tails (finite for means far outside [-1, 1]).
     approx="tanh":  Ho et al.'s tanh approximation of Phi with improved-diffusion's clamp of every
@@ -174,21 +208,10 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, approx="exact"):
                     is off by at most 3.6e-4 (the test derives this bound on a grid).
     """
     check_choice(approx, APPROXES, "approx")
-    x = _check_8bit(x)
-    means, log_scales = _numeric(means, "means"), _numeric(log_scales, "log_scales")
-    try:
-        x, means, log_scales = np.broadcast_arrays(x, means, log_scales)
-    except ValueError:
-        raise InputError(f"shape mismatch: x {x.shape}, means {means.shape} and log_scales "
-                         f"{log_scales.shape} do not broadcast together") from None
-    inv_sigma = np.exp(-log_scales.astype(np.float64))
-    centred = x.astype(np.float64) - means
-    left, right = x < -1.0 + 1e-3, x > 1.0 - 1e-3  # the two edge bins
-    # (L6)  bin edges in standard units; the edge bins open to -inf and +inf
-    a = np.where(left, -np.inf, (centred - HALF_BIN) * inv_sigma)
-    b = np.where(right, np.inf, (centred + HALF_BIN) * inv_sigma)
+    a, b, _ = bin_edges(x, means, log_scales, levels)
     if approx == "exact":
         return _log_phi_diff(a, b)  # (L6)  log(Phi(b) - Phi(a))
+    left, right = a == -np.inf, b == np.inf
     # (L6, tanh)  improved-diffusion: log(max(P, 1e-12)) with Phi replaced by the tanh approximation
     p = np.where(left, _tanh_cdf(b), np.where(right, 1.0 - _tanh_cdf(a), _tanh_cdf(b) - _tanh_cdf(a)))
     return np.log(np.maximum(p, 1e-12))
@@ -227,8 +250,38 @@ def prior_kl(sched, x0):
     return normal_kl(math.sqrt(a) * x0, math.log1p(-a), 0.0, 0.0)
 
 
+def vlb_term(sched, model_output, x0, xt, t, prediction="eps", variance="fixed_small", clip_x0=False,
+             decoder="discretized", levels=LEVELS):
+    """(L1) One term of the bound per example, in bits/dim (N,), from the network's output at x_t.
+
+    t (N,) 0-based, and may mix steps: rows with t >= 1 get KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))
+    (L2), rows with t == 0 the decoder -log p_theta(x_0 | x_1) ("discretized": data on ``levels`` levels,
+    L6, L9; "gaussian": a density, for 2-D points). variance: "fixed_small" | "fixed_large" | "learned"
+    (model_output then has 2C channels, V1). What the training losses (reference/vlb.py) and ``vlb_terms`` use.
+    """
+    check_choice(decoder, DECODERS, "decoder")
+    x0, xt = _data(x0, "x0"), _data(xt, "xt")
+    tt = np.broadcast_to(check_timesteps(t, sched.T, n=x0.shape[0]), (x0.shape[0],))
+    p = p_mean_variance(sched, model_output, xt, tt, prediction, variance, clip_x0)
+    out = np.empty(x0.shape[0])
+    first = tt == 0
+    if first.any():
+        log_scale = 0.5 * p.log_variance[first]  # sigma of the decoder p(x_0 | x_1)
+        if decoder == "discretized":
+            ll = discretized_gaussian_log_likelihood(x0[first], p.mean[first], log_scale, levels=levels)  # (L6)
+        else:
+            ll = gaussian_log_likelihood(x0[first], p.mean[first], log_scale)
+        out[first] = -_per_dim(ll) / LN2  # (L1, L7)  L_0 = -log p(x_0 | x_1), bits/dim
+    if not first.all():
+        rest = ~first
+        q_mean, _, q_log_var = q_posterior(sched, x0[rest], xt[rest], tt[rest])  # (P2, P3)
+        kl = normal_kl(q_mean, q_log_var, p.mean[rest], p.log_variance[rest])  # (L2)
+        out[rest] = _per_dim(kl) / LN2  # (L1, L7)  L_t in bits/dim
+    return out
+
+
 def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small", clip_x0=False,
-              decoder="discretized", progress=None):
+              decoder="discretized", progress=None, levels=LEVELS):
     """(L1, L8) The variational bound term by term, per example, in bits per dimension.
 
     ``denoise(xt, t) -> model_output`` with t an int64 array (N,) of 0-based indices.
@@ -236,40 +289,32 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
     For t in 0..T-1: x_t = q_sample(x0, t, eps_t) and
       t >= 1: terms[t] = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))   (paper L_t; L2, L3)
       t == 0: terms[0] = -log p_theta(x_0 | x_t=0)  (paper L_0 = -log p(x_0 | x_1)); decoder
-              "discretized" (8-bit data, L6) or "gaussian" (continuous density, for 2-D points).
+              "discretized" (data on ``levels`` levels, 256 for 8-bit images, 17 for the digits: L6, L9)
+              or "gaussian" (continuous density, for 2-D points).
+    variance: "fixed_small" | "fixed_large" | "learned" (a network with 2C output channels, V1).
     prior = KL(q(x_{T-1} | x_0) || N(0, I)) (paper L_T, L8). total = prior + sum_t terms[t].
     Returns {"prior": (N,), "terms": (T, N), "total": (N,)} in bits/dim (L7). ``progress``: None or a
     callable wrapping the iterable of t (e.g. a progress bar).
     """
     check_choice(decoder, DECODERS, "decoder")
     check_choice(prediction, PREDICTIONS, "prediction")
-    check_choice(variance, VARIANCES, "variance")
-    x0 = _check_8bit(x0) if decoder == "discretized" else _data(x0, "x0")
+    check_choice(variance, ALL_VARIANCES, "variance")
+    x0 = _check_on_levels(x0, check_levels(levels)) if decoder == "discretized" else _data(x0, "x0")
     eps_at = _noise_source(noise, sched.T, x0.shape)
     N = x0.shape[0]
     terms = np.empty((sched.T, N))
     for t in check_progress(progress)(range(sched.T)):
         tt = np.full(N, t, dtype=np.int64)
         xt = q_sample(sched, x0, tt, eps_at(t))  # (F3)
-        p = p_mean_variance(sched, denoise(xt, tt), xt, tt, prediction, variance, clip_x0)
-        if t == 0:
-            log_scale = 0.5 * p.log_variance  # sigma of the decoder p(x_0 | x_1)
-            if decoder == "discretized":
-                ll = discretized_gaussian_log_likelihood(x0, p.mean, log_scale)  # (L6)
-            else:
-                ll = gaussian_log_likelihood(x0, p.mean, log_scale)
-            terms[0] = -_per_dim(ll) / LN2  # (L1, L7)  L_0 = -log p(x_0 | x_1), bits/dim
-        else:
-            q_mean, _, q_log_var = q_posterior(sched, x0, xt, tt)  # (P2, P3)
-            kl = normal_kl(q_mean, q_log_var, p.mean, p.log_variance)  # (L2)
-            terms[t] = _per_dim(kl) / LN2  # (L1, L7)  L_t in bits/dim
+        # (L1)  terms[0] = L_0 (decoder), terms[t] = L_t (KL), in bits/dim
+        terms[t] = vlb_term(sched, denoise(xt, tt), x0, xt, tt, prediction, variance, clip_x0, decoder, levels)
     prior = _per_dim(prior_kl(sched, x0.astype(np.float64))) / LN2  # (L8)
     # (L1)  -ELBO = L_T + sum_{t>=1} L_{t} + L_0
     return {"prior": prior, "terms": terms, "total": prior + terms.sum(axis=0)}
 
 
 def bits_per_dim(sched, denoise, x0, noise, prediction="eps", variance="fixed_small", clip_x0=False,
-                 decoder="discretized", progress=None):
-    """(L7) The bound's total averaged over the batch, in bits per dimension -> float."""
-    out = vlb_terms(sched, denoise, x0, noise, prediction, variance, clip_x0, decoder, progress)
+                 decoder="discretized", progress=None, levels=LEVELS):
+    """(L7) The bound's total averaged over the batch, in bits per dimension -> float (``levels``: see vlb_terms)."""
+    out = vlb_terms(sched, denoise, x0, noise, prediction, variance, clip_x0, decoder, progress, levels)
     return float(out["total"].mean())

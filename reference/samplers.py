@@ -12,7 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import schedules
-from .diffusion import PREDICTIONS, VARIANCES, _col, _data, p_mean_variance, predict_eps, predict_x0
+from .diffusion import (ALL_VARIANCES, LEARNED, PREDICTIONS, _col, _data, p_mean_variance, predict_eps, predict_x0,
+                        split_output)
 from .errors import InputError, check_choice, check_progress, check_same_shape, check_T, check_timesteps
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -41,8 +42,9 @@ def ddpm_step(sched, model_output, xt, t, noise, prediction="eps", variance="fix
     """(A1) One ancestral step x_t -> x_{t-1} (Ho et al. Algorithm 2) -> (x_prev, x0_hat).
 
     x_{t-1} = mu_theta(x_t, t) + sigma_t z, with the mean and variance of diffusion.p_mean_variance:
-    variance "fixed_small" sigma^2 = beta~_t, "fixed_large" sigma^2 = beta_t (M2). No noise where
-    t == 0 (the last sampling step returns the mean): the mask is per example when t is (N,).
+    variance "fixed_small" sigma^2 = beta~_t, "fixed_large" sigma^2 = beta_t (M2), "learned" the network's
+    interpolation (V1; model_output then has 2C channels; on a respaced schedule between its beta', beta~', V5).
+    No noise where t == 0 (the last sampling step returns the mean): the mask is per example when t is (N,).
     Shapes: model_output, xt, noise (N, ...); t int or (N,) 0-based.
     """
     xt = _data(xt, "xt")
@@ -171,6 +173,8 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     steps=None keeps all T steps; steps=n keeps ``timesteps(T, n, spacing)``.
       "ddpm": ancestral steps on ``respace(sched, kept)`` (A4) (the identity when all are kept).
       "ddim": steps directly between the kept indices, ending with t_prev = -1 (A2).
+    variance: "fixed_small" | "fixed_large" | "learned" (a 2C-channel network, V1): ddpm steps with it, on the
+    respaced schedule's beta' and beta~' when shortened (V5); ddim ignores it and reads the mean channels.
     ``rng_or_noises``: a np.random.Generator (one standard normal draw per step, used or not), or a
     sequence of n arrays shaped like x_T, consumed in sampling order (noises[0] at the first step).
     spacing default "leading": Song et al.'s DDIM "uniform" skip and diffusers' default (Lin et al. 2023
@@ -180,7 +184,7 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     """
     check_choice(sampler, SAMPLERS, "sampler")
     check_choice(prediction, PREDICTIONS, "prediction")
-    check_choice(variance, VARIANCES, "variance")
+    check_choice(variance, ALL_VARIANCES, "variance")
     x = _data(x_T, "x_T")
     kept = np.arange(sched.T) if steps is None else timesteps(sched.T, steps, spacing)
     n = kept.size
@@ -197,6 +201,8 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
                                       noise_at(k), prediction, variance, clip_x0)
         else:
             t_prev = np.full_like(t, kept[i - 1] if i > 0 else -1)
+            if variance == LEARNED:  # (V5)  DDIM's sigma is its own (A3): it reads the mean channels only
+                out = split_output(out, variance)[0]
             x_new, x0_hat = ddim_step(sched, out, x, t, t_prev, noise_at(k), eta, prediction, clip_x0)
         if record:
             trajectory.append((int(kept[i]), x, x0_hat))

@@ -4,6 +4,11 @@ A step (Ho et al. Algorithm 1, with the usual engineering around it):
   t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps)                          (F3)
   loss = L_simple(model(x_t, t), target)                                            (L4)
   grads by the hand-written backward, global-norm clip, AdamW, EMA of the weights.  (O1-O4)
+The run configuration may ask for learned variances and the bound (Nichol & Dhariwal 2021; reference/vlb.py):
+  cfg.variance "fixed" (default) | "learned" (the network outputs 2C channels, V1),
+  cfg.loss "simple" (default) | "hybrid" (L_simple + hybrid_lambda L_vlb, V4) | "vlb" (V4),
+  cfg.importance_sampling: t ~ p_t with weights 1/(T p_t) (loss "vlb" only; I1, I2).
+The default (fixed, simple) step is the one above, unchanged.
 
 The loop itself (data order, progress, JSONL log, checkpoints, pictures, resume) is not math and is
 shared with torch_port: see lab/runner.py, which drives a ``Trainer``. ``cfg`` is a run configuration
@@ -13,11 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .diffusion import q_sample
+from .diffusion import LEARNED, q_sample
 from .losses import simple_loss_and_grad
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
+from .resample import ImportanceSampler
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
+from .vlb import HYBRID_LAMBDA, loss_settings, training_loss_and_grad
 
 
 class NonFiniteError(FloatingPointError):
@@ -32,16 +39,25 @@ def build_schedule(cfg):
 
 
 def build_model(cfg, item_shape):
-    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,))."""
+    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)); 2C outputs for learned variances."""
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
+    kw = dict(cfg.model)
+    if getattr(cfg, "variance", "fixed") == LEARNED:  # (V1)  the mean's C channels, then the variance's C
+        kw["out_dim" if len(item_shape) == 1 else "out_channels"] = 2 * item_shape[0]
     if len(item_shape) == 1:
-        return MLP(in_dim=item_shape[0], dtype=dtype, seed=cfg.seed, **cfg.model)
-    return UNet(in_channels=item_shape[0], dtype=dtype, seed=cfg.seed, **cfg.model)
+        return MLP(in_dim=item_shape[0], dtype=dtype, seed=cfg.seed, **kw)
+    return UNet(in_channels=item_shape[0], dtype=dtype, seed=cfg.seed, **kw)
 
 
-def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none"):
+def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
+               loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA, weights=None, levels=256,
+               record_terms=None):
     """One optimisation step on the batch x0 with the given t (N,) and eps (like x0).
 
+    loss "simple" | "hybrid" | "vlb", variance "fixed_small" | "learned" (the model then outputs 2C channels),
+    hybrid_lambda, weights (importance sampling, loss "vlb") and levels (the data's, for the decoder at t = 0;
+    None: continuous data): see reference/vlb.py. ``record_terms(t, terms)`` receives the per-example L_t
+    (bits/dim) of a bound loss once the step is known to be finite (the importance sampler's history).
     Returns (loss, grad_norm) as floats; grad_norm is measured before clipping. Raises
     NonFiniteError before touching the parameters if the model output, the loss or the norm is NaN or inf.
     """
@@ -55,19 +71,23 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
             raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))}"
                                  " values NaN or inf)")
         # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
-        loss, dout = simple_loss_and_grad(sched, out, x0, t, eps, prediction,
-                                          weighting=None if weighting == "none" else weighting)
+        #       (V4)  or L_hybrid / L_vlb with the bound's hand-written gradient
+        value, dout, terms = training_loss_and_grad(sched, out, x0, xt, t, eps, prediction, loss, variance,
+                                                    hybrid_lambda, weights,
+                                                    None if weighting == "none" else weighting, levels=levels)
         _, grads = model.backward(dout, cache, input_grad=False)
         # (O3)  g <- g * min(1, c / ||g||)
         grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
-    loss, norm = float(loss), float(norm)
-    if not (np.isfinite(loss) and np.isfinite(norm)):
-        raise NonFiniteError(f"non-finite {'loss' if not np.isfinite(loss) else 'gradient norm'} "
-                             f"(loss={loss}, grad_norm={norm})")
+    value, norm = float(value), float(norm)
+    if not (np.isfinite(value) and np.isfinite(norm)):
+        raise NonFiniteError(f"non-finite {'loss' if not np.isfinite(value) else 'gradient norm'} "
+                             f"(loss={value}, grad_norm={norm})")
+    if record_terms is not None and terms is not None:
+        record_terms(t, terms)
     # (O1)  AdamW;  (O2)  EMA
     opt.step(grads, lr=lr)
     ema.update(model.params)
-    return loss, norm
+    return value, norm
 
 
 class Trainer:
@@ -75,9 +95,14 @@ class Trainer:
 
     backend = "reference"
 
-    def __init__(self, cfg, item_shape):
+    def __init__(self, cfg, item_shape, levels=None):
+        """levels: the data's intensity levels (lab.data.info(name).levels) for the decoder term of the bound
+        losses; None: 256 (8-bit) for images, continuous (the Gaussian decoder) for 2-D points."""
         self.cfg = cfg
         self.item_shape = tuple(item_shape)
+        self.loss, self.variance, self.hybrid_lambda, importance = loss_settings(cfg)
+        self.levels = levels if levels is not None else (256 if len(self.item_shape) == 3 else None)
+        self.resampler = ImportanceSampler(cfg.T) if importance else None
         self.sched = build_schedule(cfg)
         self.model = build_model(cfg, self.item_shape)
         self.opt = AdamW(self.model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -88,16 +113,28 @@ class Trainer:
     def step(self, x0, step):
         """Draw t and eps, take one step. ``step`` is the 0-based index of this update (for the LR)."""
         n = x0.shape[0]
-        t = self.rng.integers(0, self.cfg.T, size=n)
+        if self.resampler is None:
+            t, w = self.rng.integers(0, self.cfg.T, size=n), None
+        else:  # (I1, I2)  t ~ p_t with weights 1/(T p_t); uniform (the same draw) until warmed up
+            t, w = self.resampler.sample(self.rng, n)
         eps = self.rng.standard_normal(x0.shape).astype(self.dtype)
         lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
         return train_step(self.model, self.opt, self.ema, self.sched, x0.astype(self.dtype), t, eps,
-                          self.cfg.prediction, lr, self.cfg.grad_clip, self.cfg.weighting)
+                          self.cfg.prediction, lr, self.cfg.grad_clip, self.cfg.weighting, self.loss, self.variance,
+                          self.hybrid_lambda, w, self.levels, None if self.resampler is None else self.resampler.update)
 
-    def denoiser(self, use_ema=True):
-        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers."""
+    def denoiser(self, use_ema=True, with_variance=False):
+        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers.
+
+        With learned variances the network outputs 2C channels: the denoiser returns the C mean channels
+        (what DDIM, the ODE solvers and fixed-variance sampling read; diffusion.split_output), or all 2C with
+        ``with_variance=True`` (for sample_loop / vlb_terms with variance="learned").
+        """
         model = build_model(self.cfg, self.item_shape)
         model.load_params(self.ema.params if use_ema else self.model.params)
+        if self.variance == LEARNED and not with_variance:
+            c = self.item_shape[0]
+            return lambda xt, t: model.forward(xt.astype(self.dtype), t)[0][:, :c]
         return lambda xt, t: model.forward(xt.astype(self.dtype), t)[0]
 
     # ---- checkpoint state: NumPy arrays keyed by state_dict names --------------------------
@@ -106,7 +143,8 @@ class Trainer:
         return {"params": {k: v.copy() for k, v in self.model.params.items()},
                 "ema": self.ema.state_dict(),
                 "opt_state": self.opt.state_dict(),
-                "rng_state": {"noise": self.rng.bit_generator.state}}
+                "rng_state": {"noise": self.rng.bit_generator.state,
+                              **({} if self.resampler is None else self.resampler.state_dict())}}
 
     def load_state_dict(self, ck):
         # load_params checks names, shapes and finiteness but binds new arrays; the optimiser and the
@@ -119,3 +157,5 @@ class Trainer:
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt_state"])
         self.rng.bit_generator.state = ck["rng_state"]["noise"]
+        if self.resampler is not None and "loss_history" in ck["rng_state"]:  # (I1)  the history is training state
+            self.resampler.load_state_dict(ck["rng_state"])

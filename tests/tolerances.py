@@ -36,6 +36,9 @@ Why each value:
             tried; 0.6 still rejects the wrong order, which is off by 1.
   order_asym the same slope between successive NFE over 64..512 (asymptotic): measured within 0.1 of
             the order (Heun 2.09 from NFE 63 to 127, falling to 2.02), so 0.15.
+  respace64 a schedule respaced onto all of its own steps against itself (V5, A4): respacing recomputes
+            beta'_i = 1 - abar_i / abar_{i-1}, a cancellation that costs ~2^-52 / beta_i relative, 1.4e-12 for the
+            cosine schedule's smallest beta (4e-5; linear: 4e-13), so 1e-11 on the betas and log-variances.
   snap_cost the relative change of a solver's global error when a Karras grid is snapped to the trained
             steps (K8) of the linear T = 1000 schedule: measured <= 1.2% at n = 8..64, so 0.1.
 """
@@ -58,6 +61,7 @@ TOL = {
     "order_fit": 0.6,
     "order_asym": 0.15,
     "snap_cost": 0.1,
+    "respace64": 1e-11,
 }
 
 

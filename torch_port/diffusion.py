@@ -2,7 +2,7 @@
 written again in torch. Mirror of reference/diffusion.py: same names, signatures and meaning.
 
 Derivations: derivations/forward.md (F*), derivations/posterior.md (P*),
-derivations/parameterisations.md (R*), derivations/sampling.md (M*).
+derivations/parameterisations.md (R*), derivations/sampling.md (M*), derivations/learned_variance.md (V*).
 
 Conventions: ``t`` is the 0-based index (paper step t+1): an int, or an integer tensor/array of
 shape (N,) matching the batch. Data ``x0``, ``xt``, ``eps`` are (N, ...) tensors ((N, 2) points
@@ -25,9 +25,12 @@ import torch
 from reference.errors import InputError, check_batched, check_choice, check_timesteps
 
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large")   # sigma_t^2 from the schedule (M2)
+LEARNED = "learned"   # the network's last C of 2C channels interpolate log beta~_t .. log beta_t (V1)
+ALL_VARIANCES = VARIANCES + (LEARNED,)
 
-__all__ = ["PREDICTIONS", "VARIANCES", "q_sample", "q_mean_variance", "q_step", "q_posterior", "v_target",
+__all__ = ["PREDICTIONS", "VARIANCES", "LEARNED", "ALL_VARIANCES", "split_output", "learned_log_variance",
+           "q_sample", "q_mean_variance", "q_step", "q_posterior", "v_target",
            "predict_x0", "predict_eps", "Reverse", "p_mean_variance"]
 
 
@@ -218,6 +221,37 @@ def predict_eps(sched, xt, t, model_output, prediction):
 
 # ---- reverse step -------------------------------------------------------------------------
 
+def split_output(model_output, variance):
+    """(V1) (mean part, variance part) of the network's output: with variance="learned" the 2C channels (dim 1)
+    split into the C channels of the mean's parameterisation and the C raw interpolation channels u; with a
+    fixed variance (model_output, None). DDIM and the ODE solvers use the mean part only. As the reference's.
+    """
+    check_choice(variance, ALL_VARIANCES, "variance")
+    if variance != LEARNED:
+        return model_output, None
+    out = model_output if isinstance(model_output, torch.Tensor) else torch.as_tensor(np.asarray(model_output))
+    if out.ndim < 2 or out.shape[1] % 2:
+        raise InputError(f"variance='learned' needs a model output with 2C channels on axis 1 (the mean's C, then "
+                         f"the variance's C), got shape {tuple(out.shape)}")
+    c = out.shape[1] // 2
+    return out[:, :c], out[:, c:]
+
+
+def learned_log_variance(sched, u, t):
+    """(V1) log sigma_t^2 = nu log beta_t + (1 - nu) log beta~_t, nu = (u + 1) / 2, per element (N, C, ...).
+
+    At t = 0 log beta~_0 is log beta~_1 (P4). On a respaced schedule both ends are the kept step's beta', beta~' (V5).
+    """
+    u = _data(sched, u, "u")
+    t = _timesteps(sched, t, u)
+    log_beta = torch.log(_bcast(sched.betas, t, u))
+    log_beta_tilde = _bcast(sched.posterior_log_variance_clipped, t, u)
+    # (V1)  nu = (u + 1) / 2
+    nu = (u + 1.0) / 2.0
+    # (V1, P4)  log sigma^2 = nu log beta_t + (1 - nu) log beta~_t
+    return nu * log_beta + (1.0 - nu) * log_beta_tilde
+
+
 class Reverse(NamedTuple):
     """Moments of p_theta(x_{t-1} | x_t) and the x_0, eps they were computed from (tensors (N, ...))."""
     mean: torch.Tensor
@@ -232,9 +266,12 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
 
     Mean: the posterior mean (P2) at the predicted x_0 (for eps this is (M1)). Variance (M2):
     "fixed_small" beta~_t (log with the (P4) rule); "fixed_large" beta_t, with beta~_1 at t = 0.
+    "learned": model_output has 2C channels, the mean's C then u (V1).
     ``clip_x0`` clips x0_hat to [-1, 1] and re-derives eps from the clipped x0_hat.
     """
-    check_choice(variance, VARIANCES, "variance")
+    check_choice(variance, ALL_VARIANCES, "variance")
+    if variance == LEARNED:
+        model_output, u = split_output(model_output, variance)
     x0_hat = predict_x0(sched, xt, t, model_output, prediction)
     if clip_x0:
         x0_hat = torch.clamp(x0_hat, -1.0, 1.0)
@@ -247,6 +284,9 @@ def p_mean_variance(sched, model_output, xt, t, prediction="eps", variance="fixe
     mean, post_var, post_log_var = q_posterior(sched, x0_hat, xt, t)
     if variance == "fixed_small":
         var, log_var = post_var, post_log_var
+    elif variance == LEARNED:
+        log_var = learned_log_variance(sched, u, t)                      # (V1)
+        var = torch.exp(log_var)
     else:
         xt = _data(sched, xt, "xt")
         t = _timesteps(sched, t, xt)

@@ -26,7 +26,7 @@ import torch
 
 from reference.errors import InputError, check_choice, check_progress
 
-from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _data, _dtype_name, _timesteps,
+from .diffusion import (ALL_VARIANCES, PREDICTIONS, _check_same_shape, _data, _dtype_name, _timesteps,
                         p_mean_variance, q_posterior, q_sample, v_target)
 
 WEIGHTINGS = (None, "snr", "min_snr")
@@ -35,10 +35,11 @@ APPROXES = ("exact", "tanh")
 LN2 = math.log(2.0)
 # 8-bit data in [-1, 1]: 256 bins of width 2/255 centred on -1 + 2k/255; half a bin is 1/255.
 HALF_BIN = 1.0 / 255.0
+LEVELS = 256  # the decoder's default: 8-bit data. Data with L levels (digits: 17) has half-bins 1/(L-1) (L9)
 
-__all__ = ["WEIGHTINGS", "DECODERS", "APPROXES", "LN2", "HALF_BIN", "snr_weights", "simple_loss",
-           "simple_loss_and_grad", "normal_kl", "discretized_gaussian_log_likelihood", "gaussian_log_likelihood",
-           "prior_kl", "vlb_terms", "bits_per_dim"]
+__all__ = ["WEIGHTINGS", "DECODERS", "APPROXES", "LN2", "HALF_BIN", "LEVELS", "snr_weights", "simple_loss",
+           "simple_loss_and_grad", "normal_kl", "check_levels", "bin_edges", "discretized_gaussian_log_likelihood",
+           "gaussian_log_likelihood", "prior_kl", "vlb_term", "vlb_terms", "bits_per_dim"]
 
 
 # ---- L_simple and its SNR weightings --------------------------------------------------------
@@ -168,46 +169,65 @@ def _tanh_cdf(z):
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
 
 
-def _check_8bit(x, validate=False):
-    """x as a tensor of 8-bit data in [-1, 1]; values checked on the CPU or when ``validate``."""
+def check_levels(levels):
+    """The decoder's number of levels L: an int >= 2 (256 for 8-bit images, 17 for the digits)."""
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise InputError(f"levels (pixel values per channel) must be an integer >= 2, got {levels!r}")
+    return int(levels)
+
+
+def _check_on_levels(x, levels, validate=False):
+    """x as a tensor on the L-level grid -1 + 2k/(L-1) of [-1, 1]; values checked on the CPU or when ``validate``."""
     x = _numeric(x, "x")
     if not (x.device.type == "cpu" or validate):
         return x
+    what = "8-bit data" if levels == 256 else f"data of {levels} levels"
     if x.numel() and bool((x.abs() > 1.0 + 1e-6).any()):
-        raise InputError(f"x must be 8-bit data scaled to [-1, 1]; got values in "
+        raise InputError(f"x must be {what} scaled to [-1, 1]; got values in "
                          f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    k = (x.to(torch.float64) + 1.0) * 127.5
+    k = (x.to(torch.float64) + 1.0) * ((levels - 1) / 2.0)
     if bool(((k - torch.round(k)).abs() > 1e-3).any()):
-        raise InputError("x must be 8-bit data on the grid -1 + 2k/255 (k = 0..255); got values between bins "
-                         "(use decoder='gaussian' for continuous data)")
+        raise InputError(f"x must be {what} on the grid -1 + 2k/{levels - 1} (k = 0..{levels - 1}); got values "
+                         "between bins (pass levels=L for data of L levels, or use decoder='gaussian' for "
+                         "continuous data)")
     return x
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, approx="exact"):
-    """(L6) log P(x) of 8-bit data x in [-1, 1] under N(means, exp(log_scales)^2), per element, in nats.
-
-    P(x) = Phi((x + 1/255 - mu) / sigma) - Phi((x - 1/255 - mu) / sigma); the edge bins extend to
-    -inf (x = -1) and +inf (x = 1). Shapes broadcast; the result has the broadcast shape (float64).
-    approx="exact": torch.special.log_ndtr, stable in both tails. approx="tanh": Ho et al.'s
-    tanh approximation of Phi with improved-diffusion's clamp of every probability at 1e-12.
-    """
-    check_choice(approx, APPROXES, "approx")
-    x = _check_8bit(x)
+def bin_edges(x, means, log_scales, levels=LEVELS):
+    """(L6, L9) Each x's bin in standard units -> (a, b, 1/sigma), float64 tensors of the broadcast shape:
+    a = (x - 1/(L-1) - mu) / sigma, b = (x + 1/(L-1) - mu) / sigma, a = -inf at x = -1, b = +inf at x = 1."""
+    levels = check_levels(levels)
+    x = _check_on_levels(x, levels)
     means, log_scales = _numeric(means, "means", x), _numeric(log_scales, "log_scales", x)
     try:
         x, means, log_scales = torch.broadcast_tensors(x, means, log_scales)
     except RuntimeError:
         raise InputError(f"shape mismatch: x {tuple(x.shape)}, means {tuple(means.shape)} and log_scales "
                          f"{tuple(log_scales.shape)} do not broadcast together") from None
+    half = 1.0 / (levels - 1)                                               # (L9)  half a bin
     inv_sigma = torch.exp(-log_scales.to(torch.float64))                    # 1 / sigma
     centred = x.to(torch.float64) - means                                   # x - mu
-    left, right = x < -1.0 + 1e-3, x > 1.0 - 1e-3                           # the two edge bins
-    # (L6)  bin edges in standard units; the edge bins open to -inf and +inf
-    a = torch.where(left, -math.inf, (centred - HALF_BIN) * inv_sigma)
-    b = torch.where(right, math.inf, (centred + HALF_BIN) * inv_sigma)
+    left, right = x < -1.0 + half, x > 1.0 - half                           # the two edge bins
+    # (L6, L9)  bin edges in standard units; the edge bins open to -inf and +inf
+    a = torch.where(left, -math.inf, (centred - half) * inv_sigma)
+    b = torch.where(right, math.inf, (centred + half) * inv_sigma)
+    return a, b, inv_sigma
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales, approx="exact", levels=LEVELS):
+    """(L6, L9) log P(x) of data x on L levels in [-1, 1] under N(means, exp(log_scales)^2), per element, in nats.
+
+    P(x) = Phi((x + h - mu) / sigma) - Phi((x - h - mu) / sigma), h = 1/(L-1) (1/255 for the default 8-bit
+    data); the edge bins extend to -inf (x = -1) and +inf (x = 1). Shapes broadcast; the result has the
+    broadcast shape (float64). approx="exact": torch.special.log_ndtr, stable in both tails. approx="tanh":
+    Ho et al.'s tanh approximation of Phi with improved-diffusion's clamp of every probability at 1e-12.
+    """
+    check_choice(approx, APPROXES, "approx")
+    a, b, _ = bin_edges(x, means, log_scales, levels)
     if approx == "exact":
         # (L6)  log(Phi(b) - Phi(a))
         return _log_phi_diff(a, b)
+    left, right = a == -math.inf, b == math.inf
     # (L6, tanh)  log(max(P, 1e-12)) with Phi replaced by the tanh approximation
     p = torch.where(left, _tanh_cdf(b), torch.where(right, 1.0 - _tanh_cdf(a), _tanh_cdf(b) - _tanh_cdf(a)))
     return torch.log(torch.clamp(p, min=1e-12))
@@ -257,21 +277,48 @@ def prior_kl(sched, x0):
     return normal_kl(torch.sqrt(a) * x0, torch.log1p(-a), torch.zeros_like(a), torch.zeros_like(a))
 
 
+def vlb_term(sched, model_output, x0, xt, t, prediction="eps", variance="fixed_small", clip_x0=False,
+             decoder="discretized", levels=LEVELS):
+    """(L1) One term of the bound per example, in bits/dim (N,) float64, from the network's output at x_t.
+
+    As reference.losses.vlb_term: rows with t >= 1 the KL (L2), rows with t == 0 the decoder (L6, L9 on
+    ``levels`` levels; "gaussian": a density). Differentiable (the training losses of torch_port/vlb.py).
+    """
+    check_choice(decoder, DECODERS, "decoder")
+    x0, xt = _data(sched, x0, "x0"), _data(sched, xt, "xt")
+    tt = _timesteps(sched, t, x0)
+    tt = tt.expand(x0.shape[0]) if isinstance(tt, torch.Tensor) else torch.full((x0.shape[0],), tt, device=x0.device)
+    p = p_mean_variance(sched, model_output, xt, tt, prediction, variance, clip_x0)
+    first = (tt == 0).reshape((-1,) + (1,) * (x0.ndim - 1))               # (N, 1, ...)
+    log_scale = 0.5 * p.log_variance                                        # sigma of the decoder p(x_0 | x_1)
+    if decoder == "discretized":
+        # x_0 must lie on the grid only where t == 0; elsewhere the decoder's value is not used (-1: a level)
+        x_dec = torch.where(first, x0, -torch.ones((), dtype=x0.dtype, device=x0.device))
+        ll = discretized_gaussian_log_likelihood(x_dec, p.mean, log_scale, levels=levels)       # (L6)
+    else:
+        ll = gaussian_log_likelihood(x0, p.mean, log_scale)
+    q_mean, _, q_log_var = q_posterior(sched, x0, xt, tt)                   # (P2, P3)
+    kl = normal_kl(q_mean, q_log_var, p.mean, p.log_variance)               # (L2)
+    # (L1, L7)  L_0 = -log p(x_0 | x_1) where t == 0, L_t = KL elsewhere, in bits/dim
+    return _per_dim(torch.where(first, -ll, kl)).to(torch.float64) / LN2
+
+
 def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small", clip_x0=False,
-              decoder="discretized", progress=None):
+              decoder="discretized", progress=None, levels=LEVELS):
     """(L1, L8) The variational bound term by term, per example, in bits per dimension.
 
     ``denoise(xt, t) -> model_output``, t a LongTensor (N,) of 0-based indices on x0's device.
     ``noise``: (T, *x0.shape) tensor/array (eps for x_t at each index t), or a torch.Generator /
-    np.random.Generator. terms[0] is the decoder -log p(x_0 | x_1) (L6, or a Gaussian density for
-    decoder="gaussian"); terms[t >= 1] = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) (L2).
+    np.random.Generator. terms[0] is the decoder -log p(x_0 | x_1) (L6, L9 on ``levels`` levels, or a
+    Gaussian density for decoder="gaussian"); terms[t >= 1] = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) (L2).
+    variance: "fixed_small" | "fixed_large" | "learned" (a 2C-channel network, V1).
     Returns {"prior": (N,), "terms": (T, N), "total": (N,)} float64 tensors in bits/dim (L7).
     """
     check_choice(decoder, DECODERS, "decoder")
     check_choice(prediction, PREDICTIONS, "prediction")
-    check_choice(variance, VARIANCES, "variance")
+    check_choice(variance, ALL_VARIANCES, "variance")
     if decoder == "discretized":
-        x0 = _check_8bit(x0, validate=bool(getattr(sched, "validate", False)))
+        x0 = _check_on_levels(x0, check_levels(levels), validate=bool(getattr(sched, "validate", False)))
     else:
         x0 = _data(sched, x0, "x0")
     eps_at = _noise_source(sched, noise, sched.T, x0)
@@ -284,7 +331,7 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
         if t == 0:
             log_scale = 0.5 * p.log_variance                                    # sigma of p(x_0 | x_1)
             if decoder == "discretized":
-                ll = discretized_gaussian_log_likelihood(x0, p.mean, log_scale)  # (L6)
+                ll = discretized_gaussian_log_likelihood(x0, p.mean, log_scale, levels=levels)  # (L6, L9)
             else:
                 ll = gaussian_log_likelihood(x0, p.mean, log_scale)
             terms.append(-_per_dim(ll).to(torch.float64) / LN2)                # (L1, L7)  L_0 in bits/dim
@@ -299,7 +346,7 @@ def vlb_terms(sched, denoise, x0, noise, prediction="eps", variance="fixed_small
 
 
 def bits_per_dim(sched, denoise, x0, noise, prediction="eps", variance="fixed_small", clip_x0=False,
-                 decoder="discretized", progress=None):
-    """(L7) The bound's total averaged over the batch, in bits per dimension -> float."""
-    out = vlb_terms(sched, denoise, x0, noise, prediction, variance, clip_x0, decoder, progress)
+                 decoder="discretized", progress=None, levels=LEVELS):
+    """(L7) The bound's total averaged over the batch, in bits per dimension -> float (``levels``: see vlb_terms)."""
+    out = vlb_terms(sched, denoise, x0, noise, prediction, variance, clip_x0, decoder, progress, levels)
     return float(out["total"].mean())

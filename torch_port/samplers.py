@@ -23,8 +23,8 @@ from reference.errors import InputError, check_choice, check_progress, check_T
 from reference.schedules import warn_late_start  # non-math: the shared diagnostic
 
 from . import schedules
-from .diffusion import (PREDICTIONS, VARIANCES, _check_same_shape, _check_values, _col, _data, _timesteps,
-                        p_mean_variance, predict_eps, predict_x0)
+from .diffusion import (ALL_VARIANCES, LEARNED, PREDICTIONS, _check_same_shape, _check_values, _col, _data,
+                        _timesteps, p_mean_variance, predict_eps, predict_x0, split_output)
 
 SPACINGS = ("leading", "trailing", "linspace")
 SAMPLERS = ("ddpm", "ddim")
@@ -56,7 +56,7 @@ def _noise(sched, noise, xt, needed):
 def ddpm_step(sched, model_output, xt, t, noise, prediction="eps", variance="fixed_small", clip_x0=False):
     """(A1) One ancestral step x_t -> x_{t-1} (Ho et al. Algorithm 2) -> (x_prev, x0_hat).
 
-    x_{t-1} = mu_theta(x_t, t) + sigma_t z with the moments of diffusion.p_mean_variance (M1, M2).
+    x_{t-1} = mu_theta(x_t, t) + sigma_t z with the moments of diffusion.p_mean_variance (M1, M2; "learned": V1).
     No noise where t == 0 (per example when t is (N,)). Shapes: model_output, xt, noise (N, ...).
     """
     xt = _data(sched, xt, "xt")
@@ -205,12 +205,13 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     ``timesteps(T, n, spacing)``: "ddpm" steps on ``respace(sched, kept)`` (A4), "ddim" steps
     between the kept indices ending at t_prev = -1 (A2). ``rng_or_noises``: a torch.Generator
     (draws on its own device), a np.random.Generator (one draw per step, used or not), or a
-    sequence of n tensors/arrays shaped like x_T in sampling order.
+    sequence of n tensors/arrays shaped like x_T in sampling order. variance "learned": a 2C-channel network
+    (V1); ddpm steps on the respaced beta', beta~' when shortened (V5), ddim reads the mean channels only.
     trajectory: a list of (t, x_t, x0_hat), one per step, t the original index, x_t the step's input.
     """
     check_choice(sampler, SAMPLERS, "sampler")
     check_choice(prediction, PREDICTIONS, "prediction")
-    check_choice(variance, VARIANCES, "variance")
+    check_choice(variance, ALL_VARIANCES, "variance")
     x = _data(sched, x_T, "x_T")
     kept = torch.arange(sched.T) if steps is None else timesteps(sched.T, steps, spacing)   # CPU int64
     kept_list = kept.tolist()
@@ -228,6 +229,8 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
             x_new, x0_hat = ddpm_step(step_sched, out, x, t_step, noise_at(k), prediction, variance, clip_x0)
         else:
             t_prev = torch.full_like(t, kept_list[i - 1] if i > 0 else -1)
+            if variance == LEARNED:  # (V5)  DDIM's sigma is its own (A3): it reads the mean channels only
+                out = split_output(out, variance)[0]
             x_new, x0_hat = ddim_step(sched, out, x, t, t_prev, noise_at(k), eta, prediction, clip_x0)
         if record:
             trajectory.append((kept_list[i], x, x0_hat))

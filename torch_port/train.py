@@ -41,11 +41,12 @@ import torch.distributed as dist
 
 from reference.errors import InputError
 
-from .diffusion import q_sample
-from .losses import simple_loss
+from .diffusion import LEARNED, q_sample
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
+from .resample import ImportanceSampler
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
+from .vlb import HYBRID_LAMBDA, loss_settings, training_loss
 
 # A dataset larger than this fraction of the free device memory stays on the host (pinned) instead.
 RESIDENT_FRACTION = 0.25
@@ -82,10 +83,13 @@ def build_schedule(cfg, device="cpu"):
 def build_model(cfg, item_shape):
     """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)), in cfg.dtype."""
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    kw = dict(cfg.model)
+    if getattr(cfg, "variance", "fixed") == LEARNED:  # (V1)  the mean's C channels, then the variance's C
+        kw["out_dim" if len(item_shape) == 1 else "out_channels"] = 2 * item_shape[0]
     if len(item_shape) == 1:
-        model = MLP(in_dim=item_shape[0], seed=cfg.seed, **cfg.model)
+        model = MLP(in_dim=item_shape[0], seed=cfg.seed, **kw)
     else:
-        model = UNet(in_channels=item_shape[0], seed=cfg.seed, **cfg.model)
+        model = UNet(in_channels=item_shape[0], seed=cfg.seed, **kw)
     return model.to(dtype)
 
 
@@ -121,9 +125,12 @@ def _refuse_on_device(opt, loss, norm):
 
 
 def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
-               amp=False, check_finite=True):
+               amp=False, check_finite=True, loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA,
+               weights=None, levels=256, record_terms=None):
     """One optimisation step on the batch x0 (N, ...) with the given t (N,) (0-based) and eps (like x0).
 
+    loss / variance / hybrid_lambda / weights / levels: as reference.train.train_step (torch_port/vlb.py);
+    ``record_terms(t, terms)`` gets the per-example L_t of a bound loss after the finiteness check.
     ``model`` may be wrapped (DDP, torch.compile); ``ema`` tracks the plain module's parameters.
     Returns (loss, grad_norm) as 0-d tensors, grad_norm measured before clipping. check_finite=True:
     NonFiniteError before touching the parameters (one host sync); False: no sync, and fused AdamW
@@ -136,8 +143,9 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     if check_finite and not bool(torch.isfinite(out).all()):  # a diverged network, not bad input
         raise NonFiniteError("non-finite model output (the network has diverged)")
     # (L4)  loss = mean ||target - model(x_t, t)||^2, in x0's precision whatever the autocast dtype
-    loss = simple_loss(sched, out.to(x0.dtype), x0, t, eps, prediction,
-                       weighting=None if weighting == "none" else weighting)
+    #       (V4)  or L_hybrid / L_vlb
+    loss, terms = training_loss(sched, out.to(x0.dtype), x0, xt, t, eps, prediction, loss, variance, hybrid_lambda,
+                                weights, None if weighting == "none" else weighting, levels=levels)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     # (O3)  g <- g * min(1, c / (||g|| + 1e-6))
@@ -149,6 +157,8 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
         opt.__dict__.pop("found_inf", None)  # no stale flag from an earlier unchecked step
     else:
         _refuse_on_device(opt, loss.detach(), norm)
+    if record_terms is not None and terms is not None:
+        record_terms(t, terms)
     if lr is not None:  # a Python float in the group: a kernel argument, never a compiled constant
         for group in opt.param_groups:
             group["lr"] = lr
@@ -214,8 +224,12 @@ class Trainer:
     backend = "torch"
 
     def __init__(self, cfg, item_shape, device="auto", compile=None, amp=None, channels_last=None,
-                 cuda_graphs=False):
+                 cuda_graphs=False, levels=None):
         self.cfg, self.item_shape = cfg, tuple(item_shape)
+        # levels: the data's, for the bound's decoder (None: 256 for images, a density for 2-D points)
+        self.loss, self.variance, self.hybrid_lambda, importance = loss_settings(cfg)
+        self.levels = levels if levels is not None else (256 if len(self.item_shape) == 3 else None)
+        self.resampler = ImportanceSampler(cfg.T) if importance else None
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self._check_flags(cuda, compile, cuda_graphs)
@@ -276,7 +290,10 @@ class Trainer:
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         self.gen.manual_seed(noise_seed(self.cfg.seed, self.rank, step))  # host-side only, no sync
-        t = torch.randint(0, self.cfg.T, (x0.shape[0],), device=self.device, generator=self.gen)
+        if self.resampler is None:
+            t, w = torch.randint(0, self.cfg.T, (x0.shape[0],), device=self.device, generator=self.gen), None
+        else:  # (I1, I2)  t ~ p_t, weights 1/(T p_t); the same randint (weight 1) until warmed up
+            t, w = self.resampler.sample(self.gen, x0.shape[0], self.device)
         eps = torch.randn(x0.shape, device=self.device, dtype=self.dtype, generator=self.gen)
         if self.channels_last and x0.ndim == 4:
             eps = eps.contiguous(memory_format=torch.channels_last)
@@ -284,10 +301,27 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
         lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
         return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, lr,
-                          self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite)
+                          self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite,
+                          loss=self.loss, variance=self.variance, hybrid_lambda=self.hybrid_lambda, weights=w,
+                          levels=self.levels, record_terms=None if self.resampler is None else self._record)
 
-    def denoiser(self, use_ema=True):
-        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers."""
+    def _record(self, t, terms):
+        """The importance sampler's history gets every rank's (t, L_t), in rank order (as improved-diffusion)."""
+        if self.world > 1:
+            ts = [torch.empty_like(t) for _ in range(self.world)]
+            ls = [torch.empty_like(terms) for _ in range(self.world)]
+            dist.all_gather(ts, t.contiguous())
+            dist.all_gather(ls, terms.contiguous())
+            t, terms = torch.cat(ts), torch.cat(ls)
+        self.resampler.update(t, terms)
+
+    def denoiser(self, use_ema=True, with_variance=False):
+        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers.
+
+        Learned variances: the C mean channels (DDIM, the ODE solvers, fixed-variance sampling), or all 2C with
+        ``with_variance=True`` (sample_loop / vlb_terms with variance="learned"); as the reference's.
+        """
+        c = self.item_shape[0] if self.variance == LEARNED and not with_variance else None
         model = build_model(self.cfg, self.item_shape).to(self.device)
         if use_ema:
             self.ema.copy_to(model)
@@ -298,7 +332,8 @@ class Trainer:
         @torch.no_grad()
         def denoise(xt, t):
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                return model(xt, t).to(xt.dtype)
+                out = model(xt, t).to(xt.dtype)
+            return out if c is None else out[:, :c]
 
         return denoise
 
@@ -307,13 +342,15 @@ class Trainer:
     def state_dict(self):
         """params / ema / opt_state keyed like the reference's (no ``module.`` prefix), as NumPy arrays.
 
-        No noise-generator state: the noise of update ``step`` is seeded by (seed, rank, step).
+        No noise-generator state: the noise of update ``step`` is seeded by (seed, rank, step); the importance
+        sampler's history (rng_state loss_history / loss_counts) when there is one.
         """
         def to_np(sd):
             return {k: v.detach().contiguous().cpu().numpy().copy() for k, v in sd.items()}
 
         return {"params": to_np(self.model.state_dict()), "ema": to_np(self.ema.state_dict()),
-                "opt_state": to_np(self.opt.flat_state_dict()), "rng_state": {}}
+                "opt_state": to_np(self.opt.flat_state_dict()),
+                "rng_state": {} if self.resampler is None else self.resampler.state_dict()}
 
     def load_state_dict(self, ck):
         """Restore from ``state_dict()`` output or a checkpoint of either side (NumPy arrays)."""
@@ -321,6 +358,8 @@ class Trainer:
                                     for k, v in ck["params"].items()})
         self.ema.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=self.dtype) for k, v in ck["ema"].items()})
         self.opt.load_flat_state_dict(ck["opt_state"])
+        if self.resampler is not None and "loss_history" in (ck.get("rng_state") or {}):  # (I1)  training state
+            self.resampler.load_state_dict(ck["rng_state"])
         # The moments must have their parameter's strides (channels_last): fused/foreach kernels walk
         # every list as flat memory and refuse (or would misalign) tensors laid out differently.
         for p, st in self.opt.state.items():

@@ -12,7 +12,8 @@ from reference.schedules import SCHEDULES
 
 from .. import checkpoint, data, runner
 from ..cli import add_command
-from ..config import PREDICTIONS, WEIGHTINGS, TrainConfig, config_from_json, make_config, recipe_for
+from ..config import (LOSSES, PREDICTIONS, TRAIN_VARIANCES, WEIGHTINGS, TrainConfig, config_from_json, make_config,
+                      recipe_for)
 
 def _positive_int(text):
     """argparse type: an integer >= 1 (the error names the flag and the value)."""
@@ -93,6 +94,19 @@ def configure(p):
     p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help="L_simple weighting over t: none (Ho et al.), snr (every parameterisation's loss becomes "
                         "the eps-MSE), min_snr (min-SNR-gamma, gamma 5)")
+    p.add_argument("--variance", choices=TRAIN_VARIANCES, default=None,
+                   help="fixed (default): the network predicts the mean only; learned: it also outputs an "
+                        "interpolation between log beta~_t and log beta_t per pixel (Improved DDPM), trained by "
+                        "the bound (the checkpoint says so; sample with --variance learned)")
+    p.add_argument("--loss", choices=LOSSES, default=None,
+                   help="simple (L_simple, the default), hybrid (L_simple + lambda L_vlb with the mean frozen in "
+                        "L_vlb; the default with --variance learned) or vlb (the bound itself)")
+    p.add_argument("--hybrid-lambda", dest="hybrid_lambda", type=float, default=None,
+                   help="--loss hybrid: the weight lambda of L_vlb (default 0.001; each draw's term is weighted "
+                        "lambda T, 1 at T = 1000)")
+    p.add_argument("--importance-sampling", dest="importance_sampling", action="store_true", default=None,
+                   help="--loss vlb: draw t with p_t proportional to sqrt(E[L_t^2]) over the last 10 losses per t "
+                        "(uniform until every t has them), each term weighted 1/(T p_t)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
     p.add_argument("--final-samples", dest="final_samples", action=argparse.BooleanOptionalAction, default=None,
                    help="write samples_final.png after the last step (default: yes; --no-final-samples skips "
@@ -117,8 +131,11 @@ def configure(p):
 def config_from_args(args):
     """The run's TrainConfig: recipe defaults, or the checkpoint's config on --resume, plus the flags given."""
     given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
-                                                             "weighting", "dtype", "final_samples"]
+                                                             "weighting", "dtype", "final_samples", "variance",
+                                                             "loss", "hybrid_lambda", "importance_sampling"]
              if getattr(args, k) is not None}
+    if given.get("variance") == "learned" and "loss" not in given:
+        given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
     model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
     ckpt = Path(args.out) / "ckpt.npz"
     if args.resume and ckpt.exists():
@@ -176,5 +193,7 @@ add_command(
       python -m reference train --data digits --out runs/digits
       python -m reference train --data moons --out runs/moons --steps 3000
       python -m reference train --data digits --out runs/digits --resume --steps 8000
+      python -m torch_port train --data digits --out runs/digits-hybrid --variance learned
+      python -m torch_port train --data digits --out runs/digits-vlb --variance learned --loss vlb --importance-sampling
       torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar
     """)

@@ -151,7 +151,7 @@ BAD = [
     ("inf noise", "linear", lambda m, s, A: m.q_sample(s, A(X), 0, A(np.full((2, 3), np.inf)))),
     ("unknown prediction", "linear", lambda m, s, A: m.predict_x0(s, A(X), 0, A(E), "epsilon")),
     ("unknown prediction eps", "linear", lambda m, s, A: m.predict_eps(s, A(X), 0, A(E), "noise")),
-    ("unknown variance", "linear", lambda m, s, A: m.p_mean_variance(s, A(E), A(X), 0, "eps", "learned")),
+    ("unknown variance", "linear", lambda m, s, A: m.p_mean_variance(s, A(E), A(X), 0, "eps", "learned_range")),
     ("output shape", "linear", lambda m, s, A: m.p_mean_variance(s, A(E[:1]), A(X), 0)),
     ("eps at zero SNR", "zero-terminal", lambda m, s, A: m.predict_x0(s, A(X), A([0, 999]), A(E), "eps")),
     ("eps at zero SNR int t", "zero-terminal", lambda m, s, A: m.p_mean_variance(s, A(E), A(X), 999)),

@@ -200,7 +200,7 @@ BAD = [
     ("unknown approx", lambda m, s: m.discretized_gaussian_log_likelihood(G, X, X, "erf")),
     ("no broadcast", lambda m, s: m.discretized_gaussian_log_likelihood(G, X[:, :2], X)),
     ("unknown decoder", lambda m, s: m.vlb_terms(s, lambda x, t: x, G, None, decoder="logistic")),
-    ("unknown variance", lambda m, s: m.vlb_terms(s, lambda x, t: x, G, None, variance="learned")),
+    ("unknown variance", lambda m, s: m.vlb_terms(s, lambda x, t: x, G, None, variance="learned_range")),
     ("vlb off grid", lambda m, s: m.vlb_terms(s, lambda x, t: x, X + 0.3, np.zeros((1000, 2, 3)))),
     ("vlb noise shape", lambda m, s: m.vlb_terms(s, lambda x, t: x, G, np.zeros((999, 2, 3)))),
 ]

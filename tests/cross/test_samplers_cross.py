@@ -162,7 +162,7 @@ BAD = [
     ("ddpm noise None", "linear", lambda m, s: m.ddpm_step(s, Z, X, np.array([0, 3]), None)),
     ("ddpm noise shape", "linear", lambda m, s: m.ddpm_step(s, Z, X, 3, Z[:1])),
     ("ddpm t range", "linear", lambda m, s: m.ddpm_step(s, Z, X, 1000, Z)),
-    ("ddpm variance", "linear", lambda m, s: m.ddpm_step(s, Z, X, 3, Z, "eps", "learned")),
+    ("ddpm variance", "linear", lambda m, s: m.ddpm_step(s, Z, X, 3, Z, "eps", "learned_range")),
     ("ddim eta", "linear", lambda m, s: m.ddim_step(s, Z, X, 5, 4, Z, eta=1.5)),
     ("ddim eta bool", "linear", lambda m, s: m.ddim_step(s, Z, X, 5, 4, Z, eta=True)),
     ("ddim noise None", "linear", lambda m, s: m.ddim_step(s, Z, X, 5, 4, None, eta=0.5)),

@@ -218,7 +218,7 @@ def test_dtype_follows_the_data(rng):
     (lambda s, x: D.q_sample(s, np.where(x > 0, np.nan, x), 0, x), ["x0 holds", "non-finite"]),
     (lambda s, x: D.q_posterior(s, x, np.full_like(x, np.inf), 0), ["xt holds", "non-finite"]),
     (lambda s, x: D.predict_x0(s, x, 0, x, "epsilon"), ["unknown prediction 'epsilon'", "did you mean 'eps'"]),
-    (lambda s, x: D.p_mean_variance(s, x, x, 0, variance="learned"), ["unknown variance 'learned'"]),
+    (lambda s, x: D.p_mean_variance(s, x, x, 0, variance="learned_range"), ["unknown variance 'learned_range'", "did you mean 'learned'"]),
     (lambda s, x: D.q_step(s, x, 0, x.astype(str)), ["numeric"]),
 ])
 def test_bad_input_names_the_problem(call, words, rng):

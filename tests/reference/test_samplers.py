@@ -313,7 +313,8 @@ def test_bad_input_raises_input_error(rng):
     xt, out, z = (rng.standard_normal((4, 2)) for _ in range(3))
     cases = [
         (lambda: samplers.ddpm_step(sched, out, xt, 1, z, prediction="epsilon"), "unknown prediction"),
-        (lambda: samplers.ddpm_step(sched, out, xt, 1, z, variance="learned"), "unknown variance"),
+        (lambda: samplers.ddpm_step(sched, out, xt, 1, z, variance="learned_range"), "unknown variance"),
+        (lambda: samplers.ddpm_step(sched, out, xt, 1, z, variance="learned"), "shape mismatch"),
         (lambda: samplers.ddpm_step(sched, out, xt, 100, z), "t out of range"),
         (lambda: samplers.ddpm_step(sched, out, xt, -1, z), "t out of range"),
         (lambda: samplers.ddpm_step(sched, out, xt, np.array([1, 2]), z), "t has shape"),
