@@ -37,7 +37,8 @@ def warn_late_start(alpha_bar_start, t_start, T):
         warnings.warn(f"sampling starts at t={t_start} (not T-1={T - 1}) where alpha_bar = {alpha_bar_start:.3g}: "
                       f"x_t there is not N(0, I) (prior term up to {bpd:.3g} bits/dim). Leading spacing with n "
                       "steps starts at (n-1) floor(T/n), T - T/n where n divides T (t=900 for 10 of 1000 steps; "
-                      "not later for every larger n: 600 of 1000 start at t=599). A spacing that starts at T-1 (trailing, linspace) removes the mismatch but divides an eps-model's error by "
+                      "not later for every larger n: 600 of 1000 start at t=599). A spacing that starts at T-1 "
+                      "(trailing, linspace) removes the mismatch but divides an eps-model's error by "
                       "sqrt(alpha_bar_{T-1}) in x0_hat: harmful where that is tiny (the cosine schedule's clipped "
                       "last step, alpha_bar ~ 2.4e-9) unless x0_hat is clipped.", PriorMismatchWarning, stacklevel=3)
     return bpd
