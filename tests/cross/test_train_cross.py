@@ -46,9 +46,10 @@ T = 1000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def _twins(name, dtype, rng):
+def _twins(name, dtype, rng, **extra):
     """Reference and port models holding the same random parameters (the zero final layer too)."""
     ref_cls, port_cls, kw, shape = MODELS[name]
+    kw = {**kw, **extra}
     ref = ref_cls(**kw, dtype=dtype)
     ref.load_params({k: rng.uniform(-0.3, 0.3, v.shape) + (1.0 if "norm" in k and k.endswith("weight") else 0.0)
                      for k, v in ref.params.items()})
@@ -82,8 +83,13 @@ def _assert_params_close(ref0, r, p, tol, what, bound):
             assert np.all(np.abs(side[ks] - ref0[k][ks]) <= bound), f"{what} {k}: key bias moved more than Adam allows"
 
 
-def _run_steps(name, dtype, tol, rng, prediction="eps", weighting="none", grad_clip=1.0, n_steps=3):
-    ref, port, shape = _twins(name, dtype, rng)
+def _run_steps(name, dtype, tol, rng, prediction="eps", weighting="none", grad_clip=1.0, n_steps=3, bound=None):
+    """bound: None (L_simple), or (loss, weighted) for learned variances with "hybrid" / "vlb" (V4, I2)."""
+    learned = bound is not None
+    ref, port, shape = _twins(name, dtype, rng, **({} if not learned else
+                                                   {"out_dim" if name == "mlp" else "out_channels": 4}))
+    levels = None if name == "mlp" else 17
+    kw = {} if not learned else dict(loss=bound[0], variance="learned", levels=levels)
     start = {k: v.copy() for k, v in ref.params.items()}
     np_sched = Schedule(make_betas("cosine", T))
     t_sched = TSchedule(t_make_betas("cosine", T))
@@ -91,12 +97,19 @@ def _run_steps(name, dtype, tol, rng, prediction="eps", weighting="none", grad_c
     p_opt, p_ema = PO.AdamW(port, **HYPER), PO.EMA(port, decay=0.9)
     for step in range(n_steps):
         x0 = rng.uniform(-1, 1, shape).astype(dtype)
+        if learned and levels:
+            x0 = (np.round((x0 + 1) * 8) / 8 - 1).astype(dtype)        # onto the 17-level grid
         t = rng.integers(0, T, shape[0])
+        if learned:
+            t[0] = 0                                                     # the decoder term, every step
         eps = rng.standard_normal(shape).astype(dtype)
         lr = RO.lr_at(step, HYPER["lr"], warmup_steps=2)
-        r_loss, r_norm = RT.train_step(ref, r_opt, r_ema, np_sched, x0, t, eps, prediction, lr, grad_clip, weighting)
+        w = rng.uniform(0.2, 3.0, shape[0]) if learned and bound[1] else None
+        r_loss, r_norm = RT.train_step(ref, r_opt, r_ema, np_sched, x0, t, eps, prediction, lr, grad_clip, weighting,
+                                       weights=w, **kw)
         p_loss, p_norm = PT.train_step(port, p_opt, p_ema, t_sched, torch.from_numpy(x0), torch.from_numpy(t),
-                                       torch.from_numpy(eps), prediction, lr, grad_clip, weighting)
+                                       torch.from_numpy(eps), prediction, lr, grad_clip, weighting,
+                                       weights=None if w is None else torch.from_numpy(w), **kw)
         _assert_close(r_loss, p_loss.item(), tol, f"loss at step {step}")
         _assert_close(r_norm, p_norm.item(), tol, f"gradient norm at step {step}")
     p_params = {k: v.detach().numpy() for k, v in port.state_dict().items()}
@@ -128,3 +141,16 @@ def test_L5_R6_O3_train_step_v_prediction_min_snr_with_active_clipping_float64(r
     norm = _run_steps("unet_small", np.float64, TOL["net64"], rng, prediction="v", weighting="min_snr",
                       grad_clip=1e-3)
     assert norm > 1e-3  # the clip did act: the norm before clipping exceeds it
+
+
+@pytest.mark.parametrize("bound", [("hybrid", False), ("vlb", True)], ids=["hybrid", "vlb_weighted"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_V4_I2_O1_learned_variance_train_step_reference_vs_port_float64(name, bound, rng):
+    """2C outputs, L_hybrid (the reference's hand-written stop-gradient against the port's detach) and the
+    importance-weighted L_vlb, decoder on 17 levels (UNet) or a density (MLP): three whole steps agree."""
+    _run_steps(name, np.float64, TOL["net64"], rng, prediction="v" if bound[0] == "vlb" else "eps", bound=bound)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_V4_O1_learned_variance_train_step_reference_vs_port_float32(name, rng):
+    _run_steps(name, np.float32, TOL["net32"], rng, bound=("hybrid", False))

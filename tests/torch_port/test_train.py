@@ -294,3 +294,76 @@ def test_torch_compile_on_the_cpu_gives_the_eager_numbers_and_plain_checkpoint_k
         for k in a[group]:
             np.testing.assert_allclose(b[group][k], a[group][k], rtol=TOL["net64"],
                                        atol=TOL["net64"] * np.max(np.abs(a[group][k])), err_msg=f"{group}/{k}")
+
+
+# ---- learned variances and importance sampling (issue 16) --------------------------------------------------
+
+def _learned_cfg(case, **kw):
+    return _cfg(case, variance="learned", loss="hybrid", dtype="float64", **kw)
+
+
+@pytest.mark.filterwarnings("ignore::reference.schedules.PriorMismatchWarning")  # 8 "leading" DDPM steps
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_V1_V5_learned_variance_checkpoints_load_across_sides_and_sample_alike(case):
+    """2C outputs on both sides (the same state_dict names and shapes); the reference's trained weights in the
+    port give the same ancestral samples with variance="learned" (all 2C channels) and the same DDIM samples
+    from the default denoiser (the mean channels)."""
+    cfg, shape = _learned_cfg(case), CASES[case][2]
+    ref = RT.Trainer(cfg, shape, levels=17 if case == "unet" else None)
+    _steps(ref, _data(case) if case == "mlp" else np.round((_data(case) + 1) * 8) / 8 - 1, 2)
+    port = PT.Trainer(cfg, shape, device="cpu")
+    port.load_state_dict(ref.state_dict())
+    _assert_same_state(ref.state_dict(), port.state_dict())
+    probe = np.zeros((1,) + shape)
+    assert ref.model.forward(probe, np.zeros(1, np.int64))[0].shape[1] == 2 * shape[0]
+    assert port.model(torch.from_numpy(probe), torch.zeros(1, dtype=torch.long)).shape[1] == 2 * shape[0]
+    from reference import samplers as RS
+    from torch_port import samplers as TS
+    rng = np.random.default_rng(3)
+    x_T = rng.standard_normal((5,) + shape)
+    noises = [rng.standard_normal(x_T.shape) for _ in range(8)]
+    a = RS.sample_loop(ref.sched, ref.denoiser(with_variance=True), x_T, noises, "ddpm", 8, variance="learned").x
+    b = TS.sample_loop(port.sched, port.denoiser(with_variance=True), torch.from_numpy(x_T),
+                       [torch.from_numpy(z) for z in noises], "ddpm", 8, variance="learned").x.numpy()
+    np.testing.assert_allclose(b, a, rtol=TOL["net64"], atol=TOL["net64"] * np.max(np.abs(a)))
+    a = draw(Backend("reference"), ref, 5, seed=4, sampler="ddim", steps=8)
+    b = draw(Backend("torch"), port, 5, seed=4, sampler="ddim", steps=8)
+    np.testing.assert_allclose(b, a, rtol=TOL["net64"], atol=TOL["net64"] * np.max(np.abs(a)))
+
+
+def _is_cfg(steps):
+    return make_config("moons", steps=steps, batch_size=32, T=20, log_every=3, save_every=0, sample_every=0,
+                       final_samples=False, warmup=2, ema_decay=0.9, variance="learned", loss="vlb",
+                       importance_sampling=True, model=dict(hidden=16, num_layers=2))
+
+
+@pytest.mark.parametrize("side", ["reference", "torch"])
+def test_I1_importance_sampled_run_resumes_bit_for_bit_and_needs_its_history(side, tmp_path):
+    """T = 20 warms up in ~10 steps, so importance sampling is on across the resume at step 15; the history is in
+    the checkpoint (rng/loss_history) and a resumed run ends where the uninterrupted one ends, exactly. A resume
+    that lost the history (p uniform again) ends elsewhere: the test has the power to see it."""
+    make = (lambda cfg: RT.Trainer(cfg, (2,))) if side == "reference" else \
+        (lambda cfg: PT.Trainer(cfg, (2,), device="cpu"))
+    x = _data("mlp", n=64)
+    straight = make(_is_cfg(30))
+    runner.run(straight, x, tmp_path / "a", progress=False)
+    first = make(_is_cfg(15))
+    runner.run(first, x, tmp_path / "b", progress=False)
+    assert first.resampler.warmed_up
+    ck = checkpoint.load(tmp_path / "b" / "ckpt.npz")
+    assert ck.rng_state["loss_history"].shape == (20, 10) and int(ck.rng_state["loss_counts"].min()) == 10
+    resumed = make(_is_cfg(30))
+    runner.run(resumed, x, tmp_path / "b", resume=True, progress=False)
+    _assert_same_state(straight.state_dict(), resumed.state_dict())
+    h = lambda tr: np.asarray(tr.state_dict()["rng_state"]["loss_history"])  # noqa: E731
+    np.testing.assert_array_equal(h(resumed), h(straight))
+    forgetful = make(_is_cfg(30))
+    runner.run(make(_is_cfg(15)), x, tmp_path / "c", progress=False)
+    ck = checkpoint.load(tmp_path / "c" / "ckpt.npz")
+    ck.rng_state.pop("loss_history"), ck.rng_state.pop("loss_counts")
+    checkpoint.save(tmp_path / "c" / "ckpt.npz", ck.params, ck.ema, ck.opt_state, ck.config, ck.step, ck.rng_state,
+                    ck.extra)
+    runner.run(forgetful, x, tmp_path / "c", resume=True, progress=False)
+    assert not forgetful.resampler.warmed_up or not np.array_equal(h(forgetful), h(straight))
+    lost, kept = forgetful.state_dict()["params"], straight.state_dict()["params"]
+    assert any(not np.array_equal(lost[k], kept[k]) for k in kept)
