@@ -70,7 +70,7 @@ _TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out
 _RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
         "skip": "conv_shortcut"}
 _ATTN = {"norm": "group_norm", "qkv": ("to_q", "to_k", "to_v"), "proj": "to_out.0"}
-_DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14 names
+_DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # old AttentionBlock names
 
 
 def _diffusers_module(module, levels):
