@@ -1,10 +1,13 @@
 """The pictures a run writes, titled from the run itself: samples beside real data, the loss curve named
-by the loss that was trained, and sampling trajectories. Used by the training loop and by ``sample``."""
+by the loss that was trained, sampling trajectories and inversions. Used by the training loop, ``sample`` and
+``eval``."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import data, plots
+from .plots.curves import quality_vs_nfe  # noqa: F401  (eval's picture; re-exported for the commands)
+from .plots.samples import inversion_picture
 
 _TARGET = {"eps": "eps_hat - eps", "x0": "x0_hat - x_0", "v": "v_hat - v"}
 _WEIGHT = {"none": "", "snr": "SNR-weighted ", "min_snr": "min-SNR-5-weighted "}
@@ -16,12 +19,17 @@ def loss_label(cfg):
             f"({cfg.prediction} prediction)")
 
 
-def sampler_label(sampler, steps, T, step=None, spacing=None):
-    """e.g. "step 2800 · ddim, 50 of T=1000 steps (leading)" for a picture's title."""
+def sampler_label(sampler, steps, T, step=None, spacing=None, grid=None, nfe=None):
+    """A picture's title part naming the sampler: e.g. "step 2800 · ddim, 50 of T=1000 steps (leading)", or
+    for the ODE samplers (``grid`` given) "step 2800 · dpm++2m, 20 steps on the karras grid of T=1000";
+    `` · NFE n`` is appended when ``nfe`` (network evaluations per sample) is given."""
     n = T if not steps or steps >= T else steps
     where = f"step {step} · " if step is not None else ""
+    cost = f" · NFE {nfe}" if nfe is not None else ""
+    if grid:
+        return f"{where}{sampler}, {n} steps on the {grid} grid of T={T}{cost}"
     how = f" ({spacing})" if spacing and n < T else ""
-    return f"{where}{sampler}, {n} of T={T} steps{how}"
+    return f"{where}{sampler}, {n} of T={T} steps{how}{cost}"
 
 
 def real_points(name, n, seed=0):
@@ -50,3 +58,8 @@ def trajectory_pictures(traj, x, stem, cfg, title):
     frames = [(t, xt[many]) for t, xt, _ in traj[:: max(1, len(traj) // 50)]] + [(-1, x[many])]
     plots.trajectory_gif(frames, gif, reference=ref)
     return [strip, gif]
+
+
+def inversion_pictures(x0, latents, recon, path, title):
+    """data | reconstruction (images: two grids; 2-D: data, latents and reconstruction panels), titled."""
+    return inversion_picture(x0, latents, recon, path, title=title)

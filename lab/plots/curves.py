@@ -86,3 +86,36 @@ def schedule_plot(schedules, path):
     a1.legend(fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.2)
     return save(fig, path)
+
+
+def quality_vs_nfe(curves, path, floor, metric="quality", baseline=None, title=None):
+    """Sample quality against network evaluations (NFE, log x), one line per sampler, with the real-vs-real
+    ``floor`` as a dashed line (what a perfect model scores at the same n) and an optional ``baseline``
+    (label, value), e.g. ("ddpm, 1000 steps", 2.03), dotted. ``curves``: dict label -> (nfe list, value
+    list) or (nfe, value, spread) with spread the standard deviation over draws (error bars). Lower is
+    better; the y axis is logarithmic when the values span more than 20-fold. Size: 2 PANEL_PX by 1.5 PANEL_PX.
+    """
+    if not curves:
+        raise InputError("no curves to plot")
+    fig, ax = plt.subplots(figsize=(2 * PANEL_PX / DPI, 1.5 * PANEL_PX / DPI), dpi=DPI)
+    for label, c in curves.items():
+        nfe, val = np.asarray(c[0], dtype=float), np.asarray(c[1], dtype=float)
+        if nfe.shape != val.shape or nfe.size == 0:
+            raise InputError(f"curve {label!r}: NFE and values must be non-empty and of one length")
+        err = np.asarray(c[2], dtype=float) if len(c) > 2 and c[2] is not None else None
+        ax.errorbar(nfe, val, yerr=err, marker="o", ms=4, lw=1.4, capsize=2, label=label)
+    ax.axhline(floor, color="k", ls="--", lw=1.0, label=f"real-vs-real floor {floor:.3g}")
+    if baseline is not None:
+        ax.axhline(baseline[1], color="tab:gray", ls=":", lw=1.4, label=f"{baseline[0]}: {baseline[1]:.3g}")
+    ax.set_xscale("log")
+    values = np.concatenate([np.asarray(c[1], dtype=float) for c in curves.values()] + [[floor]])
+    if np.all(values > 0) and values.max() > 20 * values.min():   # a diverging setting would hide the rest
+        ax.set_yscale("log")
+    ticks = sorted({int(v) for c in curves.values() for v in c[0]})
+    ax.set_xticks(ticks), ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("NFE (network evaluations per sample)"), ax.set_ylabel(f"{metric} (lower is better)")
+    ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    ax.set_title(title or f"{metric} against NFE", fontsize=9)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
+    return save(fig, path)
