@@ -97,7 +97,7 @@ def configure(p):
     p.add_argument("--variance", choices=TRAIN_VARIANCES, default=None,
                    help="fixed (default): the network predicts the mean only; learned: it also outputs an "
                         "interpolation between log beta~_t and log beta_t per pixel (Improved DDPM), trained by "
-                        "the bound (the checkpoint says so; sample with --variance learned)")
+                        "the bound (recorded in the checkpoint's configuration)")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help="simple (L_simple, the default), hybrid (L_simple + lambda L_vlb with the mean frozen in "
                         "L_vlb; the default with --variance learned) or vlb (the bound itself)")
@@ -184,7 +184,10 @@ add_command(
     description="""
     Trains a network to predict the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, for t drawn
     uniformly (Ho et al. 2020, Algorithm 1), with AdamW, gradient clipping, warmup and an EMA of the weights.
-    With only --data and --out it uses the dataset's tuned recipe (lab/config.py). It writes into DIR:
+    --variance learned adds the reverse variances to the network's outputs (Improved DDPM) and trains them
+    with L_hybrid = L_simple + lambda L_vlb (--hybrid-lambda, 0.001), or with the bound itself (--loss vlb,
+    optionally --importance-sampling). With only --data and --out it uses the dataset's tuned recipe
+    (lab/config.py). It writes into DIR:
     ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
     samples_*.png. Ctrl-C or a crash loses at most --save-every steps: `--resume` continues bit for bit.
     """,
