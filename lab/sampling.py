@@ -1,19 +1,39 @@
 """Loading a trained model and drawing samples from it: what `sample`, `eval` and the training pictures share.
 
-The noise is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
+Two families of samplers, one entry (``draw``):
+  * the chain, ``ddpm`` | ``ddim`` (reference.samplers.sample_loop), shortened by ``spacing`` (A5);
+  * the probability-flow ODE, ``euler`` | ``heun`` | ``dpm++2m`` (reference.solvers.sample), over a ``grid``
+    of trained noise levels (K8, N5). ``euler`` on a grid equals ``ddim`` (eta 0) with that spacing (K7).
+The noise x_T is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
 checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
-``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise).
+``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise), for every sampler.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
+from reference import samplers as chain
+from reference import solvers as ode
 from reference.errors import InputError
+from reference.schedules import PriorMismatchWarning
 
 from . import checkpoint, data
 from .config import config_from_json
+from .late_start import LATE_START_PREFIX, amplified_start_message, default_grid, late_start_message
+
+CHAIN_SAMPLERS = chain.SAMPLERS             # ("ddpm", "ddim")
+ODE_SAMPLERS = ode.SAMPLERS                 # ("euler", "heun", "dpm++2m")
+SAMPLERS = CHAIN_SAMPLERS + ODE_SAMPLERS
+SPACINGS, GRIDS = chain.SPACINGS, ode.GRIDS
+ODE_DEFAULT_STEPS = 20      # the ODE samplers' --sample-steps when omitted (the chain's is all T)
+DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading for 2-D eps-models on the cosine
+                            # schedule: lab.late_start.default_grid, measured in benchmarks/bench_solvers.py
+MIN_STEPS = {"heun": 2, "dpm++2m": 3}   # fewest steps with one second-order update on a grid ending at 0
 
 
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):
@@ -37,35 +57,142 @@ def load_trainer(B, ckpt_path, device="auto", use_ema=True):
     return trainer, ck
 
 
-def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance="fixed_small",
-         record=False, progress=None):
-    """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
-    the trajectory as NumPy (t, x_t, x0_hat) triples). ``steps`` None (or >= T) runs all T steps; images
-    clip x0_hat to [-1, 1], 2-D points do not. ``trainer``: a backend Trainer (EMA weights sample)."""
-    cfg = trainer.cfg
-    rng = np.random.default_rng(seed)
-    np_dtype = np.float64 if cfg.dtype == "float64" else np.float32
-    x_T = B.from_numpy(rng.standard_normal((n,) + tuple(trainer.item_shape)).astype(np_dtype))
+@dataclass(frozen=True)
+class Plan:
+    """What a sampler will do on a schedule: ``steps`` sampling steps (grid steps for the ODE), ``where``
+    the spacing (chain) or grid (ODE), ``nfe`` network evaluations, ``t_start`` the first (noisiest) trained
+    step the network sees, ``sigmas`` the ODE's grid (a backend array; None for the chain)."""
+    sampler: str
+    steps: int
+    T: int
+    where: str
+    nfe: int
+    t_start: int
+    sigmas: object = None
+
+    @property
+    def ode(self):
+        return self.sampler in ODE_SAMPLERS
+
+
+def resolve_steps(sampler, steps, T):
+    """--sample-steps as the sampler runs it: omitted (or >= T) is all T for ddpm/ddim and
+    ODE_DEFAULT_STEPS (at most T) for the ODE samplers."""
+    if sampler in ODE_SAMPLERS:
+        return min(T, steps or ODE_DEFAULT_STEPS)
+    return T if not steps or steps >= T else steps
+
+
+def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=True, prediction="eps"):
+    """The Plan of ``sampler`` with ``steps`` (see resolve_steps) on the backend schedule ``sched``. ``grid``
+    None: DEFAULT_GRID (trailing), or leading where a start at T-1 is harmful (an unclipped eps-model, ``clip_x0`` False,
+    on the cosine schedule) or impossible (zero terminal SNR): lab.late_start.default_grid."""
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    n = resolve_steps(sampler, steps, sched.T)
+    if sampler in CHAIN_SAMPLERS:
+        kept = chain.timesteps(sched.T, n, spacing)
+        return Plan(sampler, n, sched.T, spacing, n, int(kept[-1]))
+    abar = alpha_bar_table(B, sched)
+    grid = grid or default_grid(abar, clip_x0, prediction)
+    top = sched.T - 1 if grid == "karras" else int(chain.timesteps(sched.T, n, grid)[-1])
+    if abar[top] == 0:
+        raise InputError(f"--grid {grid} with --sample-steps {n} starts at t={top}, where this checkpoint's schedule "
+                         "has alpha_bar = 0 (zero terminal SNR: sigma = inf), and the ODE samplers need a finite "
+                         "sigma; use --grid leading with fewer steps, or --sampler ddim")
+    sigmas = B.solvers.sigma_grid(sched, n, grid)
+    ts = np.asarray(B.to_numpy(B.solvers.grid_timesteps(sched, sigmas)))
+    return Plan(sampler, n, sched.T, grid, int(B.solvers.nfe(sampler, sigmas)), int(ts[0]), sigmas)
+
+
+def alpha_bar_table(B, sched):
+    """The schedule's alpha_bar as float64 NumPy (T,), on either side."""
+    return np.asarray(B.to_numpy(sched.alpha_bar), dtype=np.float64)
+
+
+@contextlib.contextmanager
+def _no_grad(B):
     if B.name == "torch":
-        x_T = x_T.to(trainer.device)
-    res = B.samplers.sample_loop(trainer.sched, trainer.denoiser(), x_T, rng, sampler=sampler,
-                                 steps=None if not steps or steps >= cfg.T else steps, spacing=spacing, eta=eta,
-                                 prediction=cfg.prediction, variance=variance, clip_x0=len(trainer.item_shape) == 3,
-                                 record=record, progress=progress)
+        import torch
+        with torch.no_grad():
+            yield
+    else:
+        yield
+
+
+def _x_T(B, trainer, n, rng):
+    np_dtype = np.float64 if trainer.cfg.dtype == "float64" else np.float32
+    x_T = B.from_numpy(rng.standard_normal((n,) + tuple(trainer.item_shape)).astype(np_dtype))
+    return x_T.to(trainer.device) if B.name == "torch" else x_T
+
+
+def ode_denoiser(B, trainer):
+    """D(x~, sigma) of the trainer's network (EMA weights), x0_hat clipped to [-1, 1] for images (K8)."""
+    cfg = trainer.cfg
+    return B.solvers.model_denoiser(trainer.sched, trainer.denoiser(), cfg.prediction,
+                                    clip_x0=len(trainer.item_shape) == 3)
+
+
+def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance="fixed_small",
+         record=False, progress=None, grid=None, warn=True):
+    """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
+    the trajectory as NumPy (t, x_t, x0_hat) triples, x_t in VP variables and t the trained step, for every
+    sampler). ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm);
+    euler/heun/dpm++2m take ``grid`` (default: see plan). Images clip x0_hat to [-1, 1], 2-D points do
+    not. ``trainer``: a backend Trainer (EMA weights sample). ``warn``: the late-start warning, in the
+    CLI's words (lab/late_start.py), when the first step still holds signal."""
+    cfg, images = trainer.cfg, len(trainer.item_shape) == 3
+    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=images, prediction=cfg.prediction)
+    if warn:
+        abar, pred = alpha_bar_table(B, trainer.sched), cfg.prediction
+        for msg in (late_start_message(p, abar, images, pred), amplified_start_message(p, abar, images, pred)):
+            if msg:
+                warnings.warn(msg, PriorMismatchWarning, stacklevel=2)
+    rng = np.random.default_rng(seed)
+    x_T = _x_T(B, trainer, n, rng)
+    with warnings.catch_warnings(), _no_grad(B):
+        warnings.filterwarnings("ignore", message=LATE_START_PREFIX, category=PriorMismatchWarning)
+        if p.ode:
+            res = B.solvers.sample(ode_denoiser(B, trainer), x_T, p.sigmas, sampler, record=record,
+                                   progress=progress)
+        else:
+            res = B.samplers.sample_loop(trainer.sched, trainer.denoiser(), x_T, rng, sampler=sampler,
+                                         steps=None if p.steps >= cfg.T else p.steps, spacing=spacing, eta=eta,
+                                         prediction=cfg.prediction, variance=variance,
+                                         clip_x0=images, record=record, progress=progress)
     if record:
-        return B.to_numpy(res.x), [(t, B.to_numpy(xt), B.to_numpy(x0)) for t, xt, x0 in res.trajectory]
+        return B.to_numpy(res.x), _trajectory(B, trainer.sched, res.trajectory, p.ode)
     return B.to_numpy(res.x)
 
 
-def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None):
+def _trajectory(B, sched, traj, from_ode):
+    """(t, x_t, x0_hat) NumPy triples; the ODE's (sigma, ...) are named by their trained step t (K8)."""
+    to_t = (lambda s: int(B.score.sigma_to_t(sched, float(s)))) if from_ode else int
+    return [(to_t(k), B.to_numpy(xt), B.to_numpy(x0)) for k, xt, x0 in traj]
+
+
+def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None):
     """The sampler's flags against each other and the checkpoint's T, in the CLI's words: a flag that
     would be ignored, or a step count the schedule cannot give, is refused."""
     if steps is not None and not 1 <= steps <= T:
         raise InputError(f"--sample-steps {steps} must lie in 1..T={T} (the checkpoint's T); omit it for all "
-                         f"{T} steps")
+                         f"{T} steps" + (f" ({ODE_DEFAULT_STEPS} for --sampler {sampler})"
+                                         if sampler in ODE_SAMPLERS else ""))
     if eta is not None and sampler != "ddim":
         raise InputError(f"--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler {sampler} "
                          "would ignore it")
     if variance is not None and sampler != "ddpm":
         raise InputError(f"--variance applies to --sampler ddpm only (the ancestral step's variance); "
                          f"--sampler {sampler} would ignore it")
+    if spacing is not None and sampler in ODE_SAMPLERS:
+        raise InputError(f"--spacing applies to --sampler ddpm/ddim (the chain's kept steps); --sampler {sampler} "
+                         f"runs on a --grid ({'/'.join(GRIDS)}): use --grid {spacing}")
+    if grid is not None and sampler in CHAIN_SAMPLERS:
+        raise InputError(f"--grid applies to the ODE samplers ({'/'.join(ODE_SAMPLERS)}); --sampler {sampler} "
+                         f"shortens with --spacing instead (--sampler ddim --spacing S is --sampler euler --grid S)")
+    n = resolve_steps(sampler, steps, T)
+    if n < MIN_STEPS.get(sampler, 1):
+        k = MIN_STEPS[sampler]
+        raise InputError(f"--sample-steps {n} is too few for --sampler {sampler}: it takes a second-order step "
+                         f"only with --sample-steps {k} or more (NFE {2 * k - 1 if sampler == 'heun' else k}); "
+                         "use more steps or --sampler euler")

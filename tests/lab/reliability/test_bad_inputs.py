@@ -49,6 +49,11 @@ def files(tmp_path, trained):
     (tmp_path / "badimages" / "x.png").write_bytes(b"not a png at all")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "afile").write_text("a file, not a folder")
+    np.save(tmp_path / "points.npy", np.zeros((5, 2)))                 # data for sample --invert
+    np.save(tmp_path / "points3.npy", np.zeros((5, 3)))
+    np.save(tmp_path / "point.npy", np.zeros(2))
+    np.save(tmp_path / "nanpoints.npy", np.full((5, 2), np.nan))
+    (tmp_path / "garbage.npy").write_bytes(np.random.default_rng(1).bytes(300))
     ck = checkpoint.load(tmp_path / "run" / "ckpt.npz")               # params of hidden 16, config says 32
     cfg = dict(ck.config, model=dict(ck.config["model"], hidden=32))
     (tmp_path / "wrongarch").mkdir()
@@ -62,6 +67,18 @@ def files(tmp_path, trained):
 
 def _train(*extra, data="moons", out="{tmp}/new"):
     return ["train", "--data", data, "--out", out, *(TINY if data in ("moons", "swissroll") else COMMON), *extra]
+
+
+def _sample(*extra):
+    return ["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy", *extra]
+
+
+def _invert(*extra):
+    return ["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/z.npy", "--invert", *extra]
+
+
+def _eval(*extra):
+    return ["eval", "--ckpt", "{tmp}/run/ckpt.npz", *extra]
 
 
 # (argv with {placeholders}, a phrase the message must contain). Exit code 2 for all of these.
@@ -156,6 +173,47 @@ CLI_CASES = {
     "eval unknown dataset": (["eval", "--ckpt", "{tmp}/run/ckpt.npz", "--data", "moonz"], "unknown dataset"),
     "eval data of another shape": (["eval", "--ckpt", "{tmp}/run/ckpt.npz", "--data", "digits"],
                                    "do not have the shape"),
+    # the ODE samplers (issue 15): flags a sampler would ignore, too few steps, bad grids
+    "sample grid with ddpm": (_sample("--grid", "karras"), "--grid applies to the ODE samplers"),
+    "sample spacing with an ODE sampler": (_sample("--sampler", "euler", "--spacing", "trailing"),
+                                           "--spacing applies to --sampler ddpm/ddim"),
+    "sample unknown grid": (_sample("--sampler", "euler", "--grid", "karas"), "invalid choice: 'karas'"),
+    "sample too few steps for dpm++2m": (_sample("--sampler", "dpm++2m", "--sample-steps", "2"),
+                                         "--sample-steps 2 is too few for --sampler dpm++2m"),
+    "sample too few steps for heun": (_sample("--sampler", "heun", "--sample-steps", "1"),
+                                      "--sample-steps 1 is too few for --sampler heun"),
+    "sample eta with an ODE sampler": (_sample("--sampler", "dpm++2m", "--eta", "0.5"),
+                                       "--eta applies to --sampler ddim only"),
+    "sample ODE steps above T": (_sample("--sampler", "heun", "--sample-steps", "51"),
+                                 "--sample-steps 51 must lie in 1..T=50"),
+    # sample --invert: the data file and the flags that would be ignored
+    "invert missing file": (_invert("{tmp}/no.npy"), "file not found"),
+    "invert not npy": (_invert("{tmp}/bad.png"), "--invert must name a .npy file"),
+    "invert unreadable npy": (_invert("{tmp}/garbage.npy"), "not a readable .npy array"),
+    "invert wrong shape": (_invert("{tmp}/points3.npy"), "shape (5, 3), but this model's items need (N, 2)"),
+    "invert one item without a batch axis": (_invert("{tmp}/point.npy"), "add a leading axis of 1"),
+    "invert non-finite data": (_invert("{tmp}/nanpoints.npy"), "holds 10 non-finite value(s)"),
+    "invert with heun": (_invert("{tmp}/points.npy", "--sampler", "heun"),
+                         "--invert runs the Euler step of the ODE forwards"),
+    "invert with ddpm": (_invert("{tmp}/points.npy", "--sampler", "ddpm"), "--sampler ddpm cannot be run backwards"),
+    "invert with --n": (_invert("{tmp}/points.npy", "--n", "3"), "--n does not apply with --invert"),
+    "invert with --seed": (_invert("{tmp}/points.npy", "--seed", "3"), "--seed does not apply with --invert"),
+    "invert with --trajectory": (_invert("{tmp}/points.npy", "--trajectory"), "--trajectory draws a sampling run"),
+    "invert euler with --spacing": (_invert("{tmp}/points.npy", "--spacing", "trailing"),
+                                    "with --sampler euler use --grid trailing"),
+    # eval --nfe
+    "eval unknown sampler": (_eval("--sampler", "eular"), "invalid choice: 'eular'"),
+    "eval nfe too small for a second-order sampler": (_eval("--nfe", "2,10"),
+                                                      "--nfe 2 is too small for the second-order --sampler dpm++2m"),
+    "eval nfe not numbers": (_eval("--nfe", "five"), "--nfe must be a comma-separated list of integers"),
+    "eval nfe zero": (_eval("--nfe", "0,5"), "--nfe needs network-evaluation counts >= 1"),
+    "eval nfe with sample steps": (_eval("--nfe", "5", "--sample-steps", "5"), "--nfe sets the steps of each run"),
+    "eval nfe above T": (_eval("--nfe", "120", "--sampler", "heun", "--bpd-n", "0"),
+                         "--nfe 120 needs 60 steps of --sampler heun, more than the checkpoint's T=50"),
+    "eval plot without nfe": (_eval("--plot", "{tmp}/q.png"), "--plot applies with --nfe only"),
+    "eval plot not png": (_eval("--nfe", "5", "--plot", "{tmp}/q.jpg"), "--plot must name a .png file"),
+    "eval spacing with an ODE sampler": (_eval("--spacing", "trailing"), "--spacing applies to --sampler ddpm/ddim"),
+    "eval grid with ddim": (_eval("--sampler", "ddim", "--grid", "karras"), "--grid applies to the ODE samplers"),
 }
 
 
