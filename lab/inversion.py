@@ -11,7 +11,12 @@ from reference.errors import InputError
 
 from .sampling import _no_grad, ode_denoiser, plan
 
-INVERT_DEFAULT_STEPS = 100   # measured: the round trip's error falls at first order in the steps (N6)
+# The round trip's defaults, measured (port, EMA weights, RMSE of decode(encode(x_0)) - x_0 in model space):
+# digits (64 test images): leading 100 steps 0.018, trailing 100 0.031, trailing 50 0.085, trailing 200 0.0094;
+# moons (500 test points): leading 20 0.087, 50 0.035, 100 0.027, 200 0.011, karras 100 0.32. The error falls at
+# about first order in the steps (N6); leading, which starts below the cosine's clipped last step, wins on both.
+INVERT_DEFAULT_STEPS = 100
+INVERT_DEFAULT_GRID = "leading"
 
 
 def load_items(path, item_shape):
@@ -56,11 +61,11 @@ class Inversion:
 
 
 def encode_decode(B, trainer, x0, steps, grid=None, progress=None):
-    """(N6) x0 (NumPy, model space) -> Inversion: Euler up the grid of ``steps`` trained levels, then Euler
-    down it again (the decoding ``sample --sampler euler`` would run from those latents)."""
+    """(N6) x0 (NumPy, model space) -> Inversion: Euler up the grid of ``steps`` trained levels (``grid`` default
+    INVERT_DEFAULT_GRID), then Euler down it again (the decoding ``sample --sampler euler`` would run from those latents)."""
     sched, cfg = trainer.sched, trainer.cfg
     images = len(trainer.item_shape) == 3
-    p = plan(B, sched, "euler", steps, grid=grid, clip_x0=images, prediction=cfg.prediction)
+    p = plan(B, sched, "euler", steps, grid=grid or INVERT_DEFAULT_GRID, clip_x0=images, prediction=cfg.prediction)
     grid, sigmas = p.where, p.sigmas
     D = ode_denoiser(B, trainer)
     x = B.from_numpy(x0.astype(np.float64 if cfg.dtype == "float64" else np.float32))

@@ -35,8 +35,8 @@ def configure(p):
                         "euler (default) or ddim")
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"number of sampling steps (default: all T for ddpm/ddim, {ODE_DEFAULT_STEPS} for the ODE "
-                        f"samplers, {INVERT_DEFAULT_STEPS} with --invert); fewer steps respaces the schedule. NFE "
-                        "(network calls per sample) = steps, heun 2 steps - 1")
+                        f"samplers, {INVERT_DEFAULT_STEPS} on the leading grid with --invert); fewer steps "
+                        "respaces the schedule. NFE (network calls per sample) = steps, heun 2 steps - 1")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="ddpm/ddim: which timesteps a shortened sampler keeps. leading (default) skips the noisiest "
                         "steps and warns if its first step still holds signal; trailing/linspace start at T-1, which "
