@@ -39,6 +39,7 @@ from . import checkpoint, data
 from .backend import Backend
 from .config import recipe_for
 from .progress import RunEstimate, step_bar
+from .threads import is_small, one_thread
 
 CKPT = "ckpt.npz"
 # Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
@@ -266,8 +267,10 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     levels = data.info(cfg.data, image_size=cfg.image_size).levels if cfg.loss != "simple" else None
     trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], levels=levels, **trainer_options)
     try:
-        return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
-                   overwrite=overwrite)
+        # a 2-D MLP on the CPU trains on one thread: its matrices are too small for a second to pay
+        with one_thread(is_small(x.shape[1:]) and str(getattr(trainer, "device", "cpu")).startswith("cpu")):
+            return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
+                       overwrite=overwrite)
     finally:
         getattr(trainer, "close", lambda: None)()  # the port leaves its process group (torchrun)
 
