@@ -40,6 +40,8 @@ class TrainConfig:
     loss: str = "simple"             # "hybrid" (L_simple + hybrid_lambda L_vlb, V4) or "vlb" (the bound)
     hybrid_lambda: float = 0.001     # L_hybrid's weight of L_vlb (V4)
     importance_sampling: bool = False  # loss "vlb": t ~ p_t, sqrt(E L_t^2) from a loss history (I1, I2)
+    class_cond: bool = False         # a class-conditional network (model num_classes from the dataset, W1)
+    p_uncond: float = 0.1            # class_cond: the probability a label is dropped to the null class (W1)
     seed: int = 0
     model: dict = field(default_factory=dict)   # constructor arguments of UNet / MLP
     image_size: int | None = None    # digits only: upsample 8x8 to this size
@@ -82,6 +84,7 @@ class TrainConfig:
             raise InputError("--zero-terminal-snr needs --prediction v or x0: x0 cannot be recovered from eps "
                              "at the last step, where alpha_bar = 0")
         _check_loss(self)
+        _check_classes(self)
         if "channel_mults" in self.model:
             _check_unet(self.model)
         return self
@@ -102,6 +105,34 @@ def _check_loss(c):
         raise InputError(f"--hybrid-lambda must be a finite number >= 0, got {lam!r}")
     if c.importance_sampling and c.loss != "vlb":
         raise InputError(f"--importance-sampling applies to --loss vlb (the bound's sum over t), not --loss {c.loss}")
+
+
+def _check_classes(c):
+    """--class-cond and --p-uncond, in the flags' words."""
+    p = c.p_uncond
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise InputError(f"--p-uncond must be a probability in [0, 1) (the share of labels dropped to the null "
+                         f"class, so that the same network also learns the unconditional model), got {p!r}")
+    k = (c.model or {}).get("num_classes")
+    if k is not None and not c.class_cond:
+        raise InputError(f"model num_classes={k} is set but class_cond is off: "
+                         "pass --class-cond (a conditional network) or drop num_classes")
+
+
+def with_classes(cfg):
+    """cfg with model num_classes = the dataset's class count when cfg.class_cond (else cfg itself); --class-cond
+    on a dataset without labels is refused, as is a num_classes the dataset does not have."""
+    if not cfg.class_cond:
+        return cfg
+    from .data import FOLDER_PREFIX, info
+    k = info(cfg.data, image_size=cfg.image_size).num_classes
+    if k == 0:
+        hint = (" (a folder has labels when every image sits in a sub-folder named after its class)"
+                if cfg.data.startswith(FOLDER_PREFIX) else "")
+        raise InputError(f"--class-cond needs a dataset with labels, and {cfg.data!r} has none{hint}")
+    if cfg.model.get("num_classes", k) != k:
+        raise InputError(f"model num_classes={cfg.model['num_classes']} but {cfg.data!r} has {k} classes")
+    return dataclasses.replace(cfg, model={**cfg.model, "num_classes": k})
 
 
 def _flags(v):

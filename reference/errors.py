@@ -114,6 +114,49 @@ def check_int(x, name, lo=0):
     return int(x)
 
 
+def check_labels(y, num_classes, n=None, allow_null=True):
+    """Class labels -> int64 (n,) (or as given when n is None): an int for every example or an int array (n,),
+    each in 0..K-1, or K, the null class (the unconditional pass), where ``allow_null``. num_classes None means
+    the model is unconditional, and labels are refused. Shared by both sides (the port checks host values)."""
+    if num_classes is None:
+        raise InputError("class labels were given to an unconditional model (num_classes=None): it was trained "
+                         "without classes; `train --class-cond` trains a class-conditional one")
+    a = np.asarray(y)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or a.ndim > 1 or \
+            (n is not None and a.ndim == 1 and a.shape[0] != n):
+        want = f"({n},)" if n is not None else "(N,)"
+        raise InputError(f"class labels must be an int or an int array of shape {want}, got shape {a.shape} "
+                         f"dtype {a.dtype}")
+    hi = num_classes if allow_null else num_classes - 1
+    if a.size and (a.min() < 0 or a.max() > hi):
+        bad = int(a.min()) if a.min() < 0 else int(a.max())
+        null = f", or {num_classes} for the null class" if allow_null else ""
+        raise InputError(f"class {bad} is out of range: the model has {num_classes} classes, 0..{num_classes - 1}"
+                         f"{null}")
+    return a.astype(np.int64) if n is None else np.broadcast_to(a, (n,)).astype(np.int64)
+
+
+def check_class_cond(cfg):
+    """A run configuration's classes: K = cfg.model["num_classes"] when cfg.class_cond, None when not; a class-
+    conditional run without num_classes (or the reverse) is refused."""
+    k = (getattr(cfg, "model", None) or {}).get("num_classes")
+    if bool(getattr(cfg, "class_cond", False)) != (k is not None):
+        raise InputError("a class-conditional run (class_cond) needs model num_classes, an unconditional one none: "
+                         f"got class_cond={getattr(cfg, 'class_cond', False)}, num_classes={k}")
+    return None if k is None else check_int(k, "num_classes", lo=1)
+
+
+def check_run_labels(y, num_classes, n):
+    """A training batch's labels: None for an unconditional run (labels refused), else (n,) in 0..K-1."""
+    if num_classes is None:
+        if y is not None:
+            raise InputError("class labels were given to an unconditional run: train with --class-cond")
+        return None
+    if y is None:
+        raise InputError("this run is class-conditional (--class-cond): each step needs the batch's labels y")
+    return check_labels(y, num_classes, n, allow_null=False)
+
+
 def check_max_norm(max_norm):
     """max_norm > 0; inf means no clipping (the coefficient is then exactly 1), as in torch."""
     if not isinstance(max_norm, bool) and isinstance(max_norm, (int, float, np.integer, np.floating)) \

@@ -1,4 +1,4 @@
-"""Layers with hand-written backward passes — derivations/backprop.md (B1..B11).
+"""Layers with hand-written backward passes — derivations/backprop.md (B1..B12).
 
 API (CS231n pairs, each backward right under its forward)::
 
@@ -281,6 +281,25 @@ def linear_backward(dout, cache):
     x, w = cache
     # (B7)  dx = dout W;  dW = dout^T x;  db = 1^T dout
     return dout @ w, dout.T @ x, dout.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding table (B12): a row lookup, for the class labels (W1)
+
+
+def embedding_forward(y, w):
+    """(B12) out[n] = w[y_n]: row y_n of the table w (K, D); y int (N,) -> out (N, D), a copy."""
+    # (B12)  out = w[y]
+    return w[y], (y, w.shape)
+
+
+def embedding_backward(dout, cache):
+    """(B12) dw[k] = sum_{n: y_n = k} dout[n]: a scatter-add, rows repeated in y adding up. dout (N, D)."""
+    y, shape = cache
+    dw = np.zeros(shape, dtype=dout.dtype)
+    # (B12)  dw = onehot(y)^T dout; np.add.at accumulates repeated indices (dw[y] += dout would keep one)
+    np.add.at(dw, y, dout)
+    return dw
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from .diffusion import PREDICTIONS, VARIANCES
-from .errors import InputError, check_choice, check_timesteps
+from .errors import InputError, check_choice, check_labels, check_timesteps
 
 LN2 = math.log(2.0)
 
@@ -196,6 +196,10 @@ class GaussianMixtureOracle:
     mixture's marginal exists in closed form at any noise level, not only at the trained steps.
     ``predict``/``denoiser`` take the discrete 0-based t of a schedule (the samplers' interface);
     ``denoise_sigma`` is the solvers' D(x~, sigma) (K6).
+
+    Classes (derivations/guidance.md, W5): component k is class k, and ``labels`` (N,) in 0..K-1 condition on
+    it (the responsibilities become one-hot); label K (``num_classes``), the null class, and labels=None
+    give the whole mixture. So ``denoiser``'s ``(xt, t, y)`` is the exact conditional network of (W1).
     """
 
     def __init__(self, weights, means, var=None, cov=None):
@@ -243,12 +247,25 @@ class GaussianMixtureOracle:
         """Eigen coordinates (K, N, D) -> data coordinates."""
         return zk if self.U is None else zk @ np.swapaxes(self.U, 1, 2)
 
-    def log_prob(self, x, alpha_bar):
-        """(G3) log q(x_t) at alpha_bar (alpha_bar = 1: the data's log-density), (N,)."""
+    @property
+    def num_classes(self):
+        """K, the components as classes; label K is the null class (the mixture)."""
+        return self.log_w.size
+
+    def log_prob(self, x, alpha_bar, labels=None):
+        """(G3) log q(x_t) at alpha_bar (alpha_bar = 1: the data's log-density), (N,); with ``labels`` (N,),
+        log q(x_t | c) = log N_c(x_t) (the null class K: log q(x_t))."""
         logp = self._parts(x, alpha_bar)[2]
         mx = logp.max(axis=0)
         # (G3)  log sum_k exp(l_k), shifted by the max so nothing under- or overflows
-        return mx + np.log(np.sum(np.exp(logp - mx), axis=0))
+        total = mx + np.log(np.sum(np.exp(logp - mx), axis=0))
+        if labels is None:
+            return total
+        y = check_labels(labels, self.num_classes, logp.shape[1])
+        # (W3)  log q(x_t | c) = log w_c N_c(x_t) - log w_c
+        k = np.minimum(y, self.num_classes - 1)                          # any component on the null rows
+        own = logp[k, np.arange(y.size)] - self.log_w[k]
+        return np.where(y == self.num_classes, total, own)
 
     def responsibilities(self, x, alpha_bar):
         """(G4) r_k(x_t) = P(component k | x_t), (N, K): a softmax of the log-joints (log-sum-exp stable)."""
@@ -259,42 +276,46 @@ class GaussianMixtureOracle:
         e = np.exp(logp - logp.max(axis=0))
         return e / e.sum(axis=0)
 
-    def _weighted(self, x, alpha_bar, per_component):
+    def _weighted(self, x, alpha_bar, per_component, labels=None):
         z, d, logp = self._parts(x, alpha_bar)
         r = self._softmax(logp)                                          # (G4) responsibilities (K, N)
+        if labels is not None:
+            y = check_labels(labels, self.num_classes, logp.shape[1])
+            # (W5)  given class c the component is known: r = onehot(c); the null class K keeps the mixture's r
+            r = np.where(y[None] == self.num_classes, r, np.arange(self.num_classes)[:, None] == y[None])
         return np.sum(r[:, :, None] * per_component(z, d), axis=0).reshape((-1,) + self.shape)
 
-    def x0_mean(self, x, alpha_bar):
+    def x0_mean(self, x, alpha_bar, labels=None):
         """(G4) E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) Sigma_k C_k^{-1} (x_t - sqrt(abar) mu_k))."""
         ra = np.sqrt(np.asarray(alpha_bar, dtype=np.float64))
         ra = ra.reshape(1, -1, 1) if ra.ndim else ra
         # (G4, G1)  per component the Gaussian denoiser, in its eigenbasis: sqrt(abar) lam / d times z
         lam, m = self.lam[:, None, :], self.m[:, None, :]
-        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z))
+        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z), labels)
 
-    def score(self, x, alpha_bar):
+    def score(self, x, alpha_bar, labels=None):
         """(G4) grad log q(x_t) = -sum_k r_k C_k^{-1} (x_t - sqrt(abar) mu_k), from the density directly."""
         # (G4)  grad of log sum_k w_k N_k = sum_k r_k grad log N_k
-        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d))
+        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d), labels)
 
-    def eps_mean(self, x, alpha_bar):
+    def eps_mean(self, x, alpha_bar, labels=None):
         """(G4, R2) E[eps | x_t] = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar); alpha_bar < 1."""
         a = np.asarray(alpha_bar, dtype=np.float64)
         if np.any(a >= 1):
             raise InputError("E[eps | x_t] needs alpha_bar < 1 (there is no noise at alpha_bar = 1)")
         a = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
         # (R2, G4)
-        return (np.asarray(x, dtype=np.float64) - np.sqrt(a) * self.x0_mean(x, alpha_bar)) / np.sqrt(1.0 - a)
+        return (np.asarray(x, dtype=np.float64) - np.sqrt(a) * self.x0_mean(x, alpha_bar, labels)) / np.sqrt(1.0 - a)
 
-    def predict(self, sched, xt, t, prediction="eps"):
-        """The optimal network output at the discrete 0-based step t (as GaussianOracle.predict)."""
+    def predict(self, sched, xt, t, prediction="eps", labels=None):
+        """The optimal network output at the discrete 0-based step t (as GaussianOracle.predict), given the class."""
         check_choice(prediction, PREDICTIONS, "prediction")
         xt = np.asarray(xt, dtype=np.float64)
         a = sched.alpha_bar[check_timesteps(t, sched.T, n=xt.shape[0] if xt.ndim else None)]
-        x0 = self.x0_mean(xt, a)
+        x0 = self.x0_mean(xt, a, labels)
         if prediction == "x0":
             return x0
-        eps = self.eps_mean(xt, a)
+        eps = self.eps_mean(xt, a, labels)
         if prediction == "eps":
             return eps
         ac = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
@@ -302,15 +323,16 @@ class GaussianMixtureOracle:
         return np.sqrt(ac) * eps - np.sqrt(1.0 - ac) * x0
 
     def denoiser(self, sched, prediction="eps"):
-        """A ``denoise(xt, t) -> model_output`` callable for the samplers (discrete 0-based t)."""
+        """A ``denoise(xt, t, y=None) -> model_output`` callable for the samplers (discrete 0-based t): the exact
+        conditional network (W1, W5), y the labels (None or K: the mixture)."""
         check_choice(prediction, PREDICTIONS, "prediction")
-        return lambda xt, t: self.predict(sched, xt, t, prediction).astype(np.asarray(xt).dtype, copy=False)
+        return lambda xt, t, y=None: self.predict(sched, xt, t, prediction, y).astype(np.asarray(xt).dtype, copy=False)
 
-    def denoise_sigma(self, x, sigma):
-        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~], x~ = x_0 + sigma eps, at any sigma >= 0."""
+    def denoise_sigma(self, x, sigma, labels=None):
+        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~(, c)], x~ = x_0 + sigma eps, at any sigma >= 0."""
         a = 1.0 / (1.0 + float(sigma) ** 2)                           # (K6)  abar = 1 / (1 + sigma^2)
         # (K6)  x_t = sqrt(abar) x~ has the same posterior over x_0
-        return self.x0_mean(np.asarray(x) * math.sqrt(a), a).astype(np.asarray(x).dtype, copy=False)
+        return self.x0_mean(np.asarray(x) * math.sqrt(a), a, labels).astype(np.asarray(x).dtype, copy=False)
 
     def sample(self, rng, n):
         """n draws -> (x_0 (n, *shape), labels (n,) int64): the component first, then its Gaussian."""

@@ -16,7 +16,8 @@ DOWNSAMPLE_PADDINGS = ("symmetric", "same")  # (B9) pad 1 on every side; (B11) p
 class Step(NamedTuple):
     """One step of a plan; ``name`` is the prefix of its parameters ("" when it has none). op: conv
     (k x k, stride, zero padding ``padding`` on every side, None meaning k // 2), linear, norm (GroupNorm),
-    silu, up2x (nearest), pad (one zero row below and one zero column to the right, B11), attend
+    silu, up2x (nearest), pad (one zero row below and one zero column to the right, B11), embed (+ a row of
+    the table, the class label's, W1; c_in the rows, c_out the width), attend
     (attention over [q | k | v] channels), temb (+ Linear(temb) at every position; + temb when unnamed),
     and the joins: keep (h is also kept for a later join), concat ([h | the newest kept]) and add
     (skip(x) + h, x the newest kept, of c_in channels; skip a 1x1 conv or none)."""
@@ -100,11 +101,19 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
     return plan
 
 
-def time_plan(emb_dim, time_dim, act):
-    """temb = fc2(SiLU(fc1(emb))) from the (B6) embedding emb, then SiLU(temb) where ``act`` (the UNet)."""
+def time_plan(emb_dim, time_dim, act, num_classes=None):
+    """temb = fc2(SiLU(fc1(emb))) from the (B6) embedding emb, plus class_embedding[y] for a conditional model
+    (W1; a table of num_classes + 1 rows, the last the null class), then SiLU(temb) where ``act`` (the UNet)."""
     d = time_dim
-    return [Step("linear", "time_mlp.fc1", emb_dim, d), Step("silu", "", d, d),
-            Step("linear", "time_mlp.fc2", d, d)] + [Step("silu", "", d, d)] * bool(act)
+    plan = [Step("linear", "time_mlp.fc1", emb_dim, d), Step("silu", "", d, d), Step("linear", "time_mlp.fc2", d, d)]
+    if num_classes is not None:  # (W1, B12)  temb += E[y], E (K + 1, time_dim)
+        plan.append(Step("embed", "class_embedding", num_classes + 1, d))
+    return plan + [Step("silu", "", d, d)] * bool(act)
+
+
+def check_num_classes(num_classes):
+    """None (an unconditional model) or the number of classes K >= 1 (the table then has K + 1 rows)."""
+    return None if num_classes is None else check_int(num_classes, "num_classes", lo=1)
 
 
 def mlp_plan(in_dim, hidden, num_layers, out_dim):

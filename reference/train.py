@@ -8,7 +8,9 @@ The run configuration may ask for learned variances and the bound (Nichol & Dhar
   cfg.variance "fixed" (default) | "learned" (the network outputs 2C channels, V1),
   cfg.loss "simple" (default) | "hybrid" (L_simple + hybrid_lambda L_vlb, V4) | "vlb" (V4),
   cfg.importance_sampling: t ~ p_t with weights 1/(T p_t) (loss "vlb" only; I1, I2).
-The default (fixed, simple) step is the one above, unchanged.
+The default (fixed, simple) step is the one above, unchanged. cfg.class_cond: the network is conditional
+(cfg.model["num_classes"] = K, W1), each step takes the batch's labels y and replaces each by the null class
+K with probability cfg.p_uncond, drawn after t and eps from the same stream (derivations/guidance.md).
 
 The loop itself (data order, progress, JSONL log, checkpoints, pictures, resume) is not math and is
 shared with torch_port: see lab/runner.py, which drives a ``Trainer``. ``cfg`` is a run configuration
@@ -19,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .diffusion import LEARNED, q_sample
+from .errors import check_class_cond, check_run_labels
 from .losses import simple_loss_and_grad
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
 from .resample import ImportanceSampler
@@ -51,13 +54,14 @@ def build_model(cfg, item_shape):
 
 def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
                loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA, weights=None, levels=256,
-               record_terms=None):
+               record_terms=None, y=None):
     """One optimisation step on the batch x0 with the given t (N,) and eps (like x0).
 
     loss "simple" | "hybrid" | "vlb", variance "fixed_small" | "learned" (the model then outputs 2C channels),
     hybrid_lambda, weights (importance sampling, loss "vlb") and levels (the data's, for the decoder at t = 0;
     None: continuous data): see reference/vlb.py. ``record_terms(t, terms)`` receives the per-example L_t
     (bits/dim) of a bound loss once the step is known to be finite (the importance sampler's history).
+    ``y``: the class labels (N,) of a conditional model (W1; the null class K where dropped), None otherwise.
     Returns (loss, grad_norm) as floats; grad_norm is measured before clipping. Raises
     NonFiniteError before touching the parameters if the model output, the loss or the norm is NaN or inf.
     """
@@ -66,7 +70,7 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     # Weights that blew up overflow inside the network: the NonFiniteError below says so, once, instead of
     # NumPy's warnings from every layer.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        out, cache = model.forward(xt, t)
+        out, cache = model.forward(xt, t) if y is None else model.forward(xt, t, y)
         if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
             raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))}"
                                  " values NaN or inf)")
@@ -109,19 +113,31 @@ class Trainer:
         self.ema = EMA(self.model.params, decay=cfg.ema_decay)
         self.rng = np.random.default_rng([cfg.seed, 1])   # t and eps; the data order has its own stream
         self.dtype = np.float64 if cfg.dtype == "float64" else np.float32
+        self.num_classes = check_class_cond(cfg)
 
-    def step(self, x0, step):
-        """Draw t and eps, take one step. ``step`` is the 0-based index of this update (for the LR)."""
+    def step(self, x0, step, y=None):
+        """Draw t and eps, take one step. ``step`` is the 0-based index of this update (for the LR); ``y`` the
+        batch's labels (N,) when cfg.class_cond (each dropped to the null class with probability p_uncond)."""
         n = x0.shape[0]
         if self.resampler is None:
             t, w = self.rng.integers(0, self.cfg.T, size=n), None
         else:  # (I1, I2)  t ~ p_t with weights 1/(T p_t); uniform (the same draw) until warmed up
             t, w = self.resampler.sample(self.rng, n)
         eps = self.rng.standard_normal(x0.shape).astype(self.dtype)
+        y = self._drop_labels(y, n)
         lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
         return train_step(self.model, self.opt, self.ema, self.sched, x0.astype(self.dtype), t, eps,
                           self.cfg.prediction, lr, self.cfg.grad_clip, self.cfg.weighting, self.loss, self.variance,
-                          self.hybrid_lambda, w, self.levels, None if self.resampler is None else self.resampler.update)
+                          self.hybrid_lambda, w, self.levels, None if self.resampler is None else self.resampler.update,
+                          y=y)
+
+    def _drop_labels(self, y, n):
+        """(W1) The labels, each replaced by the null class K with probability p_uncond; None unconditional."""
+        y = check_run_labels(y, self.num_classes, n)
+        if y is None:
+            return None
+        # (W1)  y -> null with probability p_uncond, from the run's noise stream after t and eps
+        return np.where(self.rng.random(n) < self.cfg.p_uncond, self.num_classes, y)
 
     def denoiser(self, use_ema=True, with_variance=False):
         """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers.
@@ -132,10 +148,9 @@ class Trainer:
         """
         model = build_model(self.cfg, self.item_shape)
         model.load_params(self.ema.params if use_ema else self.model.params)
-        if self.variance == LEARNED and not with_variance:
-            c = self.item_shape[0]
-            return lambda xt, t: model.forward(xt.astype(self.dtype), t)[0][:, :c]
-        return lambda xt, t: model.forward(xt.astype(self.dtype), t)[0]
+        c = self.item_shape[0] if self.variance == LEARNED and not with_variance else None
+        # y: a conditional model's labels (None: the null class), for guidance.guided (W2)
+        return lambda xt, t, y=None: model.forward(xt.astype(self.dtype), t, y)[0][:, :c]
 
     # ---- checkpoint state: NumPy arrays keyed by state_dict names --------------------------
 

@@ -2,6 +2,7 @@
 from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B11)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
+    out, cache = model.forward(x, t, y)    # num_classes=K: y int (N,) in 0..K-1, or K / None (the null class)
     dx, grads = model.backward(dout, cache) # grads keyed like model.params
     _, grads = model.backward(dout, cache, input_grad=False)  # dx is None; training needs no more
 
@@ -21,8 +22,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import layers as L
-from .errors import InputError, check_finite
-from .plans import Step, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan, unet_plan
+from .errors import InputError, check_finite, check_labels
+from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
+                    unet_plan)
 
 # the plans are re-exported: reference.unet.unet_plan and the like keep working
 __all__ = ["MLP", "STEPS", "Step", "UNet", "mlp_plan", "state_dict_order", "time_plan", "unet_plan"]
@@ -78,6 +80,18 @@ def _attend_backward(dout, cache, name, grads, run):
     return np.concatenate([dq, dk, dv], axis=-1).reshape(N, H, W, 3 * C)
 
 
+def _embed_forward(h, step, run):
+    e, cache = L.embedding_forward(run.y, run.p[f"{step.name}.weight"])  # (B12)  E[y] (N, time_dim)
+    # (W1)  temb += E[y], the class's row (the last row: the null class)
+    h += e
+    return h, cache
+
+
+def _embed_backward(dout, cache, name, grads, run):
+    grads[f"{name}.weight"] = L.embedding_backward(dout, cache)  # (B12) scatter-add into the rows
+    return dout  # (W1) the sum passes dout to temb unchanged
+
+
 def _keep_forward(h, step, run):
     run.kept.append(h)  # (B8) h feeds the next step and, later, a join
     return h, None
@@ -126,6 +140,7 @@ STEPS = {  # op -> (forward, backward)
     "pad": (lambda h, s, run: L.pad_forward(h, 0, 1, 0, 1), lambda d, c, *_: L.pad_backward(d, c)),  # (B11)
     "attend": (_attend_forward, _attend_backward),
     "temb": (_temb_forward, _temb_backward),
+    "embed": (_embed_forward, _embed_backward),
     "keep": (_keep_forward, _keep_backward),
     "concat": (_concat_forward, _concat_backward),
     "add": (_add_forward, _add_backward),
@@ -149,6 +164,9 @@ class _Model:
         for s in state_dict_order(plan):
             if s.op == "norm":
                 self.params.update({f"{s.name}.weight": np.ones(s.c_in, dt), f"{s.name}.bias": np.zeros(s.c_in, dt)})
+                continue
+            if s.op == "embed":  # (W1) zero: a new conditional model is the unconditional one, and draws nothing
+                self.params[f"{s.name}.weight"] = np.zeros((s.c_in, s.c_out), dt)
                 continue
             c_in = self.time_dim if s.op == "temb" else s.c_in
             shape = (s.c_out, c_in, s.k, s.k) if s.op in ("conv", "add") else (s.c_out, c_in)  # "add": a 1x1 skip
@@ -185,16 +203,24 @@ class _Model:
             raise InputError(f"t must be >= 0 (0-based time index), got {int(ta.min())}")
         return L.timestep_embedding(np.broadcast_to(ta, (n,)), self.emb_dim).astype(self.dtype)  # (B6) (N, emb_dim)
 
+    def _labels(self, y, n):
+        """The class labels the time MLP adds (W1): None -> the null class K for all; else check_labels' ints."""
+        if self.num_classes is None:
+            if y is not None:
+                check_labels(y, None)  # InputError: an unconditional model takes no labels
+            return None
+        return np.full(n, self.num_classes, np.int64) if y is None else check_labels(y, self.num_classes, n)
+
     def _input(self, x, ndim, what):
         x = np.asarray(x)
         if x.ndim != ndim or x.dtype.kind not in "fiu":
             raise InputError(f"x must be a numeric array {what}, got shape {x.shape} dtype {x.dtype}")
         return check_finite(x.astype(self.dtype, copy=False), "x")
 
-    def _run(self, plan, h, temb=None):
+    def _run(self, plan, h, temb=None, y=None):
         """Every step of ``plan`` on h, in order -> out and the tape [(backward, name, cache), ...]."""
         run = SimpleNamespace(p=self.params, groups=getattr(self, "groups", None), eps=getattr(self, "norm_eps", None),
-                              temb=temb, kept=[])
+                              temb=temb, kept=[], y=y)
         tape = []
         for step in plan:
             forward, backward = STEPS[step.op]
@@ -236,28 +262,33 @@ class UNet(_Model):
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
-                 mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, dtype=np.float32, seed=0):
+                 mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, num_classes=None,
+                 dtype=np.float32, seed=0):
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
+        self.num_classes = check_num_classes(num_classes)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels or in_channels, groups
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.norm_eps = float(norm_eps)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=tuple(channel_mults),
                            num_res_blocks=num_res_blocks, attention=attention, groups=groups,
                            out_channels=self.out_channels, time_dim=self.time_dim, mid_attention=bool(mid_attention),
-                           downsample_padding=downsample_padding, norm_eps=self.norm_eps, dtype=np.dtype(dtype).name)
-        self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True)
+                           downsample_padding=downsample_padding, norm_eps=self.norm_eps, dtype=np.dtype(dtype).name,
+                           **({} if num_classes is None else {"num_classes": self.num_classes}))
+        self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention),
                               downsample_padding)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
-    def forward(self, x, t):
-        """x (N, in_channels, H, W), t int (N,) 0-based -> out (N, out_channels, H, W), cache (the tapes)."""
+    def forward(self, x, t, y=None):
+        """x (N, in_channels, H, W), t int (N,) 0-based -> out (N, out_channels, H, W), cache (the tapes).
+
+        y: class labels (N,) of a model with num_classes=K (W1): 0..K-1, or K or None for the null class."""
         x = self._input(x, 4, "(N, C, H, W)")
         (N, C, H, W), f = x.shape, 2 ** sum(s.stride == 2 for s in self.plan)
         if C != self.in_channels or H % f or W % f:
             raise InputError(f"UNet expects (N, {self.in_channels}, H, W) with H, W divisible by {f}, got {x.shape}")
-        temb_act, time_tape = self._run(self.time_plan, self._time_embedding(t, N))  # SiLU(temb) (N, time_dim)
+        temb_act, time_tape = self._run(self.time_plan, self._time_embedding(t, N), y=self._labels(y, N))  # SiLU(temb)
         h, tape = self._run(self.plan, np.ascontiguousarray(x.transpose(0, 2, 3, 1)), temb_act)  # NHWC
         return np.ascontiguousarray(h.transpose(0, 3, 1, 2)), dict(tape=tape, time_tape=time_tape)
 
@@ -276,21 +307,24 @@ class MLP(_Model):
     """Residual MLP denoiser for (N, in_dim) points (mlp_plan); temb = fc2(SiLU(fc1(emb(t)))), emb the
     sinusoidal embedding of dim time_dim (B6). ``out_dim`` outputs (default in_dim), as the UNet's out_channels."""
 
-    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, dtype=np.float32, seed=0):
+    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, num_classes=None,
+                 dtype=np.float32, seed=0):
         self.in_dim, self.hidden, self.num_layers, self.emb_dim = in_dim, hidden, num_layers, time_dim
-        self.out_dim = out_dim or in_dim
+        self.out_dim, self.num_classes = out_dim or in_dim, check_num_classes(num_classes)
         self.config = dict(in_dim=in_dim, hidden=hidden, num_layers=num_layers, time_dim=time_dim,
-                           out_dim=self.out_dim, dtype=np.dtype(dtype).name)
-        self.time_plan = time_plan(time_dim, hidden, act=False)
+                           out_dim=self.out_dim, dtype=np.dtype(dtype).name,
+                           **({} if num_classes is None else {"num_classes": self.num_classes}))
+        self.time_plan = time_plan(time_dim, hidden, act=False, num_classes=self.num_classes)
         self.plan = mlp_plan(in_dim, hidden, num_layers, self.out_dim)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
-    def forward(self, x, t):
-        """x (N, in_dim), t int (N,) 0-based -> out (N, out_dim), cache (the tapes)."""
+    def forward(self, x, t, y=None):
+        """x (N, in_dim), t int (N,) 0-based, y labels as UNet.forward's -> out (N, out_dim), cache (the tapes)."""
         x = self._input(x, 2, "(N, in_dim)")
         if x.shape[1] != self.in_dim:
             raise InputError(f"MLP expects x of shape (N, {self.in_dim}), got {x.shape}")
-        temb, time_tape = self._run(self.time_plan, self._time_embedding(t, x.shape[0]))  # (N, hidden)
+        N = x.shape[0]
+        temb, time_tape = self._run(self.time_plan, self._time_embedding(t, N), y=self._labels(y, N))  # (N, hidden)
         out, tape = self._run(self.plan, x, temb)
         return out, dict(tape=tape, time_tape=time_tape)
 

@@ -1,4 +1,4 @@
-"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B11).
+"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B12).
 
 Same math, written in torch (F.conv2d, F.group_norm, ...); autograd provides the backward.
 Parameters are named ``weight`` / ``bias`` with conv weights OIHW and linear weights (out, in),
@@ -51,6 +51,19 @@ class Linear(nn.Module):
     def forward(self, x):
         # (B7)  y = x W^T + b
         return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    """(B12) out = weight[y], a row lookup; weight (num, dim), zero until trained or loaded (W1). Autograd's
+    backward scatter-adds dout into the rows (repeated labels add up)."""
+
+    def __init__(self, num, dim, dtype=torch.float32):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num, dim, dtype=torch_dtype(dtype)))
+
+    def forward(self, y):
+        # (B12)  out = w[y]
+        return F.embedding(y, self.weight)
 
 
 class GroupNorm(nn.Module):

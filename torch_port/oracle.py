@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from reference.errors import InputError, check_choice
+from reference.errors import InputError, check_choice, check_labels
 
 from .diffusion import PREDICTIONS, VARIANCES, _timesteps
 
@@ -188,6 +188,8 @@ class GaussianMixtureOracle:
     (K, *shape), one of ``var`` (diagonal) or ``cov`` (K, D, D). Tensors float64 on the oracle's device
     (``to(device)``); ``alpha_bar`` a number or a tensor (N,); x (N, *shape). Value checks (alpha_bar in
     range, a density at alpha_bar = 1 with a point mass) run on CPU inputs only, so nothing syncs on a device.
+    Classes as the reference's (W5): ``labels`` (N,) in 0..K-1 condition on component k, K (the null class)
+    and None give the mixture.
     """
 
     def __init__(self, weights, means, var=None, cov=None):
@@ -248,33 +250,57 @@ class GaussianMixtureOracle:
     def _back(self, zk):
         return zk if self.U is None else zk @ self.U.transpose(1, 2)
 
-    def log_prob(self, x, alpha_bar):
-        """(G3) log q(x_t) at alpha_bar, (N,): log-sum-exp over the components."""
+    @property
+    def num_classes(self):
+        """K, the components as classes; label K is the null class (the mixture)."""
+        return self.log_w.numel()
+
+    def _labels(self, labels, n):
+        """Labels as a long tensor (n,) on the oracle's device, values checked on the host (CPU) only."""
+        if not torch.is_tensor(labels) or labels.device.type == "cpu":
+            labels = torch.from_numpy(check_labels(np.asarray(labels), self.num_classes, n))
+        return labels.to(device=self.m.device, dtype=torch.long).expand(n)
+
+    def log_prob(self, x, alpha_bar, labels=None):
+        """(G3) log q(x_t) at alpha_bar, (N,): log-sum-exp over the components; with ``labels``, log q(x_t | c)."""
+        logp = self._parts(x, alpha_bar)[2]
         # (G3)  log sum_k exp(l_k)
-        return torch.logsumexp(self._parts(x, alpha_bar)[2], dim=0)
+        total = torch.logsumexp(logp, dim=0)
+        if labels is None:
+            return total
+        y = self._labels(labels, logp.shape[1])
+        k = torch.clamp(y, max=self.num_classes - 1)                     # any component on the null rows
+        # (W3)  log q(x_t | c) = log w_c N_c(x_t) - log w_c
+        own = logp[k, torch.arange(y.numel(), device=y.device)] - self.log_w[k]
+        return torch.where(y == self.num_classes, total, own)
 
     def responsibilities(self, x, alpha_bar):
         """(G4) r_k(x_t) = P(component k | x_t), (N, K), a softmax of the log-joints."""
         return torch.softmax(self._parts(x, alpha_bar)[2], dim=0).T
 
-    def _weighted(self, x, alpha_bar, per_component):
+    def _weighted(self, x, alpha_bar, per_component, labels=None):
         z, d, logp = self._parts(x, alpha_bar)
         r = torch.softmax(logp, dim=0)                                   # (G4) responsibilities (K, N)
+        if labels is not None:
+            y = self._labels(labels, logp.shape[1])
+            onehot = (torch.arange(self.num_classes, device=y.device)[:, None] == y[None]).to(r.dtype)
+            # (W5)  given class c the component is known: r = onehot(c); the null class K keeps the mixture's r
+            r = torch.where(y[None] == self.num_classes, r, onehot)
         return torch.sum(r[:, :, None] * per_component(z, d), dim=0).reshape((-1,) + self.shape)
 
-    def x0_mean(self, x, alpha_bar):
+    def x0_mean(self, x, alpha_bar, labels=None):
         """(G4) E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) Sigma_k C_k^{-1} (x_t - sqrt(abar) mu_k))."""
         ra = torch.sqrt(self._abar(alpha_bar, torch.as_tensor(x).shape[0]))
         # (G4, G1)  per component the Gaussian denoiser in its eigenbasis: sqrt(abar) lam / d times z
         lam, m = self.lam[:, None, :], self.m[:, None, :]
-        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z))
+        return self._weighted(x, alpha_bar, lambda z, d: m + self._back(ra * lam / d * z), labels)
 
-    def score(self, x, alpha_bar):
+    def score(self, x, alpha_bar, labels=None):
         """(G4) grad log q(x_t) = -sum_k r_k C_k^{-1} (x_t - sqrt(abar) mu_k)."""
         # (G4)  sum_k r_k grad log N_k
-        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d))
+        return self._weighted(x, alpha_bar, lambda z, d: -self._back(z / d), labels)
 
-    def eps_mean(self, x, alpha_bar):
+    def eps_mean(self, x, alpha_bar, labels=None):
         """(G4, R2) E[eps | x_t] = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar); alpha_bar < 1."""
         x = torch.as_tensor(x).to(_F64)
         a = self._abar(alpha_bar, x.shape[0])
@@ -282,17 +308,17 @@ class GaussianMixtureOracle:
             raise InputError("E[eps | x_t] needs alpha_bar < 1 (there is no noise at alpha_bar = 1)")
         a = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
         # (R2, G4)
-        return (x.to(a.device) - torch.sqrt(a) * self.x0_mean(x, alpha_bar)) / torch.sqrt(1.0 - a)
+        return (x.to(a.device) - torch.sqrt(a) * self.x0_mean(x, alpha_bar, labels)) / torch.sqrt(1.0 - a)
 
-    def predict(self, sched, xt, t, prediction="eps"):
+    def predict(self, sched, xt, t, prediction="eps", labels=None):
         """The optimal network output at the discrete 0-based step t (float64)."""
         check_choice(prediction, PREDICTIONS, "prediction")
         xt = torch.as_tensor(xt).to(_F64)
         a = sched.alpha_bar.to(xt.device)[_timesteps(sched, t, xt)]
-        x0 = self.x0_mean(xt, a)
+        x0 = self.x0_mean(xt, a, labels)
         if prediction == "x0":
             return x0
-        eps = self.eps_mean(xt, a)
+        eps = self.eps_mean(xt, a, labels)
         if prediction == "eps":
             return eps
         ac = a.reshape((-1,) + (1,) * len(self.shape)) if a.ndim else a
@@ -300,15 +326,16 @@ class GaussianMixtureOracle:
         return torch.sqrt(ac) * eps - torch.sqrt(1.0 - ac) * x0
 
     def denoiser(self, sched, prediction="eps"):
-        """A ``denoise(xt, t) -> model_output`` callable (output in xt's dtype) for the samplers."""
+        """A ``denoise(xt, t, y=None) -> model_output`` callable (output in xt's dtype) for the samplers: the exact
+        conditional network (W1, W5)."""
         check_choice(prediction, PREDICTIONS, "prediction")
-        return lambda xt, t: self.predict(sched, xt, t, prediction).to(torch.as_tensor(xt).dtype)
+        return lambda xt, t, y=None: self.predict(sched, xt, t, prediction, y).to(torch.as_tensor(xt).dtype)
 
-    def denoise_sigma(self, x, sigma):
-        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~] at any sigma >= 0 (sigma a Python number)."""
+    def denoise_sigma(self, x, sigma, labels=None):
+        """(K6) The solvers' denoiser D(x~, sigma) = E[x_0 | x~(, c)] at any sigma >= 0 (sigma a Python number)."""
         a = 1.0 / (1.0 + float(sigma) ** 2)                            # (K6)  abar = 1 / (1 + sigma^2)
         # (K6)  x_t = sqrt(abar) x~ has the same posterior over x_0
-        return self.x0_mean(x * math.sqrt(a), a).to(x.dtype)
+        return self.x0_mean(x * math.sqrt(a), a, labels).to(x.dtype)
 
     def sample(self, generator, n):
         """n draws -> (x_0 (n, *shape), labels (n,) int64), from a torch.Generator on the oracle's device."""

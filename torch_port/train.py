@@ -4,6 +4,8 @@ The same step as reference/train.py (Ho et al. Algorithm 1):
   t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x0, t, eps)                          (F3)
   loss = L_simple(model(x_t, t), target)                                            (L4)
   grads by autograd, global-norm clip, AdamW, EMA of the weights.                   (O1-O3)
+cfg.class_cond: the labels travel with the data (``prepare_labels``) and each is dropped to the null class
+with probability cfg.p_uncond, drawn on the device after t and eps from the step's generator (W1).
 
 What makes it quick on a GPU (each is a Trainer option, on by default on CUDA, off on the CPU):
   - bf16 autocast around the network only; master weights, loss, optimiser and EMA stay fp32;
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from reference.errors import InputError
+from reference.errors import InputError, check_class_cond, check_labels, check_run_labels
 
 from .diffusion import LEARNED, q_sample
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
@@ -126,12 +128,13 @@ def _refuse_on_device(opt, loss, norm):
 
 def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
                amp=False, check_finite=True, loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA,
-               weights=None, levels=256, record_terms=None):
+               weights=None, levels=256, record_terms=None, y=None):
     """One optimisation step on the batch x0 (N, ...) with the given t (N,) (0-based) and eps (like x0).
 
     loss / variance / hybrid_lambda / weights / levels: as reference.train.train_step (torch_port/vlb.py);
     ``record_terms(t, terms)`` gets the per-example L_t of a bound loss after the finiteness check.
-    ``model`` may be wrapped (DDP, torch.compile); ``ema`` tracks the plain module's parameters.
+    ``model`` may be wrapped (DDP, torch.compile); ``ema`` tracks the plain module's parameters. ``y``: the class
+    labels (N,) of a conditional model (W1), on x0's device; None otherwise.
     Returns (loss, grad_norm) as 0-d tensors, grad_norm measured before clipping. check_finite=True:
     NonFiniteError before touching the parameters (one host sync); False: no sync, and fused AdamW
     refuses a non-finite update on the device.
@@ -139,7 +142,7 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(xt, t)                                                # bf16 under autocast
+        out = model(xt, t) if y is None else model(xt, t, y)              # bf16 under autocast
     if check_finite and not bool(torch.isfinite(out).all()):  # a diverged network, not bad input
         raise NonFiniteError("non-finite model output (the network has diverged)")
     # (L4)  loss = mean ||target - model(x_t, t)||^2, in x0's precision whatever the autocast dtype
@@ -256,6 +259,7 @@ class Trainer:
         self.net = self._wrap(cuda, compile)
         self.gen = torch.Generator(self.device)
         self.check_finite = not cuda  # a per-step check is a host sync on the GPU; there the device refuses
+        self.num_classes = check_class_cond(cfg)
 
     @staticmethod
     def _check_flags(cuda, compile, cuda_graphs):
@@ -279,10 +283,28 @@ class Trainer:
         resident = _fits_on_device(xt.numel() * xt.element_size(), self.device)
         return DeviceData(xt, self.device, self.rank, self.world, self.channels_last, resident)
 
-    def step(self, x0, step):
+    def prepare_labels(self, y):
+        """The labels (N,) as a resident int64 DeviceData: ``[idx]`` is this rank's slice, as the data's."""
+        y = torch.as_tensor(check_labels(np.asarray(y), self.num_classes, allow_null=False))
+        return DeviceData(y, self.device, self.rank, self.world, channels_last=False, resident=True)
+
+    def _drop_labels(self, y, n):
+        """(W1) The labels, each replaced by the null class K with probability p_uncond; None unconditional."""
+        if self.num_classes is None or not torch.is_tensor(y) or y.device.type == "cpu":  # host values: checked
+            y = check_run_labels(y.cpu().numpy() if torch.is_tensor(y) else y, self.num_classes, n)
+            if y is None:
+                return None
+            y = torch.from_numpy(y)
+        y = y.to(self.device)
+        # (W1)  y -> null with probability p_uncond, from this step's generator after t and eps
+        drop = torch.rand((n,), device=self.device, generator=self.gen) < self.cfg.p_uncond
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def step(self, x0, step, y=None):
         """One update on THIS rank's batch x0 (what DeviceData[idx] returns; or any array, copied over).
 
-        ``step`` is the 0-based index of the update: it sets the learning rate (O4) and the noise seed.
+        ``step`` is the 0-based index of the update: it sets the learning rate (O4) and the noise seed. ``y``: the
+        batch's labels when cfg.class_cond (``prepare_labels``' [idx], or any int array).
         """
         if not torch.is_tensor(x0):
             x0 = torch.as_tensor(np.asarray(x0), dtype=self.dtype).to(self.device)
@@ -297,13 +319,14 @@ class Trainer:
         eps = torch.randn(x0.shape, device=self.device, dtype=self.dtype, generator=self.gen)
         if self.channels_last and x0.ndim == 4:
             eps = eps.contiguous(memory_format=torch.channels_last)
+        y = self._drop_labels(y, x0.shape[0])
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
         lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
         return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, lr,
                           self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite,
                           loss=self.loss, variance=self.variance, hybrid_lambda=self.hybrid_lambda, weights=w,
-                          levels=self.levels, record_terms=None if self.resampler is None else self._record)
+                          levels=self.levels, record_terms=None if self.resampler is None else self._record, y=y)
 
     def _record(self, t, terms):
         """The importance sampler's history gets every rank's (t, L_t), in rank order (as improved-diffusion)."""
@@ -330,9 +353,9 @@ class Trainer:
         model.eval()
 
         @torch.no_grad()
-        def denoise(xt, t):
+        def denoise(xt, t, y=None):  # y: a conditional model's labels (None: the null class), for guidance (W2)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = model(xt, t).to(xt.dtype)
+                out = model(xt, t, y).to(xt.dtype)
             return out if c is None else out[:, :c]
 
         return denoise

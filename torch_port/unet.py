@@ -2,10 +2,11 @@
 plans (plans.py, the reference's code) built the same way, ``state_dict()`` keys identical to the
 reference's ``params`` names.
 
-``forward(x, t) -> out`` with x (N, C, H, W) (any memory format; channels_last works) or
-(N, in_dim), and t an int tensor (N,) of 0-based time indices. forward walks the plan, step by
-step, and autograd records the tape. The plan is fixed at construction (no data-dependent Python
-control flow), so the models compile with torch.compile.
+``forward(x, t, y=None) -> out`` with x (N, C, H, W) (any memory format; channels_last works) or
+(N, in_dim), t an int tensor (N,) of 0-based time indices, and, for a model with num_classes=K, y the
+class labels (N,): 0..K-1, or K or None for the null class (W1); an unconditional model takes no y.
+forward walks the plan, step by step, and autograd records the tape. The plan is fixed at construction
+(no data-dependent Python control flow), so the models compile with torch.compile.
 
 Initialisation follows the reference's rule (conv/linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
 GroupNorm 1/0, final layer zero) with a torch.Generator seeded from ``seed``; the values differ
@@ -18,9 +19,12 @@ import math
 import torch
 from torch import nn
 
-from .layers import (GN_EPS, Conv2d, GroupNorm, Linear, attention, pad, silu, timestep_embedding, torch_dtype,
-                     upsample_nearest2x)
-from .plans import Step, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan, unet_plan
+from reference.errors import InputError, check_labels
+
+from .layers import (GN_EPS, Conv2d, Embedding, GroupNorm, Linear, attention, pad, silu, timestep_embedding,
+                     torch_dtype, upsample_nearest2x)
+from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
+                    unet_plan)
 
 # the plans are re-exported: reference.unet.unet_plan and the like keep working
 __all__ = ["MLP", "STEPS", "Step", "UNet", "mlp_plan", "state_dict_order", "time_plan", "unet_plan"]
@@ -35,8 +39,8 @@ class _Pass:
     """What the steps of one forward share (the reference's ``run``; a class, since dynamo does not
     trace types.SimpleNamespace)."""
 
-    def __init__(self, temb):
-        self.temb, self.kept = temb, []
+    def __init__(self, temb, y=None):
+        self.temb, self.kept, self.y = temb, [], y
 
 
 def _attend(qkv, module, run):  # (B5) qkv (N, 3C, H, W), channels [q | k | v] -> a (N, C, H, W)
@@ -77,6 +81,7 @@ STEPS = {  # op -> forward
     "pad": lambda h, m, run: pad(h, 0, 1, 0, 1),  # (B11)
     "attend": _attend,
     "temb": _temb,
+    "embed": lambda h, m, run: h + m(run.y),  # (W1, B12)  temb += E[y]
     "keep": _keep,
     "concat": _concat,
     "add": _add,
@@ -89,6 +94,8 @@ def _layer(s, time_dim, groups, eps, dtype):
         return Conv2d(s.c_in, s.c_out, s.k, s.stride, conv_padding(s), dtype)
     if s.op == "norm":
         return GroupNorm(groups, s.c_in, dtype, eps)
+    if s.op == "embed":  # (W1) zero, as the reference's: no draw from the generator
+        return Embedding(s.c_in, s.c_out, dtype)
     return Linear(time_dim if s.op == "temb" else s.c_in, s.c_out, dtype)  # linear, or temb's projection
 
 
@@ -128,17 +135,35 @@ class _Model(nn.Module):
         """The plan as (op, its layer or None): what forward walks."""
         return [(s.op, self.get_submodule(s.name) if s.name else None) for s in plan]
 
-    def _run(self, steps, h, temb=None):
+    def _run(self, steps, h, temb=None, y=None):
         """Every step in order on h; autograd records the tape."""
-        run = _Pass(temb)
+        run = _Pass(temb, y)
         for op, module in steps:
             h = STEPS[op](h, module, run)
         return h
 
-    def _time(self, t):
-        """What the time MLP gives the steps: temb (the MLP) or SiLU(temb) (the UNet), from the (B6) embedding."""
+    def _time(self, t, y, n):
+        """What the time MLP gives the steps: temb (the MLP) or SiLU(temb) (the UNet), from the (B6) embedding,
+        plus the class's row (W1) for a conditional model."""
         emb = timestep_embedding(t, self.emb_dim).to(self.time_mlp.fc1.weight.dtype)  # (N, emb_dim)
-        return self._run(self._time_steps, emb)
+        return self._run(self._time_steps, emb, y=self._labels(y, n, emb.device))
+
+    def _labels(self, y, n, device):
+        """(W1) The labels as a long tensor (n,): None -> the null class K. Values are checked where they are on
+        the host (CPU tensors, arrays, ints) and not under torch.compile; a device tensor is taken as it is."""
+        if self.num_classes is None:
+            if y is not None:
+                check_labels(y, None)  # InputError: an unconditional model takes no labels
+            return None
+        if y is None:
+            return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        if not torch.is_tensor(y):
+            y = torch.from_numpy(check_labels(y, self.num_classes, n))
+        elif y.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_labels(y.numpy(), self.num_classes, n)
+        elif y.is_floating_point() or y.dtype == torch.bool or tuple(y.shape) != (n,):
+            raise InputError(f"class labels must be an int tensor of shape ({n},), got {tuple(y.shape)} {y.dtype}")
+        return y.to(device=device, dtype=torch.long).expand(n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,31 +175,34 @@ class UNet(_Model):
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
-                 mid_attention=True, downsample_padding="symmetric", norm_eps=GN_EPS, dtype=torch.float32, seed=0):
+                 mid_attention=True, downsample_padding="symmetric", norm_eps=GN_EPS, num_classes=None,
+                 dtype=torch.float32, seed=0):
         super().__init__()
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
+        self.num_classes = check_num_classes(num_classes)
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
-        self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True)
+        self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, out_channels or in_channels, chans, attention, nrb, bool(mid_attention),
                               downsample_padding)
         self._make_layers(self.time_plan + self.plan, groups, torch_dtype(dtype), seed, float(norm_eps))
         self._time_steps, self._plan_steps = self._steps(self.time_plan), self._steps(self.plan)
 
-    def forward(self, x, t):
-        return self._run(self._plan_steps, x, self._time(t))  # temb: SiLU(temb), read by every residual block
+    def forward(self, x, t, y=None):
+        return self._run(self._plan_steps, x, self._time(t, y, x.shape[0]))  # temb: SiLU(temb), read by every block
 
 
 class MLP(_Model):
     """Residual MLP denoiser for (N, in_dim) points; see reference.unet.MLP."""
 
-    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, dtype=torch.float32, seed=0):
+    def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, num_classes=None,
+                 dtype=torch.float32, seed=0):
         super().__init__()
-        self.emb_dim = time_dim
-        self.time_plan = time_plan(time_dim, hidden, act=False)
+        self.emb_dim, self.num_classes = time_dim, check_num_classes(num_classes)
+        self.time_plan = time_plan(time_dim, hidden, act=False, num_classes=self.num_classes)
         self.plan = mlp_plan(in_dim, hidden, num_layers, out_dim or in_dim)
         self._make_layers(self.time_plan + self.plan, None, torch_dtype(dtype), seed)
         self._time_steps, self._plan_steps = self._steps(self.time_plan), self._steps(self.plan)
 
-    def forward(self, x, t):
-        return self._run(self._plan_steps, x, self._time(t))
+    def forward(self, x, t, y=None):
+        return self._run(self._plan_steps, x, self._time(t, y, x.shape[0]))

@@ -181,3 +181,59 @@ def test_torch_unet_compiles_and_matches_eager(rng):
     x, t = torch.from_numpy(rng.standard_normal((2, 2, 8, 8)).astype(np.float32)), torch.tensor([3, 800])
     compiled = torch.compile(port, fullgraph=True)
     assert rel_max_error(compiled(x, t).detach().numpy(), port(x, t).detach().numpy()) <= TOL["net32"]
+
+
+# ---- class-conditional networks (W1, B12) ----------------------------------------------------------------
+
+COND = {"unet_small_3_classes": (R.UNet, T.UNet, dict(SMALL_UNET, num_classes=3), (5, 2, 8, 8)),
+        "mlp_10_classes": (R.MLP, T.MLP, dict(hidden=32, num_layers=2, time_dim=16, num_classes=10), (7, 2))}
+
+
+@pytest.mark.parametrize("name", list(COND))
+@pytest.mark.parametrize("dtype,tol", [(np.float64, TOL["net64"]), (np.float32, TOL["net32"])], ids=["f64", "f32"])
+def test_B12_W1_conditional_outputs_and_every_gradient_agree_with_torch(name, dtype, tol, rng):
+    """The hand-written scatter-add against autograd's embedding backward, labels repeated and the null class in."""
+    ref_cls, torch_cls, kw, shape = COND[name]
+    ref = ref_cls(**kw, dtype=dtype)
+    ref.load_params({k: rng.uniform(-0.3, 0.3, v.shape) for k, v in ref.params.items()})
+    port = torch_cls(**kw, dtype=dtype)
+    port.load_state_dict({k: torch.from_numpy(v) for k, v in ref.params.items()})
+    assert list(ref.params) == list(port.state_dict())
+    x, t = rng.standard_normal(shape).astype(dtype), rng.integers(0, 1000, size=shape[0])
+    y = np.resize([1, kw["num_classes"], 1, 0], shape[0])  # repeats and the null class
+    out, cache = ref.forward(x, t, y)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, grads = ref.backward(dout, cache)
+    xt = torch.from_numpy(x).requires_grad_()
+    out_t = port(xt, torch.from_numpy(t), torch.from_numpy(y))
+    out_t.backward(torch.from_numpy(dout))
+    assert rel_max_error(out, out_t.detach().numpy()) <= tol and rel_max_error(dx, xt.grad.numpy()) <= tol
+    errors = {k: rel_max_error(grads[k], p.grad.numpy()) for k, p in port.named_parameters()}
+    assert max(errors.values()) <= tol, max(errors, key=errors.get)
+    assert rel_max_error(ref.forward(x, t)[0], port(torch.from_numpy(x), torch.from_numpy(t)).detach().numpy()) <= tol
+
+
+def test_W1_both_sides_make_the_same_conditional_plan_and_refuse_the_same_labels(rng):
+    ref, port = R.UNet(**SMALL_UNET, num_classes=4), T.UNet(**SMALL_UNET, num_classes=4)
+    assert [tuple(s) for s in ref.time_plan] == [tuple(s) for s in port.time_plan]
+    assert not port.class_embedding.weight.detach().any()
+    x, t = rng.standard_normal((2, 2, 8, 8)).astype(np.float32), np.array([1, 2])
+    for bad in (np.array([0, 5]), np.array([-1, 0]), np.array([0, 1, 2]), np.array([0.5, 1.0])):
+        with pytest.raises(InputError) as ref_error:
+            ref.forward(x, t, bad)
+        with pytest.raises(InputError) as port_error:
+            port(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(bad))
+        assert str(port_error.value) == str(ref_error.value)
+    with pytest.raises(InputError, match="unconditional model"):
+        T.UNet(**SMALL_UNET)(torch.from_numpy(x), torch.from_numpy(t), torch.tensor([0, 1]))
+
+
+@pytest.mark.slow
+def test_W1_conditional_torch_unet_compiles_and_matches_eager(rng):
+    port = T.UNet(**SMALL_UNET, num_classes=3, seed=5)
+    torch.nn.init.normal_(port.conv_out.weight)
+    torch.nn.init.normal_(port.class_embedding.weight)
+    x, t = torch.from_numpy(rng.standard_normal((2, 2, 8, 8)).astype(np.float32)), torch.tensor([3, 800])
+    y = torch.tensor([2, 3])
+    compiled = torch.compile(port, fullgraph=True)
+    assert rel_max_error(compiled(x, t, y).detach().numpy(), port(x, t, y).detach().numpy()) <= TOL["net32"]

@@ -290,3 +290,21 @@ def test_B11_same_downsampling_reads_rows_2y_to_2y_plus_2_and_its_gradients_matc
     assert rel_error(out, L.conv2d_forward(x, w, b, 2, 1)[0]) > 0.1  # another function than the symmetric one
     assert fd_check(_same_conv, _same_conv_backward, [x, w, b], rng) <= TOL["fd64"]
     assert_backward_mutates_nothing(_same_conv, _same_conv_backward, [x, w, b], rng)
+
+
+def test_B12_embedding_gradient_is_a_scatter_add_that_sums_repeated_labels_as_finite_differences_say(rng):
+    """A table lookup's backward: row k gets the sum of dout over the examples labelled k. Labels repeat in a
+    batch (here 3 of 7 examples share row 2 and row 0 is never read), so dw[y] = dout, which keeps one of
+    the repeats, would be wrong; the one-hot product onehot(y)^T dout is the independent route."""
+    w, y = rng.standard_normal((5, 4)), np.array([2, 4, 2, 1, 2, 4, 3])
+    out, _ = L.embedding_forward(y, w)
+    assert np.array_equal(out, w[y]) and not np.shares_memory(out, w)
+    dout = rng.standard_normal(out.shape)
+    dw = L.embedding_backward(dout, L.embedding_forward(y, w)[1])
+    assert rel_error(dw, np.eye(5)[y].T @ dout) <= TOL["exact64"]
+    assert np.all(dw[0] == 0) and rel_error(dw[2], dout[[0, 2, 4]].sum(axis=0)) <= TOL["exact64"]
+    assert fd_check(lambda w: L.embedding_forward(y, w), L.embedding_backward, [w], rng) <= TOL["fd64"]
+    assert_backward_mutates_nothing(lambda w: L.embedding_forward(y, w), L.embedding_backward, [w], rng)
+    wrong = np.zeros_like(w)
+    wrong[y] = dout  # the assignment a scatter-add is not: the last repeat wins
+    assert rel_error(wrong, dw) > 0.1

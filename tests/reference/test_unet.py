@@ -267,3 +267,68 @@ def test_bad_inputs_raise_input_error(rng):
             UNet(norm_eps=eps)
     with pytest.raises(InputError, match="\\(N, 2\\)"):
         MLP().forward(rng.standard_normal((3, 3)), np.array([0, 1, 2]))
+
+
+# ---- class-conditional networks (W1, B12) ----------------------------------------------------------------
+
+
+def check_directional_with_labels(model, x, t, y, rng):
+    """check_directional with the labels y held fixed (an integer input: no gradient)."""
+    out, cache = model.forward(x, t, y)
+    R = rng.standard_normal(out.shape)
+    dx, grads = model.backward(R, cache)
+    f = lambda: float(np.sum(model.forward(x, t, y)[0] * R))
+    worst = {}
+    for name, arr, g in [("x", x, dx)] + [(k, model.params[k], grads[k]) for k in model.params]:
+        d = rng.standard_normal(arr.shape)
+        worst[name] = rel_error(directional_derivative(f, [arr], [d]), np.sum(g * d))
+    return max(worst.values()), max(worst, key=worst.get)
+
+
+@pytest.mark.parametrize("net", ["unet", "mlp"])
+def test_B12_W1_conditional_gradients_match_directional_finite_differences_with_repeated_labels(net, rng):
+    """The class table's gradient through the whole network: labels repeat (class 1 three times), one class is
+    absent (its row's gradient is exactly 0) and one example takes the null class."""
+    model = UNet(**SMALL_UNET, num_classes=3, dtype=np.float64, seed=3) if net == "unet" else \
+        MLP(hidden=16, num_layers=2, time_dim=8, num_classes=3, dtype=np.float64, seed=1)
+    randomise(model, rng)
+    x = rng.standard_normal((5, 2, 4, 4) if net == "unet" else (5, 2))
+    y = np.array([1, 3, 1, 0, 1])  # 3 = the null class; class 2 absent
+    err, name = check_directional_with_labels(model, x, np.array([0, 5, 500, 917, 999]), y, rng)
+    assert err <= TOL["fd64_dir"], f"worst gradient: {name} ({err:.2e})"
+    _, grads = model.backward(np.ones_like(model.forward(x, np.arange(5), y)[0]), model.forward(x, np.arange(5), y)[1])
+    assert grads["class_embedding.weight"].shape == (4, model.time_plan[2].c_out)
+    assert np.all(grads["class_embedding.weight"][2] == 0) and np.any(grads["class_embedding.weight"][1] != 0)
+
+
+def test_W1_num_classes_none_keeps_every_name_and_value_and_a_conditional_model_adds_one_zero_table():
+    """An unconditional model is exactly today's; a conditional one adds class_embedding.weight (K + 1 rows, the
+    last the null class, time_dim wide) right after the time MLP in state_dict order, starts at zero and draws
+    nothing, so every other parameter equals the unconditional model's of the same seed."""
+    for make, kw in [(UNet, SMALL_UNET), (MLP, dict(hidden=16, num_layers=2))]:
+        base, cond = make(**kw, seed=5), make(**kw, num_classes=10, seed=5)
+        names = list(cond.params)
+        assert [n for n in names if n != "class_embedding.weight"] == list(base.params)
+        assert names.index("class_embedding.weight") == names.index("time_mlp.fc2.bias") + 1
+        assert cond.params["class_embedding.weight"].shape == (11, cond.time_plan[2].c_out)
+        assert not np.any(cond.params["class_embedding.weight"])
+        assert all(np.array_equal(base.params[k], cond.params[k]) for k in base.params)
+        assert "num_classes" not in base.config and cond.config["num_classes"] == 10
+
+
+def test_W1_labels_are_checked_and_the_null_class_is_none(rng):
+    model = MLP(hidden=16, num_layers=1, time_dim=8, num_classes=3, dtype=np.float64)
+    randomise(model, rng)
+    x, t = rng.standard_normal((4, 2)), np.array([0, 1, 2, 3])
+    assert np.array_equal(model.forward(x, t)[0], model.forward(x, t, 3)[0])  # None is the null class K
+    assert np.array_equal(model.forward(x, t, 1)[0], model.forward(x, t, np.full(4, 1))[0])
+    for bad, match in [(np.array([0, 1, 4, 2]), "class 4 is out of range: the model has 3 classes, 0..2"),
+                       (np.array([-1, 0, 0, 0]), "class -1 is out of range"), (np.array([0.0, 1, 2, 0]), "int"),
+                       (np.array([0, 1]), "shape \\(4,\\)"), (np.array([True] * 4), "int")]:
+        with pytest.raises(InputError, match=match):
+            model.forward(x, t, bad)
+    with pytest.raises(InputError, match="unconditional model"):
+        MLP(hidden=16, num_layers=1, time_dim=8).forward(x, t, np.zeros(4, dtype=int))
+    for k in (0, -2, 2.5, "3", True):
+        with pytest.raises(InputError, match="num_classes must be an integer >= 1"):
+            UNet(num_classes=k)
