@@ -37,7 +37,7 @@ from reference.errors import InputError
 
 from . import checkpoint, data
 from .backend import Backend
-from .config import recipe_for
+from .config import recipe_for, with_classes
 from .progress import RunEstimate, step_bar
 from .threads import is_small, one_thread
 
@@ -259,9 +259,12 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     pictures into ``out_dir``; returns ``run``'s dict. ``trainer_options`` go to the backend's Trainer (the
     port's device, compile, amp, channels_last, cuda_graphs)."""
     validate_config(cfg)  # bad settings fail here, before the data is read
-    x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size)
+    cfg = with_classes(cfg)  # --class-cond: the dataset's class count into cfg.model (refused without labels)
+    x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size,
+                  return_labels=cfg.class_cond)
+    x, y = x if cfg.class_cond else (x, None)
     if cfg.n_data:
-        x = x[: cfg.n_data]
+        x, y = x[: cfg.n_data], (None if y is None else y[: cfg.n_data])
     _check_fits_the_unet(cfg, x.shape[1:])
     # the bound losses' decoder needs the data's levels (17 for the digits, 256 for 8-bit images, None for points)
     levels = data.info(cfg.data, image_size=cfg.image_size).levels if cfg.loss != "simple" else None
@@ -270,7 +273,7 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
         # a 2-D MLP on the CPU trains on one thread: its matrices are too small for a second to pay
         with one_thread(is_small(x.shape[1:]) and str(getattr(trainer, "device", "cpu")).startswith("cpu")):
             return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
-                       overwrite=overwrite)
+                       overwrite=overwrite, y=y)
     finally:
         getattr(trainer, "close", lambda: None)()  # the port leaves its process group (torchrun)
 
@@ -288,8 +291,9 @@ def _check_fits_the_unet(cfg, item_shape):
                          "(or fewer levels)")
 
 
-def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
-    """Train ``trainer`` on the array ``x`` (N, ...) for ``trainer.cfg.steps`` steps.
+def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=None):
+    """Train ``trainer`` on the array ``x`` (N, ...) for ``trainer.cfg.steps`` steps; ``y`` the labels (N,) of a
+    class-conditional run (they travel with the data: the batch's labels go to ``trainer.step(x0, step, y=...)``).
 
     Returns a dict with "step" and, on the main process, "ckpt", "samples", "log"; "done": True when a
     resumed checkpoint had already reached ``cfg.steps`` (nothing was trained).
@@ -307,6 +311,7 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
         check_data(x)
     if hasattr(trainer, "prepare_data"):
         x = trainer.prepare_data(x)  # e.g. the whole dataset resident on the GPU
+        y = None if y is None else trainer.prepare_labels(y)  # the labels too
     ckpt_path, log_path = out / CKPT, out / "log.jsonl"
     data_rng = np.random.default_rng([cfg.seed, 0])
     start = _start(trainer, out, resume, overwrite, data_rng, main)
@@ -316,7 +321,7 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
         (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
     graceful = getattr(trainer, "world", 1) == 1   # under torchrun the launcher handles signals
     with _stop_requests(graceful) as stop:
-        _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop)
+        _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y)
     if not main:
         return {"step": cfg.steps}
     _save(trainer, ckpt_path, cfg.steps, data_rng)
@@ -330,7 +335,7 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False):
     return res
 
 
-def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop):
+def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y=None):
     cfg, out = trainer.cfg, ckpt_path.parent
     bar = step_bar(cfg.steps, start, progress)
     estimate = RunEstimate(trainer, start, show=progress and main)
@@ -340,7 +345,7 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
             for step in range(start, cfg.steps):
                 idx = data_rng.integers(0, x.shape[0], size=cfg.batch_size)
                 try:
-                    loss, gnorm = trainer.step(x[idx], step)
+                    loss, gnorm = trainer.step(x[idx], step) if y is None else trainer.step(x[idx], step, y=y[idx])
                 except FloatingPointError as e:
                     raise diverged(cfg, f"training stopped at step {step + 1}: {e}", ckpt_path,
                                    last_saved) from None

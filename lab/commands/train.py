@@ -107,6 +107,13 @@ def configure(p):
     p.add_argument("--importance-sampling", dest="importance_sampling", action="store_true", default=None,
                    help="--loss vlb: draw t with p_t proportional to sqrt(E[L_t^2]) over the last 10 losses per t "
                         "(uniform until every t has them), each term weighted 1/(T p_t)")
+    p.add_argument("--class-cond", dest="class_cond", action="store_true", default=None,
+                   help="a class-conditional network: the dataset's labels (digits, mnist, fashion-mnist, cifar10, "
+                        "moons, gaussians8, checkerboard, folder:PATH with one sub-folder per class) are added to "
+                        "the time embedding, and dropped to a null class with probability --p-uncond, so the same "
+                        "network is also the unconditional one that classifier-free guidance needs")
+    p.add_argument("--p-uncond", dest="p_uncond", type=float, default=None,
+                   help="--class-cond: the probability each label is replaced by the null class (default 0.1)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
     p.add_argument("--final-samples", dest="final_samples", action=argparse.BooleanOptionalAction, default=None,
                    help="write samples_final.png after the last step (default: yes; --no-final-samples skips "
@@ -132,7 +139,8 @@ def config_from_args(args):
     """The run's TrainConfig: recipe defaults, or the checkpoint's config on --resume, plus the flags given."""
     given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
                                                              "weighting", "dtype", "final_samples", "variance",
-                                                             "loss", "hybrid_lambda", "importance_sampling"]
+                                                             "loss", "hybrid_lambda", "importance_sampling",
+                                                             "class_cond", "p_uncond"]
              if getattr(args, k) is not None}
     if given.get("variance") == "learned" and "loss" not in given:
         given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
@@ -145,13 +153,19 @@ def config_from_args(args):
         d = dataclasses.asdict(cfg)
         d.update(given)
         d["model"] = {**d["model"], **model}
-        return runner.validate_config(TrainConfig.from_dict(d))
+        return _check_p_uncond(runner.validate_config(TrainConfig.from_dict(d)), given)
     base_model = recipe_for(args.data)["model"]
     unknown = [k for k in model if k not in base_model]
     if unknown:
         kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
         raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
-    return runner.validate_config(make_config(args.data, model=model, **given))
+    return _check_p_uncond(runner.validate_config(make_config(args.data, model=model, **given)), given)
+
+
+def _check_p_uncond(cfg, given):
+    if "p_uncond" in given and not cfg.class_cond:
+        raise InputError("--p-uncond applies to a class-conditional run: add --class-cond (it would be ignored)")
+    return cfg
 
 
 def run(args, B):
@@ -196,6 +210,7 @@ add_command(
       python -m reference train --data digits --out runs/digits
       python -m reference train --data moons --out runs/moons --steps 3000
       python -m reference train --data digits --out runs/digits --resume --steps 8000
+      python -m torch_port train --data digits --out runs/digits-cond --class-cond
       python -m torch_port train --data digits --out runs/digits-hybrid --variance learned
       python -m torch_port train --data digits --out runs/digits-vlb --variance learned --loss vlb --importance-sampling
       torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar

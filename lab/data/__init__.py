@@ -10,7 +10,8 @@ Names (``DATASETS``):
   digits          scikit-learn's 8x8 handwritten digits (17 levels, 0..16); fixed 10% test split
   mnist, fashion-mnist   28x28 IDX files (optionally .gz) in DATA_DIR/<name>/, downloaded when missing
   cifar10         32x32 RGB: DATA_DIR/cifar10/cifar-10-batches-py/ or DATA_DIR/cifar10/cifar-10-python.tar.gz
-  folder:PATH     every image under PATH (recursive), resized and center-cropped to image_size (default 32)
+  folder:PATH     every image under PATH (recursive), resized and center-cropped to image_size (default 32);
+                  labelled by sub-folder (sorted names -> 0..K-1) when every image lies in one, else unlabelled
 
 DATA_DIR is ``data_dir``, else $DDPM_DATA_DIR, else ~/.cache/ddpm-executable.
 
@@ -29,8 +30,8 @@ from reference.errors import InputError, check_choice
 
 from . import points as _points
 from .images import (DEFAULT_FOLDER_SIZE, FOLDER_PREFIX, IMAGE_EXTENSIONS, NATIVE, RESAMPLE, TEST_FRACTION,
-                     check_size, default_data_dir, folder_channels, folder_files, levels_to_model_space, load_image,
-                     read_idx, read_levels)
+                     check_size, default_data_dir, folder_channels, folder_classes, folder_files,
+                     levels_to_model_space, load_image, read_idx, read_levels)
 
 POINT_SETS = ("moons", "swissroll", "gaussians8", "checkerboard")
 IMAGE_SETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -100,7 +101,8 @@ def info(name, image_size=None, channels=None):
         files = folder_files(name[len(FOLDER_PREFIX):])
         c = folder_channels(files, channels)
         s = check_size(image_size, DEFAULT_FOLDER_SIZE)
-        return DatasetInfo(name, "image", (c, s, s), c, 256, 0)
+        classes = folder_classes(name[len(FOLDER_PREFIX):], files)[0]
+        return DatasetInfo(name, "image", (c, s, s), c, 256, len(classes or ()))
     c, size, levels, k = NATIVE[name]
     s = check_size(image_size, size)
     return DatasetInfo(name, "image", (c, s, s), c, levels, k)
@@ -114,7 +116,7 @@ def load(name, n=None, seed=0, data_dir=None, split="train", image_size=None, do
 
     Returns ``x`` of shape (N, 2) (points) or (N, C, H, W) in [-1, 1] (images), or ``(x, y)`` with
     int64 labels y of shape (N,) when ``return_labels`` (moons: which moon, gaussians8: which
-    mode, checkerboard: which square, image sets: the class).
+    mode, checkerboard: which square, image sets: the class, folder: the sub-folder, sorted names -> 0..K-1).
 
     n        points to draw (2-D sets; default 10_000 train / 2_000 test) or a random subset of
              that size drawn with ``seed`` (image sets; default: all, in file order)
@@ -137,7 +139,9 @@ def load(name, n=None, seed=0, data_dir=None, split="train", image_size=None, do
     if not return_labels:
         return x
     if y is None:
-        raise InputError(f"dataset {name!r} has no labels; call load(..., return_labels=False)")
+        why = (": some images lie directly under the folder; labels come from one sub-folder per class"
+               if name.startswith(FOLDER_PREFIX) else "")
+        raise InputError(f"dataset {name!r} has no labels{why}; call load(..., return_labels=False)")
     return x, y.astype(np.int64)
 
 

@@ -58,8 +58,8 @@ def read_levels(name, data_dir, split, image_size, download, channels, resample)
     """(N, C, H, W) integer levels (uint8), labels or None, number of levels."""
     if name.startswith(FOLDER_PREFIX):
         size = check_size(image_size, DEFAULT_FOLDER_SIZE)
-        x = _load_folder(name[len(FOLDER_PREFIX):], size, channels, split)
-        return x, None, 256
+        x, y = _load_folder(name[len(FOLDER_PREFIX):], size, channels, split)
+        return x, y, 256
     if channels is not None:
         raise InputError(f"channels= applies to folder:PATH datasets only, not {name!r}")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -235,6 +235,19 @@ def folder_files(path):
     return files
 
 
+def folder_classes(path, files):
+    """Sub-folder names as classes: (sorted class names, labels (N,) int64 in 0..K-1 for ``files``) when every
+    image lies inside a sub-folder of PATH (its first folder below PATH names its class, at any depth);
+    (None, None) when some image lies directly under PATH (no labels then)."""
+    root = Path(path).expanduser()
+    parts = [f.relative_to(root).parts for f in files]
+    if any(len(p) < 2 for p in parts):
+        return None, None
+    names = sorted({p[0] for p in parts})
+    index = {n: k for k, n in enumerate(names)}
+    return names, np.array([index[p[0]] for p in parts], dtype=np.int64)
+
+
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
@@ -292,7 +305,9 @@ def _load_folder(path, size, channels, split):
     keep = _split_indices(len(files), split)
     from tqdm.auto import tqdm
     bar = tqdm(keep, desc=f"reading {path}", unit="img", disable=None if len(keep) > 500 else True, leave=False)
-    return np.stack([_image_levels(files[i], size, c) for i in bar])     # (N, C, size, size)
+    labels = folder_classes(path, files)[1]                              # sub-folders as classes, or None
+    x = np.stack([_image_levels(files[i], size, c) for i in bar])        # (N, C, size, size)
+    return x, (None if labels is None else labels[keep])
 
 
 def load_image(path, size=None, channels=None):
