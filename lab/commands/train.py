@@ -200,7 +200,9 @@ add_command(
     uniformly (Ho et al. 2020, Algorithm 1), with AdamW, gradient clipping, warmup and an EMA of the weights.
     --variance learned adds the reverse variances to the network's outputs (Improved DDPM) and trains them
     with L_hybrid = L_simple + lambda L_vlb (--hybrid-lambda, 0.001), or with the bound itself (--loss vlb,
-    optionally --importance-sampling). With only --data and --out it uses the dataset's tuned recipe
+    optionally --importance-sampling). --class-cond trains a class-conditional network on the dataset's labels
+    (each dropped to a null class with probability --p-uncond, so the network also learns the unconditional
+    model classifier-free guidance needs). With only --data and --out it uses the dataset's tuned recipe
     (lab/config.py). It writes into DIR:
     ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
     samples_*.png. Ctrl-C or a crash loses at most --save-every steps: `--resume` continues bit for bit.
