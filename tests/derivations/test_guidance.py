@@ -58,7 +58,8 @@ def test_W1_the_class_embedding_is_a_shift_of_the_time_mlps_last_bias(net, rng):
     for c in range(5):
         base = make(**kw, dtype=np.float64)
         p = {k: v for k, v in cond.params.items() if k != "class_embedding.weight"}
-        base.load_params(dict(p, **{"time_mlp.fc2.bias": p["time_mlp.fc2.bias"] + cond.params["class_embedding.weight"][c]}))
+        shifted = p["time_mlp.fc2.bias"] + cond.params["class_embedding.weight"][c]
+        base.load_params(dict(p, **{"time_mlp.fc2.bias": shifted}))
         assert rel_error(cond.forward(x, t, np.full(3, c))[0], base.forward(x, t)[0]) <= TOL["exact64"]
     assert np.array_equal(cond.forward(x, t)[0], cond.forward(x, t, 4)[0])
 
@@ -69,11 +70,13 @@ def test_W1_training_drops_each_label_to_the_null_class_with_probability_p_uncon
     the unconditional run's; later ones differ, as the stream has moved on by the drops)."""
     def record(trainer):
         seen, forward = [], trainer.model.forward
-        trainer.model.forward = lambda x, t, *y: seen.append((t.copy(), y[0].copy() if y else None)) or forward(x, t, *y)
+        trainer.model.forward = lambda x, t, *y: seen.append((t.copy(), y[0].copy() if y else None)) or \
+            forward(x, t, *y)
         return seen
 
     p, kw = 0.3, dict(steps=40, batch_size=256, model=dict(hidden=16, num_layers=1))
-    cond = Trainer(make_config("moons", class_cond=True, p_uncond=p, **dict(kw, model=dict(kw["model"], num_classes=2))), (2,))
+    cond_kw = dict(kw, model=dict(kw["model"], num_classes=2))
+    cond = Trainer(make_config("moons", class_cond=True, p_uncond=p, **cond_kw), (2,))
     plain = Trainer(make_config("moons", **kw), (2,))
     got, want = record(cond), record(plain)
     data = np.random.default_rng(3)
@@ -187,7 +190,7 @@ def test_W5_guided_oracle_at_s1_samples_each_class_ancestral_and_ode(mix, sched)
     den = lambda x, t: guidance.combine(cond(x, t, y), uncond(x, t), 1.0)  # noqa: E731
     x = samplers.sample_loop(sched, den, rng.standard_normal((n, 2)), rng, "ddpm").x
     _class_moments_close(x, y, mix)
-    D = lambda x, sigma: guidance.combine(mix.denoise_sigma(x, sigma, y), mix.denoise_sigma(x, sigma), 1.0)  # noqa: E731
+    D = lambda x, sig: guidance.combine(mix.denoise_sigma(x, sig, y), mix.denoise_sigma(x, sig), 1.0)  # noqa: E731
     x = solvers.sample(D, rng.standard_normal((n, 2)), solvers.karras_sigmas(64, 0.01, 157.4), "dpm++2m").x
     _class_moments_close(x, y, mix)
 

@@ -63,7 +63,8 @@ def test_class_cond_on_a_dataset_without_labels_and_stray_flags_are_refused(tmp_
                          "every image sits in a sub-folder named after its class"),
                         (["--data", "moons", "--p-uncond", "0.2"], "--p-uncond applies to a class-conditional run"),
                         (["--data", "moons", "--class-cond", "--p-uncond", "1"], "--p-uncond must be a probability"),
-                        (["--data", "moons", "--class-cond", "--p-uncond", "-0.1"], "--p-uncond must be a probability")]:
+                        (["--data", "moons", "--class-cond", "--p-uncond", "-0.1"],
+                         "--p-uncond must be a probability")]:
         assert cli.main(["train", "--out", str(tmp_path / "r"), "--steps", "2", *argv]) == 2
         assert words in capsys.readouterr().err
         assert not (tmp_path / "r" / "ckpt.npz").exists()
@@ -132,7 +133,8 @@ def test_each_batch_reaches_the_trainer_with_its_own_labels(backend, tmp_path, m
     seen, step = [], Trainer.step
 
     def record(self, x0, i, y=None):
-        seen.append((np.asarray(x0.cpu() if hasattr(x0, "cpu") else x0), np.asarray(y.cpu() if hasattr(y, "cpu") else y)))
+        host = [np.asarray(a.cpu() if hasattr(a, "cpu") else a) for a in (x0, y)]
+        seen.append(tuple(host))
         return step(self, x0, i, y=y)
 
     monkeypatch.setattr(Trainer, "step", record)
