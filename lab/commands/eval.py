@@ -13,10 +13,11 @@ import numpy as np
 from reference.errors import InputError
 
 from .. import data as datasets
-from .. import metrics
+from .. import likelihood_eval
 from ..cli import add_command
 from ..pictures import quality_vs_nfe
 from ..progress import bar
+from ..quality import Quality
 from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACINGS, check_sampler_flags, draw,
                         load_trainer, plan)
 
@@ -25,49 +26,6 @@ from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACIN
 # draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor; moons SWD 1.17x its floor, where DDPM with all
 # 1000 steps scores 1.53x (its first step divides by the clipped cosine's sqrt(alpha_bar_999)). 50x fewer calls.
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", ODE_DEFAULT_STEPS
-
-
-class Quality:
-    """The sample-quality judge of one dataset at n samples, built once: the real sets, the feature
-    classifier (images) and the real-vs-real floor. ``score(samples)`` is the model's figure."""
-
-    def __init__(self, name, n, cfg, seed=0):
-        self.n = n
-        if name in datasets.POINT_SETS:
-            self.metric = "sliced Wasserstein"
-            self.real = datasets.load(name, n=n, seed=seed + 101, split="train")
-            real2 = datasets.load(name, n=n, seed=seed + 202, split="test")
-            self._figure = metrics.sliced_wasserstein
-            self.floor = metrics.sliced_wasserstein(real2, self.real)
-            return
-        kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size)
-        x_tr, y_tr = datasets.load(name, split="train", return_labels=True, **kw)
-        pool = np.concatenate([x_tr, datasets.load(name, split="test", **kw)])
-        if len(pool) < 2 * n:
-            raise InputError(f"--n {n} is too many for {name!r}: the floor needs 2n = {2 * n} real images, "
-                             f"the dataset has {len(pool)}")
-        net = metrics.feature_net(name, x_tr, y_tr)
-        perm = np.random.default_rng(seed).permutation(len(pool))
-        self.real, real2 = pool[perm[:n]], pool[perm[n:2 * n]]
-        self.metric = "Frechet distance (classifier features)"
-        self._figure = lambda a, b: metrics.image_fd(net, a, b)
-        self.floor = metrics.floor_image_fd(net, real2, self.real)
-
-    def score(self, samples):
-        return self._figure(np.asarray(samples, np.float64), self.real)
-
-
-def bits_per_dim(B, trainer, name, n, seed=0):
-    """The full variational bound on n held-out items, in bits/dim (8-bit images only)."""
-    cfg = trainer.cfg
-    x = datasets.load(name, split="test", data_dir=cfg.data_dir, image_size=cfg.image_size)[:n]
-    x = B.from_numpy(x.astype(np.float64 if cfg.dtype == "float64" else np.float32))
-    if B.name == "torch":
-        x = x.to(trainer.device)
-    rng = np.random.default_rng(seed)
-    return float(B.losses.bits_per_dim(trainer.sched, trainer.denoiser(), x, rng, prediction=cfg.prediction,
-                                       decoder="discretized",
-                                       progress=bar("bits/dim", total=cfg.T)))
 
 
 def configure(p):
@@ -97,7 +55,7 @@ def configure(p):
                         "draw of 500 digits in NumPy on 2 cores, ~3 min in the port); --no-baseline skips it")
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="with --nfe: where quality_vs_nfe.png goes (default: beside the checkpoint)")
-    p.add_argument("--bpd-n", type=int, default=64, help="held-out images for bits/dim (0 skips it)")
+    likelihood_eval.configure(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1,
                    help="draw the samples this many times (seeds seed, seed+1, ...) and report the mean and "
@@ -127,8 +85,7 @@ def _check(args, B):
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port eval ...`")
     if args.n is not None and args.n < 2:
         raise InputError(f"--n must be >= 2 (a figure needs a spread of samples), got {args.n}")
-    if args.bpd_n < 0:
-        raise InputError(f"--bpd-n must be >= 0 (0 skips bits/dim), got {args.bpd_n}")
+    likelihood_eval.check(args)
     if args.sample_steps is not None and args.sample_steps < 1:
         raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
     if args.repeats < 1:
@@ -143,21 +100,6 @@ def _check(args, B):
     if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot must name a .png file, got {args.plot!r}")
     return parse_nfe(args.nfe, args.sampler)
-
-
-def _bits_per_dim(B, trainer, name, args, res):
-    """res gains bits_per_dim (8-bit data) or a note saying why it does not apply."""
-    info = datasets.info(name, image_size=trainer.cfg.image_size)
-    if args.bpd_n and info.eight_bit:
-        t0 = time.perf_counter()
-        res["bits_per_dim"] = bits_per_dim(B, trainer, name, args.bpd_n, args.seed)
-        res["bits_per_dim_n"] = args.bpd_n
-        res["bits_per_dim_seconds"] = time.perf_counter() - t0
-    elif args.bpd_n:
-        res["bits_per_dim"] = None
-        what = "continuous 2-D points" if info.levels is None else f"{info.levels}-level images"
-        res["bits_per_dim_note"] = (f"{name!r} holds {what}, not 8-bit data: the discretised decoder's "
-                                    "bits/dim applies to 8-bit images only")
 
 
 def score_sampler(B, trainer, judge, n, args, sampler, steps, spacing=None, grid=None, tag=""):
@@ -254,7 +196,7 @@ def run(args, B):
     n = args.n or (2000 if name in datasets.POINT_SETS else 500)
     res = {"ckpt": str(args.ckpt), "data": name, "trained_on": cfg.data, "step": ck.step, "n": n,
            "repeats": args.repeats, "sampler": args.sampler}
-    _bits_per_dim(B, trainer, name, args, res)
+    likelihood_eval.compute(B, trainer, name, args, res)
     judge = Quality(name, n, cfg, args.seed)
     res.update({"metric": judge.metric, "floor": judge.floor})
     if nfes is not None:
@@ -264,10 +206,7 @@ def run(args, B):
         res.update({k: one[k] for k in ("value", "values", "ratio_to_floor", "sampling_seconds", "nfe",
                                         "seconds_per_sample")}, sample_steps=one["steps"], where=one["where"])
     print(f"eval of {args.ckpt} (step {ck.step}, {name}, {B.name}):")
-    if res.get("bits_per_dim") is not None:
-        print(f"  bits/dim (variational bound, {args.bpd_n} held-out images): {res['bits_per_dim']:.4f}")
-    elif "bits_per_dim_note" in res:
-        print(f"  bits/dim: n/a — {res['bits_per_dim_note']}")
+    likelihood_eval.report(res, args)
     if nfes is not None:
         _print_sweep(res)
     else:
