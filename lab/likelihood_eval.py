@@ -1,59 +1,298 @@
-"""The likelihood part of ``eval``: bits/dim of held-out data (the variational bound) in the flags' words.
+"""The likelihood part of ``eval``: the negative log-likelihood of held-out data two ways, in the flags' words.
+
+  bound  the variational bound L_T + sum_t L_{t-1} + L_0 (derivations/elbo.md; T network evaluations per item)
+         with the reverse variances of ``--bpd-variance`` (default: the checkpoint's own, ``learned`` for a
+         ``--variance learned`` run, else ``fixed_small``). Discrete data (images of L levels: 256 for 8-bit,
+         17 for the digits) is scored by the discretised decoder on its L levels (L6, L9), in bits/dim of the
+         discrete data; continuous 2-D points by a Gaussian decoder density, in nats per point (and bits/dim of
+         that density, which may be negative).
+  ode    the exact likelihood of the probability-flow ODE (derivations/likelihood.md E1-E8) through
+         ``likelihood.model_nll`` of the network between its trained levels sigma_0 and sigma_{T-1}; the
+         divergence exact for 2-D points and Hutchinson's (Rademacher probes) for images; discrete data
+         dequantised uniformly within its bin, its bits/dim the continuous ones plus log2((L - 1) / 2) (E7),
+         an upper bound on the discrete data's bits/dim like the bound's figure, so the two compare.
 
 eval.py calls four hooks, in this order: ``configure(p)`` adds the flags, ``check(args)`` refuses bad ones
 before any work, ``compute(B, trainer, name, args, res)`` fills ``res`` (the JSON figures) and
-``report(res, args)`` prints them."""
+``report(res, args)`` prints them. The noise of both routes (the bound's eps per step, the probes and the
+dequantisation) is drawn by NumPy from ``--seed`` in the same order on both sides, so one checkpoint gives
+the same figures from ``python -m reference eval`` and ``python -m torch_port eval`` (to float32 rounding).
+"""
 from __future__ import annotations
 
+import importlib
+import math
 import time
 
 import numpy as np
 
 from reference.errors import InputError
+from reference.likelihood import ATOL, MIN_RTOL, RTOL, bpd_offset
 
 from . import data as datasets
-from .progress import bar
+from .progress import bar, progress
+
+NLL_ROUTES = ("bound", "ode", "both")
+BOUND_VARIANCES = ("fixed_small", "fixed_large", "learned")
+DIVERGENCES = ("auto", "exact", "hutchinson")
+ODE_FLAGS = ("ode_rtol", "ode_atol", "ode_divergence", "ode_probes", "ode_batch")
+ODE_BATCH = 64   # items per adaptive solve: the controller's error norm is an RMS over the whole batch
 
 
 def configure(p):
-    p.add_argument("--bpd-n", type=int, default=64, help="held-out images for bits/dim (0 skips it)")
+    p.add_argument("--bpd-n", type=int, default=64,
+                   help="held-out items (test split) for the likelihood (0 skips it)")
+    p.add_argument("--nll", choices=NLL_ROUTES, default="bound",
+                   help="bound: the variational bound (T network calls per item); ode: the exact likelihood of "
+                        "the probability-flow ODE (an adaptive solve, Hutchinson's divergence for images); both")
+    p.add_argument("--bpd-variance", default=None, metavar="LIST",
+                   help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
+                        "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "
+                        "--variance learned run, else fixed_small)")
+    p.add_argument("--ode-rtol", type=float, default=None, help=f"--nll ode: the solver's relative tolerance "
+                                                                 f"(default {RTOL:g}, score_sde's)")
+    p.add_argument("--ode-atol", type=float, default=None, help=f"--nll ode: absolute tolerance (default {ATOL:g})")
+    p.add_argument("--ode-divergence", choices=DIVERGENCES, default=None,
+                   help="--nll ode: exact (d backward passes per evaluation) or hutchinson (--ode-probes passes); "
+                        "auto (default): exact for 2-D points, hutchinson for images")
+    p.add_argument("--ode-probes", type=int, default=None,
+                   help="--nll ode with Hutchinson's divergence: Rademacher probes per item (default 1)")
+    p.add_argument("--ode-batch", type=int, default=None,
+                   help=f"--nll ode: items per adaptive solve (default {ODE_BATCH})")
+
+
+def parse_variances(text):
+    """--bpd-variance "fixed_small,fixed_large" -> a tuple of names (or ("all",)), refused naming the flag."""
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if names == ("all",):
+        return names
+    bad = [v for v in names if v not in BOUND_VARIANCES]
+    if not names or bad:
+        raise InputError(f"--bpd-variance must be a comma-separated list from {', '.join(BOUND_VARIANCES)}, or all; "
+                         f"got {text!r}")
+    return names
 
 
 def check(args):
+    """Every likelihood flag checked before any work, in the flags' words."""
     if args.bpd_n < 0:
-        raise InputError(f"--bpd-n must be >= 0 (0 skips bits/dim), got {args.bpd_n}")
+        raise InputError(f"--bpd-n must be >= 0 (0 skips the likelihood), got {args.bpd_n}")
+    ode = args.nll in ("ode", "both")
+    if args.bpd_n == 0 and args.nll != "bound":
+        raise InputError(f"--nll {args.nll} needs held-out items: --bpd-n 0 skips the likelihood")
+    if args.bpd_variance is not None:
+        if args.nll == "ode":
+            raise InputError("--bpd-variance chooses the bound's variances: it applies with --nll bound or both "
+                             "(the ODE reads the network's mean only)")
+        parse_variances(args.bpd_variance)
+    if not ode:
+        given = [f"--{f.replace('_', '-')}" for f in ODE_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} applies with --nll ode or both (the probability-flow ODE's "
+                             f"likelihood), not --nll {args.nll}")
+        return
+    for flag, v in (("--ode-rtol", args.ode_rtol), ("--ode-atol", args.ode_atol)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise InputError(f"{flag} must be a positive number, got {v!r}")
+    if args.ode_rtol is not None and args.ode_rtol < MIN_RTOL:
+        raise InputError(f"--ode-rtol {args.ode_rtol!r} is below what float64 can hold (100 eps = {MIN_RTOL:.3g})")
+    if args.ode_probes is not None:
+        if args.ode_probes < 1:
+            raise InputError(f"--ode-probes must be >= 1, got {args.ode_probes}")
+        if args.ode_divergence == "exact":
+            raise InputError("--ode-probes is for Hutchinson's divergence: --ode-divergence exact uses the d basis "
+                             "vectors")
+    if args.ode_batch is not None and args.ode_batch < 1:
+        raise InputError(f"--ode-batch must be >= 1, got {args.ode_batch}")
 
 
-def bits_per_dim(B, trainer, name, n, seed=0):
-    """The full variational bound on n held-out items, in bits/dim (8-bit images only)."""
-    cfg = trainer.cfg
-    x = datasets.load(name, split="test", data_dir=cfg.data_dir, image_size=cfg.image_size)[:n]
-    x = B.from_numpy(x.astype(np.float64 if cfg.dtype == "float64" else np.float32))
-    if B.name == "torch":
-        x = x.to(trainer.device)
+# ---- the figures --------------------------------------------------------------------------------
+
+def likelihood_module(B):
+    """reference.likelihood or torch_port.likelihood (lab.backend.Backend does not list it among its modules)."""
+    return importlib.import_module(f"{B.package}.likelihood")
+
+
+def _np(a):
+    """A backend array (NumPy, or a torch tensor on any device) -> float64 NumPy."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _mean_se(a):
+    a = np.asarray(a, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else None
+
+
+def held_out(name, cfg, n, seed=0):
+    """The first n items of the test split (2-D points: n drawn from the test stream of ``seed``), float32."""
+    if name in datasets.POINT_SETS:
+        return datasets.load(name, n=n, seed=seed, split="test")
+    x = datasets.load(name, split="test", data_dir=cfg.data_dir, image_size=cfg.image_size)
+    if len(x) < n:
+        raise InputError(f"--bpd-n {n} is more than the {len(x)} held-out images of {name!r}")
+    return x[:n]
+
+
+def _on_device(B, trainer, x):
+    x = B.from_numpy(np.ascontiguousarray(x.astype(np.float64 if trainer.cfg.dtype == "float64" else np.float32)))
+    return x.to(trainer.device) if B.name == "torch" else x
+
+
+def bound_variances(args, cfg):
+    """The variances the bound is computed with, the checkpoint's own first; refused when it has no learned ones."""
+    own = "learned" if cfg.variance == "learned" else "fixed_small"
+    if args.bpd_variance is None:
+        return (own,)
+    names = parse_variances(args.bpd_variance)
+    if names == ("all",):
+        return (own,) + tuple(v for v in ("fixed_small", "fixed_large") if v != own)
+    if "learned" in names and cfg.variance != "learned":
+        raise InputError("--bpd-variance learned needs a checkpoint trained with --variance learned (its network "
+                         "outputs the variances); this one predicts the mean only: use fixed_small or fixed_large")
+    return names
+
+
+def bound(B, trainer, x, info, variance, seed=0, per_item=False):
+    """The variational bound per item on x (N, ...) with one reverse variance -> a dict of figures.
+
+    Discrete data: bits/dim of the discrete data by the discretised decoder on its levels. Points: the
+    Gaussian decoder's density, in nats per item and bits/dim of it. The eps of every step are drawn from
+    np.random.default_rng(seed) on both sides (the same eps for every variance: paired figures)."""
+    cfg, d = trainer.cfg, int(np.prod(x.shape[1:]))
+    kw = dict(decoder="discretized", levels=info.levels) if info.discrete else dict(decoder="gaussian")
+    den = trainer.denoiser(with_variance=variance == "learned")
+    t0 = time.perf_counter()
+    out = B.losses.vlb_terms(trainer.sched, den, x, np.random.default_rng(seed), prediction=cfg.prediction,
+                             variance=variance, progress=bar(f"bound ({variance})", total=cfg.T), **kw)
+    bpd = _np(out["total"])
+    res = dict(zip(("bits_per_dim", "bits_per_dim_se"), _mean_se(bpd)), variance=variance,
+               seconds=time.perf_counter() - t0)
+    # (L7)  nats per item = bits/dim * d ln 2
+    res.update(zip(("nats", "nats_se"), _mean_se(bpd * d * math.log(2.0))))
+    res["prior_bits_per_dim"] = float(_np(out["prior"]).mean())
+    res["decoder_bits_per_dim"] = float(_np(out["terms"][0]).mean())
+    if per_item:
+        res["per_item"] = bpd.tolist()
+    return res
+
+
+def _ode_progress(desc, rho0, rho1):
+    """A progress callable over the solver's accepted steps (their number unknown): the share of log sigma done."""
+    def wrap(steps):
+        holder = []
+
+        def marked():
+            for rho in steps:
+                holder[0].set_postfix(log_sigma=f"{rho:.3g}", done=f"{(rho - rho0) / (rho1 - rho0):.0%}")
+                yield rho
+        holder.append(progress(marked(), desc=desc))
+        return holder[0]
+    return wrap
+
+
+def ode(B, trainer, x, info, seed=0, rtol=None, atol=None, divergence=None, n_probes=None, batch=None,
+        per_item=False):
+    """The probability-flow ODE's likelihood per item on x (N, ...) -> a dict of figures, batch by batch.
+
+    Per batch, from np.random.default_rng(seed): the Rademacher probes (K, n, ...) first, then the
+    dequantisation noise (discrete data); both sides receive the same arrays. ``per_item``: also the items'
+    own figures (bits/dim of discrete data, nats of points)."""
+    L = likelihood_module(B)
+    cfg, shape = trainer.cfg, tuple(x.shape)
+    n, d = shape[0], int(np.prod(shape[1:]))
+    divergence = ("exact" if len(shape) == 2 else "hutchinson") if divergence in (None, "auto") else divergence
+    k = n_probes or 1
+    rtol, atol, batch = rtol or RTOL, atol or ATOL, batch or ODE_BATCH
     rng = np.random.default_rng(seed)
-    return float(B.losses.bits_per_dim(trainer.sched, trainer.denoiser(), x, rng, prediction=cfg.prediction,
-                                       decoder="discretized",
-                                       progress=bar("bits/dim", total=cfg.T)))
+    model = L.trainer_model(trainer)
+    variance = "learned" if cfg.variance == "learned" else "fixed_small"
+    sig = L.sigma_range(trainer.sched)
+    rho0, rho1 = math.log(sig[0]), math.log(sig[1])
+    nats, bpd, nfe, steps = [], [], 0, 0
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        xb = x[i:i + batch]
+        m = xb.shape[0]
+        kw = {}
+        if divergence == "hutchinson":
+            # (E4)  Rademacher probes, entries +-1 with probability 1/2
+            kw["probes"] = rng.integers(0, 2, size=(k, m) + shape[1:]).astype(np.float64) * 2.0 - 1.0
+        if info.discrete:
+            kw.update(levels=info.levels, dequant_noise=rng.uniform(0.0, 1.0, size=(m,) + shape[1:]))
+        r = L.model_nll(trainer.sched, model, xb, prediction=cfg.prediction, variance=variance,
+                        divergence=divergence, rtol=rtol, atol=atol,
+                        progress=_ode_progress(f"ODE NLL, items {i + 1}-{i + m} of {n}", rho0, rho1), **kw)
+        nats.append(_np(r.nats)), bpd.append(_np(r.bpd))
+        nfe, steps = nfe + r.nfe, steps + r.steps
+    nats, bpd = np.concatenate(nats), np.concatenate(bpd)
+    res = dict(zip(("bits_per_dim", "bits_per_dim_se"), _mean_se(bpd)))
+    res.update(zip(("nats", "nats_se"), _mean_se(nats)))
+    res.update(seconds=time.perf_counter() - t0, nfe=nfe, steps=steps, batches=-(-n // batch), batch=batch,
+               rtol=rtol, atol=atol, divergence=divergence, probes=k if divergence == "hutchinson" else d,
+               sigma_min=sig[0], sigma_max=sig[1], dequantized=info.discrete,
+               bpd_offset=bpd_offset(info.levels) if info.discrete else 0.0)
+    if per_item:
+        res["per_item"] = (bpd if info.discrete else nats).tolist()
+    return res
 
 
 def compute(B, trainer, name, args, res):
-    """res gains bits_per_dim (8-bit data) or a note saying why it does not apply."""
-    info = datasets.info(name, image_size=trainer.cfg.image_size)
-    if args.bpd_n and info.eight_bit:
-        t0 = time.perf_counter()
-        res["bits_per_dim"] = bits_per_dim(B, trainer, name, args.bpd_n, args.seed)
-        res["bits_per_dim_n"] = args.bpd_n
-        res["bits_per_dim_seconds"] = time.perf_counter() - t0
-    elif args.bpd_n:
-        res["bits_per_dim"] = None
-        what = "continuous 2-D points" if info.levels is None else f"{info.levels}-level images"
-        res["bits_per_dim_note"] = (f"{name!r} holds {what}, not 8-bit data: the discretised decoder's "
-                                    "bits/dim applies to 8-bit images only")
+    """res gains the likelihood figures of ``--nll`` on ``--bpd-n`` held-out items: "bound" (one entry per
+    variance) and/or "ode", and bits_per_dim (the first bound's, or the ODE's; None for 2-D points)."""
+    if not args.bpd_n:
+        return
+    cfg = trainer.cfg
+    info = datasets.info(name, image_size=cfg.image_size)
+    variances = bound_variances(args, cfg) if args.nll != "ode" else ()
+    x = _on_device(B, trainer, held_out(name, cfg, args.bpd_n, args.seed))
+    res.update(bits_per_dim=None, bits_per_dim_n=args.bpd_n, levels=info.levels, nll=args.nll)
+    t0 = time.perf_counter()
+    if variances:
+        res["bound"] = {v: bound(B, trainer, x, info, v, args.seed) for v in variances}
+        res["bits_per_dim_variance"] = variances[0]
+        res["bound_decoder"] = "discretized" if info.discrete else "gaussian"
+    if args.nll != "bound":
+        res["ode"] = ode(B, trainer, x, info, args.seed, args.ode_rtol, args.ode_atol, args.ode_divergence,
+                         args.ode_probes, args.ode_batch)
+    res["bits_per_dim_seconds"] = time.perf_counter() - t0
+    if info.discrete:
+        res["bits_per_dim"] = res["bound"][variances[0]]["bits_per_dim"] if variances else res["ode"]["bits_per_dim"]
+    else:
+        res["bits_per_dim_note"] = (f"{name!r} holds continuous 2-D points: no discrete code, so no bits/dim of "
+                                    "discrete data; the figures are -log p of the density in nats per point")
+
+
+def _pm(v, se, fmt):
+    return f"{v:{fmt}}" + (f" +- {se:.2g}" if se is not None else "")
 
 
 def report(res, args):
-    if res.get("bits_per_dim") is not None:
-        print(f"  bits/dim (variational bound, {args.bpd_n} held-out images): {res['bits_per_dim']:.4f}")
-    elif "bits_per_dim_note" in res:
-        print(f"  bits/dim: n/a — {res['bits_per_dim_note']}")
+    if "bits_per_dim_n" not in res:
+        return
+    levels, n = res["levels"], res["bits_per_dim_n"]
+    what = f"{levels}-level images" if levels else "continuous 2-D points"
+    print(f"  likelihood of {n} held-out items ({what}; +- one standard error over the items):")
+    for v, b in res.get("bound", {}).items():
+        if levels:
+            fig = f"{_pm(b['bits_per_dim'], b['bits_per_dim_se'], '.4f')} bits/dim (discretised decoder, {levels} " \
+                  "levels)"
+        else:
+            fig = f"{_pm(b['nats'], b['nats_se'], '.4f')} nats per point ({b['bits_per_dim']:.4f} bits/dim of " \
+                  "the density; Gaussian decoder)"
+        print(f"    bound, {v} variance: {fig}  [{b['seconds']:.3g} s]")
+    if "ode" in res:
+        o = res["ode"]
+        how = (f"{o['divergence']} divergence" + (f", {o['probes']} Rademacher probe(s)" if o["divergence"] ==
+                                                  "hutchinson" else "") + f", rtol {o['rtol']:g} atol {o['atol']:g}")
+        if levels:
+            fig = f"{_pm(o['bits_per_dim'], o['bits_per_dim_se'], '.4f')} bits/dim (dequantised, offset " \
+                  f"log2(({levels} - 1) / 2) = {o['bpd_offset']:.4g} included)"
+        else:
+            fig = f"{_pm(o['nats'], o['nats_se'], '.4f')} nats per point ({o['bits_per_dim']:.4f} bits/dim)"
+        print(f"    ODE (probability flow, exact likelihood): {fig}")
+        print(f"      {how}; NFE {o['nfe']} over {o['batches']} solve(s) of <= {o['batch']} items  "
+              f"[{o['seconds']:.3g} s]")
+    if "bits_per_dim_note" in res:
+        print(f"    note: {res['bits_per_dim_note']}")
