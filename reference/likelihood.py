@@ -238,7 +238,7 @@ def make_probes(divergence, shape, n_probes=1, probes=None, rng=None):
     ``n_probes`` Rademacher draws (+-1) from ``rng``, weight 1 / K: E[v^T J v] = tr J for E[v v^T] = I.
     """
     check_choice(divergence, DIVERGENCES, "divergence method")
-    n, d = shape[0], int(np.prod(shape[1:]))
+    d = int(np.prod(shape[1:]))
     if divergence == "exact":
         if probes is not None:
             raise InputError("probes are for divergence='hutchinson'; the exact divergence uses the basis vectors")

@@ -190,7 +190,7 @@ def make_probes(divergence, shape, n_probes=1, probes=None, generator=None, devi
     hutchinson = ``probes`` or ``n_probes`` Rademacher draws from ``generator``, weight 1 / K."""
     check_choice(divergence, DIVERGENCES, "divergence method")
     shape = tuple(shape)
-    n, d = shape[0], int(np.prod(shape[1:]))
+    d = int(np.prod(shape[1:]))
     if divergence == "exact":
         if probes is not None:
             raise InputError("probes are for divergence='hutchinson'; the exact divergence uses the basis vectors")
