@@ -7,6 +7,7 @@ import numpy as np
 
 from . import data, plots
 from .plots.curves import quality_vs_nfe  # noqa: F401  (eval's picture; re-exported for the commands)
+from .plots.guidance import class_rows, class_scatter, guidance_tradeoff  # noqa: F401  (guidance_tradeoff: eval)
 from .plots.samples import inversion_picture
 
 _TARGET = {"eps": "eps_hat - eps", "x0": "x0_hat - x_0", "v": "v_hat - v"}
@@ -63,3 +64,11 @@ def trajectory_pictures(traj, x, stem, cfg, title):
 def inversion_pictures(x0, latents, recon, path, title):
     """data | reconstruction (images: two grids; 2-D: data, latents and reconstruction panels), titled."""
     return inversion_picture(x0, latents, recon, path, title=title)
+
+
+def class_rows_picture(x, labels, path, cfg, title):
+    """Class-major samples of every class: images one labelled row per class; 2-D points coloured by class over
+    real data."""
+    if x.ndim == 2:
+        return class_scatter(x, labels, path, reference=real_points(cfg.data, len(x)), title=title)
+    return class_rows(x, labels, path, title=title)

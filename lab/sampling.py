@@ -7,6 +7,12 @@ Two families of samplers, one entry (``draw``):
 The noise x_T is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
 checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
 ``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise), for every sampler.
+
+Every sampler gets one denoiser (``network``): a class-conditional checkpoint asked for classes ``y`` runs
+through guidance.guided (W2, W4) at the scale ``guidance``; a learned-variance checkpoint (2C output channels,
+V1) gives ddpm all 2C channels (variance "learned", respaced by V5 when shortened) and every other sampler
+(ddim, the ODE solvers) the C mean channels only; guided, only the mean channels are mixed (the variance is
+the conditional pass's).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 
 from reference import samplers as chain
 from reference import solvers as ode
+from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 from reference.schedules import PriorMismatchWarning
 
@@ -34,6 +41,7 @@ ODE_DEFAULT_STEPS = 20      # the ODE samplers' --sample-steps when omitted (the
 DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading for 2-D eps-models on the cosine
                             # schedule: lab.late_start.default_grid, measured in benchmarks/bench_solvers.py
 MIN_STEPS = {"heun": 2, "dpm++2m": 3}   # fewest steps with one second-order update on a grid ending at 0
+DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model
 
 
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):
@@ -85,8 +93,8 @@ def resolve_steps(sampler, steps, T):
 
 def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=True, prediction="eps"):
     """The Plan of ``sampler`` with ``steps`` (see resolve_steps) on the backend schedule ``sched``. ``grid``
-    None: DEFAULT_GRID (trailing), or leading where a start at T-1 is harmful (an unclipped eps-model, ``clip_x0`` False,
-    on the cosine schedule) or impossible (zero terminal SNR): lab.late_start.default_grid."""
+    None: DEFAULT_GRID (trailing), or leading where a start at T-1 is harmful (an unclipped eps-model, ``clip_x0``
+    False, on the cosine schedule) or impossible (zero terminal SNR): lab.late_start.default_grid."""
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     n = resolve_steps(sampler, steps, sched.T)
@@ -126,23 +134,57 @@ def _x_T(B, trainer, n, rng):
     return x_T.to(trainer.device) if B.name == "torch" else x_T
 
 
-def ode_denoiser(B, trainer):
-    """D(x~, sigma) of the trainer's network (EMA weights), x0_hat clipped to [-1, 1] for images (K8)."""
+def ode_denoiser(B, trainer, den=None):
+    """D(x~, sigma) of the trainer's network (EMA weights; ``den`` a network(...) in its place, e.g. guided),
+    x0_hat clipped to [-1, 1] for images (K8)."""
     cfg = trainer.cfg
-    return B.solvers.model_denoiser(trainer.sched, trainer.denoiser(), cfg.prediction,
+    return B.solvers.model_denoiser(trainer.sched, den or trainer.denoiser(), cfg.prediction,
                                     clip_x0=len(trainer.item_shape) == 3)
 
 
-def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance="fixed_small",
-         record=False, progress=None, grid=None, warn=True):
+def resolve_variance(trainer, sampler, variance=None):
+    """ddpm's reverse variance: ``variance`` as given (checked against the checkpoint), or by default "learned"
+    on a learned-variance checkpoint and fixed_small otherwise; the other samplers read the mean only (None)."""
+    learned = getattr(trainer, "variance", None) == LEARNED
+    if variance is not None and variance not in VARIANCES + (LEARNED,):
+        raise InputError(f"unknown --variance {variance!r}; choose one of: {', '.join(VARIANCES + (LEARNED,))}")
+    if variance == LEARNED and not learned:
+        raise InputError("--variance learned needs a checkpoint trained with --variance learned (a network with 2C "
+                         "output channels); this one has fixed variances: use fixed_small or fixed_large")
+    if sampler != "ddpm":
+        return None
+    return variance or (LEARNED if learned else "fixed_small")
+
+
+def network(B, trainer, variance=None, y=None, guidance=None):
+    """The denoiser den(x_t, t) a sampler gets (EMA weights). ``variance`` "learned": all 2C output channels
+    (ddpm with learned variances), else the C mean channels. ``y`` (an int or (N,) in 0..K-1): the classes,
+    guided at scale ``guidance`` (default DEFAULT_GUIDANCE; W2: only the mean channels are mixed); None: no
+    labels (a conditional model's null class, the unconditional model), and ``guidance`` is refused."""
+    learned = variance == LEARNED
+    den = trainer.denoiser(with_variance=learned)
+    if y is None:
+        if guidance is not None:
+            raise InputError("a guidance scale needs the classes to guide towards (--class K or all)")
+        return den
+    s = DEFAULT_GUIDANCE if guidance is None else guidance
+    return B.guidance.guided(den, y, s, getattr(trainer, "num_classes", None),
+                             channels=trainer.item_shape[0] if learned else None)
+
+
+def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance=None,
+         record=False, progress=None, grid=None, warn=True, y=None, guidance=None):
     """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
     the trajectory as NumPy (t, x_t, x0_hat) triples, x_t in VP variables and t the trained step, for every
-    sampler). ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm);
-    euler/heun/dpm++2m take ``grid`` (default: see plan). Images clip x0_hat to [-1, 1], 2-D points do
-    not. ``trainer``: a backend Trainer (EMA weights sample). ``warn``: the late-start warning, in the
-    CLI's words (lab/late_start.py), when the first step still holds signal."""
+    sampler). ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm;
+    default: resolve_variance); euler/heun/dpm++2m take ``grid`` (default: see plan). ``y``, ``guidance``:
+    the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint (``network``). Images
+    clip x0_hat to [-1, 1], 2-D points do not. ``trainer``: a backend Trainer (EMA weights sample). ``warn``:
+    the late-start warning, in the CLI's words (lab/late_start.py), when the first step still holds signal."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=images, prediction=cfg.prediction)
+    variance = resolve_variance(trainer, sampler, variance)
+    den = network(B, trainer, variance, y, guidance)
     if warn:
         abar, pred = alpha_bar_table(B, trainer.sched), cfg.prediction
         for msg in (late_start_message(p, abar, images, pred), amplified_start_message(p, abar, images, pred)):
@@ -153,12 +195,12 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     with warnings.catch_warnings(), _no_grad(B):
         warnings.filterwarnings("ignore", message=LATE_START_PREFIX, category=PriorMismatchWarning)
         if p.ode:
-            res = B.solvers.sample(ode_denoiser(B, trainer), x_T, p.sigmas, sampler, record=record,
+            res = B.solvers.sample(ode_denoiser(B, trainer, den), x_T, p.sigmas, sampler, record=record,
                                    progress=progress)
         else:
-            res = B.samplers.sample_loop(trainer.sched, trainer.denoiser(), x_T, rng, sampler=sampler,
+            res = B.samplers.sample_loop(trainer.sched, den, x_T, rng, sampler=sampler,
                                          steps=None if p.steps >= cfg.T else p.steps, spacing=spacing, eta=eta,
-                                         prediction=cfg.prediction, variance=variance,
+                                         prediction=cfg.prediction, variance=variance or "fixed_small",
                                          clip_x0=images, record=record, progress=progress)
     if record:
         return B.to_numpy(res.x), _trajectory(B, trainer.sched, res.trajectory, p.ode)

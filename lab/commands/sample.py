@@ -6,19 +6,22 @@ so one checkpoint and one seed give the same samples from either side, for every
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from reference.diffusion import VARIANCES
+from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 
 from ..cli import add_command
 from ..inversion import INVERT_DEFAULT_STEPS, encode_decode, load_items
-from ..pictures import inversion_pictures, sampler_label, samples_picture, trajectory_pictures
+from ..pictures import class_rows_picture, inversion_pictures, sampler_label, samples_picture, trajectory_pictures
 from ..progress import bar
-from ..sampling import (DEFAULT_GRID, GRIDS, ODE_DEFAULT_STEPS, SAMPLERS, SPACINGS,
+from ..sampling import (DEFAULT_GRID, DEFAULT_GUIDANCE, GRIDS, ODE_DEFAULT_STEPS, SAMPLERS, SPACINGS,
                         check_sampler_flags, draw, load_trainer, plan)
+
+PER_CLASS = {"images": 8, "points": 256}   # --class all: samples per class (one row each) when --n is omitted
 
 
 def configure(p):
@@ -52,9 +55,25 @@ def configure(p):
                         "floor, leading 1.17x)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM only: the step's noise, 0 deterministic (default), 1 ancestral-like")
-    p.add_argument("--variance", choices=VARIANCES, default=None,
-                   help="DDPM only: the reverse variance, posterior beta~_t (fixed_small, default) or beta_t "
-                        "(fixed_large)")
+    p.add_argument("--variance", choices=VARIANCES + (LEARNED,), default=None,
+                   help="DDPM only: the reverse variance, posterior beta~_t (fixed_small, the default) or beta_t "
+                        "(fixed_large), or the network's own (learned, the default for a checkpoint trained with "
+                        "--variance learned: V1, respaced by V5 with --sample-steps; the other samplers read only "
+                        "its mean channels)")
+    p.add_argument("--class", dest="klass", metavar="K|all", default=None,
+                   help="a class-conditional checkpoint (train --class-cond): draw every sample of class K "
+                        "(0..K-1), or 'all': one row of --n samples per class (default --n "
+                        f"{PER_CLASS['images']} per class for images, {PER_CLASS['points']} for 2-D points), the "
+                        "picture's rows labelled. FILE_labels.npy holds each sample's class. Without --class a "
+                        "conditional checkpoint samples its null class (the unconditional model)")
+    p.add_argument("--guidance", type=float, default=None, metavar="S",
+                   help="classifier-free guidance scale s with --class (diffusers' guidance_scale; Ho & Salimans' "
+                        "w = s - 1): eps_null + s (eps_class - eps_null), derivations/guidance.md W2. 0 samples "
+                        "unconditionally, 1 the class-conditional model (one network call a step), s > 1 sharpens "
+                        "towards the class at the cost of diversity (two calls a step, batched). Default "
+                        f"{DEFAULT_GUIDANCE:g}: the conditional model itself, the one scale at which guidance "
+                        "samples the class's distribution exactly (W3); the measured trade-off is in "
+                        "benchmarks/bench_guidance.py. Needs --class")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling noise (default 0; same seed, same "
                                                            "samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -78,9 +97,10 @@ def _check(args, B):
         raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
     if B.name == "reference" and args.device == "cuda":
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
+    _check_class_flags(args)
     if args.invert is not None:
         for flag, value in (("--n", args.n), ("--seed", args.seed), ("--eta", args.eta),
-                            ("--variance", args.variance)):
+                            ("--variance", args.variance), ("--class", args.klass), ("--guidance", args.guidance)):
             if value is not None:
                 raise InputError(f"{flag} does not apply with --invert: the inversion is deterministic and encodes "
                                  "every item of the file")
@@ -93,30 +113,86 @@ def _check(args, B):
     return out
 
 
+def _check_class_flags(args):
+    """--class and --guidance on their own (before the checkpoint is read): K an int >= 0 or 'all', s finite
+    and >= 0, --guidance only with --class (refused without: the classes it guides towards are not chosen
+    at random behind the user's back; --guidance 0 with --class is the unconditional model)."""
+    if args.klass is not None and args.klass != "all":
+        try:
+            args.klass = int(args.klass)
+        except ValueError:
+            raise InputError(f"--class must be a class index (0..K-1) or 'all', got {args.klass!r}") from None
+        if args.klass < 0:
+            raise InputError(f"--class must be a class index >= 0 (0..K-1) or 'all', got {args.klass}")
+    if args.guidance is not None:
+        if not math.isfinite(args.guidance) or args.guidance < 0:
+            raise InputError(f"--guidance must be a finite scale >= 0 (0: unconditional, 1: the class-conditional "
+                             f"model, > 1: guided), got {args.guidance!r}")
+        if args.klass is None:
+            raise InputError("--guidance needs --class K (or all): guidance pushes each sample towards its class; "
+                             "without --class a class-conditional checkpoint samples its null class (the "
+                             "unconditional model, what --class K --guidance 0 gives)")
+
+
+def _classes(args, trainer, ckpt):
+    """The classes to draw, checked against the checkpoint -> (labels (n,) int64 or None, n, K or None)."""
+    k = getattr(trainer, "num_classes", None)
+    if args.klass is None:
+        return None, args.n or 64, None
+    if k is None:
+        flag = "--class" + (" / --guidance" if args.guidance is not None else "")
+        raise InputError(f"{flag} needs a class-conditional checkpoint (trained with train --class-cond); {ckpt} is "
+                         "unconditional")
+    if args.klass == "all":
+        per = args.n or PER_CLASS["images" if len(trainer.item_shape) == 3 else "points"]
+        return np.repeat(np.arange(k, dtype=np.int64), per), per * k, k
+    if args.klass >= k:
+        raise InputError(f"--class {args.klass} is out of range: this checkpoint's model has {k} classes, "
+                         f"0..{k - 1} (or --class all)")
+    n = args.n or 64
+    return np.full(n, args.klass, dtype=np.int64), n, k
+
+
 def _sample(args, B, out):
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
     cfg, sampler = trainer.cfg, args.sampler or "ddpm"
     check_sampler_flags(cfg.T, sampler, args.sample_steps, args.eta, args.variance, args.spacing, args.grid)
+    y, n, k = _classes(args, trainer, args.ckpt)
+    guidance = None if y is None else (DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
     spacing = args.spacing or "leading"
     p = plan(B, trainer.sched, sampler, args.sample_steps, spacing, args.grid,
              clip_x0=len(trainer.item_shape) == 3, prediction=cfg.prediction)
-    n, seed = args.n or 64, args.seed or 0
-    res = draw(B, trainer, n, seed, sampler, args.sample_steps, spacing, args.eta or 0.0,
-               args.variance or "fixed_small", record=args.trajectory, progress=bar("sampling"), grid=args.grid)
+    seed = args.seed or 0
+    res = draw(B, trainer, n, seed, sampler, args.sample_steps, spacing, args.eta or 0.0, args.variance,
+               record=args.trajectory, progress=bar("sampling"), grid=args.grid, y=y, guidance=guidance)
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
+    nfe = p.nfe * (1 if guidance in (None, 0, 1) else 2)   # guided: two passes a step (one batch of 2N)
     how = sampler_label(sampler, p.steps, cfg.T, step=ck.step, spacing=None if p.ode else spacing,
-                        grid=p.where if p.ode else None, nfe=p.nfe)
-    png = samples_picture(x, out.with_suffix(".png"), cfg,
-                          f"{cfg.data}, {n} samples ({'raw' if args.no_ema else 'EMA'} weights), {how}")
-    written = [str(out), str(png)]
+                        grid=p.where if p.ode else None, nfe=nfe)
+    weights = "raw" if args.no_ema else "EMA"
+    written = [str(out)]
+    if y is None:
+        png = samples_picture(x, out.with_suffix(".png"), cfg, f"{cfg.data}, {n} samples ({weights} weights), {how}")
+    else:
+        labels = out.with_name(out.stem + "_labels.npy")
+        np.save(labels, y)
+        written.append(str(labels))
+        rows = "one colour" if x.ndim == 2 else "one row"
+        what = f"{rows} per class (0..{k - 1}), {n // k} each" if args.klass == "all" else f"class {args.klass}"
+        title = f"{cfg.data}, {what}, guidance s={guidance:g} ({weights} weights), {how}"
+        png = (class_rows_picture(x, y, out.with_suffix(".png"), cfg, title) if args.klass == "all"
+               else samples_picture(x, out.with_suffix(".png"), cfg, title))
+    written.append(str(png))
     if traj is not None:
         written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{cfg.data}: {how}"))
     where = f"{p.where} grid" if p.ode else (f"{spacing} spacing" if p.steps < cfg.T else "every step")
-    print(f"{n} samples from step {ck.step} of a {cfg.data} run ({sampler}, {p.steps} of T={cfg.T} steps, "
-          f"{where}; NFE {p.nfe} per sample): " + ", ".join(written))
+    which = "" if y is None else f" of class {args.klass}" if args.klass != "all" else f" of {k} classes"
+    guided = "" if y is None else f", guidance s={guidance:g}"
+    print(f"{n} samples{which} from step {ck.step} of a {cfg.data} run ({sampler}, {p.steps} of T={cfg.T} steps, "
+          f"{where}{guided}; NFE {nfe} per sample): " + ", ".join(written))
     return 0
 
 
@@ -172,5 +248,8 @@ add_command(
       python -m reference sample --ckpt runs/digits/ckpt.npz --n 64 --out s.npy --sampler ddim --sample-steps 50
       python -m reference sample --ckpt runs/digits/ckpt.npz --n 64 --out s.npy --sampler dpm++2m --sample-steps 20
       python -m reference sample --ckpt runs/digits/ckpt.npz --out z.npy --invert data.npy
+      python -m torch_port sample --ckpt runs/digits_cond/ckpt.npz --class all --guidance 2 --out rows.npy \
+          --sampler dpm++2m
+      python -m reference sample --ckpt runs/digits_cond/ckpt.npz --class 3 --n 16 --out threes.npy
       python -m torch_port sample --ckpt runs/digits/ckpt.npz --n 64 --out s_torch.npy
     """)
