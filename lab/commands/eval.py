@@ -1,5 +1,6 @@
 """``eval``: bits/dim on held-out data and a sample-quality figure beside its floor (both sides); with ``--nfe``,
-the quality at each number of network evaluations beside DDPM with all T steps, and quality_vs_nfe.png."""
+the quality at each number of network evaluations beside DDPM with all T steps, and quality_vs_nfe.png; with
+``--guidance``, the quality and the classifier's accuracy at each guidance scale (lab/guidance_eval.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import numpy as np
 from reference.errors import InputError
 
 from .. import data as datasets
-from .. import likelihood_eval
+from .. import guidance_eval, likelihood_eval
 from ..cli import add_command
 from ..pictures import quality_vs_nfe
 from ..progress import bar
@@ -26,6 +27,9 @@ from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACIN
 # draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor; moons SWD 1.17x its floor, where DDPM with all
 # 1000 steps scores 1.53x (its first step divides by the clipped cosine's sqrt(alpha_bar_999)). 50x fewer calls.
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", ODE_DEFAULT_STEPS
+# --repeats when omitted: a 2-D sliced-Wasserstein figure of one draw of 2000 points moves by +-25-35% from seed to
+# seed, so 2-D data takes the mean of 4 draws; an image FD of 500 samples moves by ~+-20% and costs more per draw
+DEFAULT_REPEATS = {"points": 4, "images": 1}
 
 
 def configure(p):
@@ -53,13 +57,17 @@ def configure(p):
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="with --nfe: also score ddpm with all T steps (T network calls per sample: ~15 min per "
                         "draw of 500 digits in NumPy on 2 cores, ~3 min in the port); --no-baseline skips it")
+    guidance_eval.configure(p)
     p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="with --nfe: where quality_vs_nfe.png goes (default: beside the checkpoint)")
+                   help="with --nfe: where quality_vs_nfe.png goes; with --guidance: guidance_tradeoff.png "
+                        "(default: beside the checkpoint)")
     likelihood_eval.configure(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=int, default=None,
                    help="draw the samples this many times (seeds seed, seed+1, ...) and report the mean and "
-                        "spread: at a few hundred samples one draw's figure varies by +-20%%")
+                        f"spread. Default {DEFAULT_REPEATS['points']} for 2-D data (one draw's sliced Wasserstein "
+                        f"figure varies by +-25-35%%), {DEFAULT_REPEATS['images']} for images (one draw's FD of "
+                        "500 samples varies by ~+-20%%)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch_port only")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures as JSON here")
 
@@ -88,18 +96,22 @@ def _check(args, B):
     likelihood_eval.check(args)
     if args.sample_steps is not None and args.sample_steps < 1:
         raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {args.repeats}")
+    scales = guidance_eval.check(args)
     if args.nfe is None:
-        for flag, given in (("--plot", args.plot), ("--no-baseline", not args.baseline)):
+        for flag, given in (("--plot", args.plot and scales is None), ("--no-baseline", not args.baseline)):
             if given:
-                raise InputError(f"{flag} applies with --nfe only (the sweep over network evaluations)")
-        return None
+                raise InputError(f"{flag} applies with --nfe only (the sweep over network evaluations)"
+                                 + (" or --guidance" if flag == "--plot" else ""))
+        if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+            raise InputError(f"--plot must name a .png file, got {args.plot!r}")
+        return None, scales
     if args.sample_steps is not None:
         raise InputError("--nfe sets the steps of each run itself: drop --sample-steps")
     if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot must name a .png file, got {args.plot!r}")
-    return parse_nfe(args.nfe, args.sampler)
+    return parse_nfe(args.nfe, args.sampler), None
 
 
 def score_sampler(B, trainer, judge, n, args, sampler, steps, spacing=None, grid=None, tag=""):
@@ -184,7 +196,7 @@ def _judged_name(args, cfg, trainer):
 
 
 def run(args, B):
-    nfes = _check(args, B)
+    nfes, scales = _check(args, B)
     trainer, ck = load_trainer(B, args.ckpt, device=args.device)
     cfg = trainer.cfg
     steps = args.sample_steps        # None: all T for ddpm/ddim, ODE_DEFAULT_STEPS (at most T) for the ODE samplers
@@ -193,7 +205,10 @@ def run(args, B):
     else:
         sweep_steps = _check_nfe(B, cfg.T, args, nfes)
     name = _judged_name(args, cfg, trainer)
-    n = args.n or (2000 if name in datasets.POINT_SETS else 500)
+    classes = guidance_eval.check_model(trainer, args, name) if scales else None
+    points = name in datasets.POINT_SETS
+    args.repeats = args.repeats or DEFAULT_REPEATS["points" if points else "images"]
+    n = args.n or (2000 if points else 500)
     res = {"ckpt": str(args.ckpt), "data": name, "trained_on": cfg.data, "step": ck.step, "n": n,
            "repeats": args.repeats, "sampler": args.sampler}
     likelihood_eval.compute(B, trainer, name, args, res)
@@ -201,6 +216,8 @@ def run(args, B):
     res.update({"metric": judge.metric, "floor": judge.floor})
     if nfes is not None:
         _sweep(B, trainer, judge, n, args, nfes, sweep_steps, res)
+    elif scales:
+        guidance_eval.compute(B, trainer, judge, n, args, name, scales, classes, res, plot=args.plot)
     else:
         one = score_sampler(B, trainer, judge, n, args, args.sampler, steps, args.spacing, args.grid)
         res.update({k: one[k] for k in ("value", "values", "ratio_to_floor", "sampling_seconds", "nfe",
@@ -209,6 +226,8 @@ def run(args, B):
     likelihood_eval.report(res, args)
     if nfes is not None:
         _print_sweep(res)
+    elif scales:
+        guidance_eval.report(res)
     else:
         values, value, floor = res["values"], res["value"], res["floor"]
         spread = f" (+-{np.std(values, ddof=1):.2g} over {args.repeats} draws)" if args.repeats > 1 else ""
@@ -235,7 +254,10 @@ add_command(
     keeps the quality of ddpm with all 1000 steps (digits FD 0.94x its floor; moons 1.17x where
     ddpm-1000 scores 1.53x) at 1/50 of the network calls: seconds instead of ~15 minutes for 500 digits
     in NumPy. --nfe 5,10,20,50 sweeps the network calls per sample and compares each with ddpm's all T
-    steps (quality_vs_nfe.png).
+    steps (quality_vs_nfe.png). --guidance 0,1,2,4 (a class-conditional checkpoint) scores samples of balanced
+    requested classes at each classifier-free guidance scale: the quality beside its floor and the share the
+    dataset's classifier names as the requested class, beside its accuracy on real test items
+    (guidance_tradeoff.png). --repeats defaults to 4 draws for 2-D data, 1 for images.
     """,
     epilog="""
     examples:
@@ -243,4 +265,5 @@ add_command(
       python -m torch_port eval --ckpt runs/digits/ckpt.npz --sampler ddim --sample-steps 50
       python -m torch_port eval --ckpt runs/digits/ckpt.npz --nfe 5,10,20,50 --repeats 4 --bpd-n 0
       python -m reference eval --ckpt runs/digits/ckpt.npz --sampler heun --nfe 9,19 --no-baseline
+      python -m torch_port eval --ckpt runs/digits_cond/ckpt.npz --guidance 0,1,2,4 --bpd-n 0
     """)
