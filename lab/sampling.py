@@ -41,7 +41,9 @@ ODE_DEFAULT_STEPS = 20      # the ODE samplers' --sample-steps when omitted (the
 DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading for 2-D eps-models on the cosine
                             # schedule: lab.late_start.default_grid, measured in benchmarks/bench_solvers.py
 MIN_STEPS = {"heun": 2, "dpm++2m": 3}   # fewest steps with one second-order update on a grid ending at 0
-DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model
+DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model.
+                            # Measured on digits (benchmarks/bench_guidance.py): FD 0.81x the floor, 96.0% accuracy;
+                            # s = 2 buys 99.9% for 1.55x the floor, s = 4 100% for 2.71x
 
 
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):

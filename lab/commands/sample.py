@@ -72,8 +72,10 @@ def configure(p):
                         "unconditionally, 1 the class-conditional model (one network call a step), s > 1 sharpens "
                         "towards the class at the cost of diversity (two calls a step, batched). Default "
                         f"{DEFAULT_GUIDANCE:g}: the conditional model itself, the one scale at which guidance "
-                        "samples the class's distribution exactly (W3); the measured trade-off is in "
-                        "benchmarks/bench_guidance.py. Needs --class")
+                        "targets the class's own distribution (W3), and the best measured: digits (dpm++2m 20 "
+                        "steps, 500 samples, mean of 2 draws) FD 0.81x its floor with 96.0%% named as the class "
+                        "asked for; s = 2: 1.55x, 99.9%%; s = 4: 2.71x, 100%%; s = 0: 2.00x, chance "
+                        "(benchmarks/bench_guidance.py). Needs --class")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling noise (default 0; same seed, same "
                                                            "samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
