@@ -43,6 +43,7 @@ def test_schedules_plots_and_prints_every_schedule(tmp_path, capsys):
 
 def test_demo_writes_its_pictures_and_runs_added_steps(tmp_path, monkeypatch):
     # the digits training step is exercised by test_demo_quick_trains_samples_and_evaluates
+    import lab.commands.demo  # noqa: F401  (registers its steps now, not inside cli.main after the patch)
     monkeypatch.setattr(cli, "DEMO_STEPS", [s for s in cli.DEMO_STEPS if s[0] != "train"])
     cli.add_demo_step("extra", lambda args, B, d: [d / "extra.txt"] if (d / "extra.txt").write_text("x") else [])
     assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 0
@@ -116,11 +117,12 @@ def test_torch_backend_draws_the_same_forward_picture(tmp_path):
 
 def test_demo_quick_trains_samples_and_evaluates(tmp_path, monkeypatch):
     """The whole demo pipeline end to end, shortened: train, sample with trajectory, eval."""
+    import lab.commands.demo  # noqa: F401
     monkeypatch.setattr(cli, "DEMO_STEPS", [s for s in cli.DEMO_STEPS if s[0] == "train"])
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5", "--quick"]) == 0
     run = tmp_path / "demo" / "digits"
-    for name in ("ckpt.npz", "loss.png", "samples_final.png", "samples.npy", "samples.png",
+    for name in ("ckpt.npz", "loss.png", "samples.npy", "samples.png",
                  "samples_trajectory.png", "samples_trajectory.gif", "eval.json"):
         assert (run / name).exists(), name
     import json
