@@ -75,7 +75,7 @@ def unavailable_row(name, why):
     gflop, steps = recipe_cost(name)
     total = gflop * steps / 1e6
     return (f"| `{name}` | not run here: {why} | {gflop:.0f} GFLOP/step x {steps} steps = {total:.0f} PFLOP: "
-            f"{total * 1e3 / 300 / 3600:.1f} h at 300 TFLOP/s (30% of an H100's bf16 peak) | "
+            f"{total * 1e3 / 300 / 60:.1f} min of compute at 300 TFLOP/s (30% of an H100's bf16 peak) | "
             f"`python -m torch_port train --data {name} --out runs/{name.split(':')[0]} --device cuda` |")
 
 
