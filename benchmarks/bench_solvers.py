@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _sidebyside import pin_threads  # noqa: E402  (the benchmarks' folder is the script's own)
 
 SETTINGS = "dpm++2m:trailing,dpm++2m:karras,ddim:leading,heun:trailing,heun:karras"
 
@@ -62,8 +63,7 @@ def main(argv=None):
     print("command:", " ".join([sys.executable] + sys.argv), flush=True)
     print(f"machine: {platform.processor() or platform.machine()}, side: {args.side}", flush=True)
     _load()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # before numpy loads
-        os.environ[var] = str(args.threads)
+    pin_threads(args.threads)   # before numpy loads
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_solvers_"))
     out.mkdir(parents=True, exist_ok=True)
     ckpt = args.ckpt
