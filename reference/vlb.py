@@ -218,6 +218,28 @@ def training_loss(sched, model_output, x0, xt, t, eps, prediction="eps", loss="s
     return value, terms
 
 
+def best_step_variance(sched, small_terms):
+    """(V6) The bound's step terms with the best single variance at every step t >= 1, given the mean.
+
+    ``small_terms`` (T,): the mean over items of the bound's terms L_t in bits/dim (``vlb_terms(...)["terms"]``
+    averaged over the items) with variance "fixed_small", so that L_t = e_t / (2 beta~_t ln 2) at t >= 1, e_t the
+    mean's squared error against mu~_t per dimension. -> (terms (T,), variances (T,)) float64: at t >= 1 the KL
+    of sigma_t^2 = beta~_t + e_t, 1/2 log(1 + e_t / beta~_t) in bits/dim, the least any one variance of step t
+    reaches with this mean; t = 0 (the decoder) is kept as given, its variance nan. The ceiling of what a
+    learned variance constant over the items can gain (a per-element variance can go further).
+    """
+    small = np.asarray(small_terms, dtype=np.float64)
+    if small.shape != (sched.T,) or not np.all(np.isfinite(small)) or np.any(small < 0):
+        raise InputError(f"small_terms must be {sched.T} finite terms >= 0 (bits/dim, one per step t), "
+                         f"got shape {small.shape}")
+    # (V6)  e_t / beta~_t = 2 ln 2 L_t(fixed_small)
+    ratio = 2.0 * LN2 * small[1:]
+    # (V6)  KL* = 1/2 log(1 + e_t / beta~_t), sigma*^2 = beta~_t (1 + e_t / beta~_t)
+    terms = np.concatenate([small[:1], 0.5 * np.log1p(ratio) / LN2])
+    variances = np.concatenate([[np.nan], sched.posterior_variance[1:] * (1.0 + ratio)])
+    return terms, variances
+
+
 def loss_settings(cfg):
     """(loss, p_mean_variance's variance, hybrid_lambda, importance_sampling) of a run configuration; configs
     written before these fields existed mean (simple, fixed). cfg.variance "fixed" is "fixed_small" in the bound."""

@@ -17,14 +17,14 @@ import torch
 from reference.errors import InputError, check_choice
 
 from .diffusion import ALL_VARIANCES, LEARNED, PREDICTIONS, _data, split_output
-from .losses import LEVELS, simple_loss, vlb_term
+from .losses import LEVELS, LN2, simple_loss, vlb_term
 
 LOSSES = ("simple", "hybrid", "vlb")
 TRAIN_VARIANCES = ("fixed", "learned")   # a run's network: C output channels, or 2C with the variance's (V1)
 HYBRID_LAMBDA = 1e-3   # Nichol & Dhariwal's lambda (V4): at T = 1000 the per-draw weight lambda T is 1
 
 __all__ = ["LOSSES", "TRAIN_VARIANCES", "HYBRID_LAMBDA", "check_loss", "loss_settings", "vlb_term_and_grad",
-           "training_loss", "training_loss_and_grad"]
+           "training_loss", "training_loss_and_grad", "best_step_variance"]
 
 
 def check_loss(loss, variance, hybrid_lambda=HYBRID_LAMBDA):
@@ -113,6 +113,23 @@ def training_loss_and_grad(sched, model_output, x0, xt, t, eps, prediction="eps"
                                      weights, weighting, gamma, levels)
         (grad,) = torch.autograd.grad(value, out)
     return value.detach(), grad, terms
+
+
+def best_step_variance(sched, small_terms):
+    """(V6) The bound's step terms with the best single variance at every step t >= 1, given the mean: from the
+    fixed_small terms (T,) in bits/dim (mean over items) -> (terms (T,), variances (T,)) float64 tensors; t = 0
+    kept, its variance nan. As the reference's."""
+    small = torch.as_tensor(small_terms, dtype=torch.float64)
+    if small.shape != (sched.T,) or not bool(torch.isfinite(small).all()) or bool((small < 0).any()):
+        raise InputError(f"small_terms must be {sched.T} finite terms >= 0 (bits/dim, one per step t), "
+                         f"got shape {tuple(small.shape)}")
+    # (V6)  e_t / beta~_t = 2 ln 2 L_t(fixed_small)
+    ratio = 2.0 * LN2 * small[1:]
+    # (V6)  KL* = 1/2 log(1 + e_t / beta~_t), sigma*^2 = beta~_t (1 + e_t / beta~_t)
+    terms = torch.cat([small[:1], 0.5 * torch.log1p(ratio) / LN2])
+    beta_tilde = torch.as_tensor(sched.posterior_variance, dtype=torch.float64, device=small.device)
+    variances = torch.cat([small.new_full((1,), math.nan), beta_tilde[1:] * (1.0 + ratio)])
+    return terms, variances
 
 
 def loss_settings(cfg):

@@ -192,3 +192,21 @@ def test_same_bad_inputs_raise_the_same_InputError(what, call):
     for mod in (RV, TV):
         with pytest.raises(InputError, match="hybrid' trains learned variances"):
             mod.check_loss("hybrid", "fixed_small")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDS))
+def test_best_step_variance_same_on_both_sides(name, rng):
+    """(V6) The best-variance terms and variances from one set of fixed_small terms, and the same refusal."""
+    ref, port = SCHEDS[name]
+    small = rng.uniform(0.0, 2.0, ref.T)
+    r_terms, r_var = RV.best_step_variance(ref, small)
+    p_terms, p_var = TV.best_step_variance(port, tt(small))
+    close(p_terms, r_terms)
+    close(p_var[1:], r_var[1:])
+    assert torch.isnan(p_var[0]) and np.isnan(r_var[0])
+    msgs = []
+    for mod, sched in ((RV, ref), (TV, port)):
+        with pytest.raises(InputError) as e:
+            mod.best_step_variance(sched, -small)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1]

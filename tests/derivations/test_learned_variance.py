@@ -13,6 +13,7 @@ import pytest
 
 from reference import diffusion as D
 from reference import losses, samplers, vlb
+from reference.errors import InputError
 from reference.oracle import GaussianOracle
 from reference.schedules import Schedule, make_betas
 from tolerances import TOL, mc_close
@@ -200,3 +201,56 @@ def test_V1_V5_with_every_step_kept_respacing_is_the_plain_rule(rng):
         t = np.arange(1000)
         np.testing.assert_allclose(D.learned_log_variance(every, u, t), D.learned_log_variance(s, u, t),
                                    rtol=TOL["respace64"], atol=TOL["respace64"])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_V6_best_step_variance_is_the_numerical_minimum_of_the_average_kl(schedule, rng):
+    """At each step, errors of the mean from tiny (r = e / beta~ ~ 1e-3) to large (r ~ 30): the bound's term with
+    fixed_small (the library's normal_kl at sigma^2 = beta~_t) fed to best_step_variance gives the minimum over
+    log sigma^2 of the items' average KL found by Brent's method, and where it is reached."""
+    from scipy.optimize import minimize_scalar
+    s = Schedule(make_betas(schedule, 1000), warn=False)
+    steps, scales = (1, 3, 10, 100, 500, 998), (0.03, 0.3, 1.0, 5.5, 0.1, 2.0)
+    small = np.zeros(s.T)
+    small[0] = 0.7                                                   # L_0: kept as given
+    errors = {}
+    for t, k in zip(steps, scales):
+        lq = math.log(s.posterior_variance[t])
+        delta = k * math.sqrt(s.posterior_variance[t]) * rng.standard_normal((64, 3))   # mu_theta - mu~_t
+        errors[t] = delta
+        small[t] = np.mean(losses.normal_kl(0.0, lq, delta, lq)) / losses.LN2
+    terms, variances = vlb.best_step_variance(s, small)
+    assert terms[0] == 0.7 and np.isnan(variances[0])
+    for t in steps:
+        lq = math.log(s.posterior_variance[t])
+        avg = lambda ell: np.mean(losses.normal_kl(0.0, lq, errors[t], ell)) / losses.LN2   # noqa: E731
+        best = minimize_scalar(avg, bounds=(lq - 5.0, lq + 8.0), method="bounded", options={"xatol": 1e-11})
+        # the minimum value is flat in log sigma^2: Brent's 1e-11 in the argument is ~1e-22 in the value
+        np.testing.assert_allclose(terms[t], best.fun, rtol=TOL["exact64"], atol=0)
+        # the argument of a quadratic minimum to sqrt(float64 eps * value / curvature) ~ 1e-8
+        np.testing.assert_allclose(math.log(variances[t]), best.x, rtol=0, atol=TOL["fd64"])
+        assert terms[t] <= small[t] and terms[t] > 0
+    untouched = np.setdiff1d(np.arange(1, s.T), steps)
+    assert np.all(terms[untouched] == 0) and np.allclose(variances[untouched], s.posterior_variance[untouched])
+    with pytest.raises(InputError, match="1000 finite terms"):
+        vlb.best_step_variance(s, small[:10])
+
+
+def test_V6_clipped_cosine_last_step_leaves_the_interpolation_no_range():
+    """Cosine, T = 1000: at t = T - 1 (beta clipped to 0.999) every u of (V1) gives the same variance to 1e-5,
+    an unclipped eps error delta makes the step's r = e / beta~ = beta / (1 - beta) delta^2 = 999 delta^2 (about 1
+    at delta = 0.03), and x0_hat clipped to
+    [-1, 1] bounds r below 1e-5 for every eps error (x0 in [-1, 1])."""
+    s = Schedule(make_betas("cosine", 1000), warn=False)
+    t = np.array([s.T - 1] * 4)
+    x0 = np.array([[-1.0, 1.0], [0.5, -0.25], [1.0, 1.0], [-1.0, -1.0]])
+    eps = np.array([[0.3, -1.2], [2.0, 0.1], [-0.5, 0.5], [1.0, 1.0]])
+    xt = D.q_sample(s, x0, t, eps)
+    spread = [D.p_mean_variance(s, np.concatenate([eps, np.full_like(eps, u)], 1), xt, t, "eps", "learned")
+              .log_variance for u in (-1.0, 1.0)]
+    assert np.abs(spread[1] - spread[0]).max() < 1e-5
+    q_mean, q_var, _ = D.q_posterior(s, x0, xt, t)
+    for err, clip, (lo, hi) in ((0.01, False, (0.099, 0.1)), (0.03, False, (0.89, 0.9)), (0.03, True, (0.0, 1e-5)), (5.0, True, (0.0, 1e-5))):
+        p = D.p_mean_variance(s, eps + err, xt, t, "eps", "fixed_small", clip_x0=clip)
+        r = np.mean((p.mean - q_mean) ** 2) / q_var.mean()
+        assert lo <= r <= hi, (err, clip, r)
