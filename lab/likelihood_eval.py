@@ -20,6 +20,7 @@ the same figures from ``python -m reference eval`` and ``python -m torch_port ev
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 import time
@@ -49,6 +50,11 @@ def configure(p):
                    help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
                         "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "
                         "--variance learned run, else fixed_small)")
+    p.add_argument("--bpd-clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="the bound's reverse means from x0_hat clipped to [-1, 1], as the sampler computes them for "
+                        "images (and DDPM's and improved-diffusion's bits/dim); default: on for images, off for 2-D "
+                        "points. --no-bpd-clip scores the unclipped network (on the cosine schedule its last step "
+                        "alone can cost ~0.7 bits/dim, derivations/learned_variance.md V6)")
     p.add_argument("--ode-rtol", type=float, default=None, help=f"--nll ode: the solver's relative tolerance "
                                                                  f"(default {RTOL:g}, score_sde's)")
     p.add_argument("--ode-atol", type=float, default=None, help=f"--nll ode: absolute tolerance (default {ATOL:g})")
@@ -80,6 +86,9 @@ def check(args):
     ode = args.nll in ("ode", "both")
     if args.bpd_n == 0 and args.nll != "bound":
         raise InputError(f"--nll {args.nll} needs held-out items: --bpd-n 0 skips the likelihood")
+    if getattr(args, "bpd_clip", None) is not None and args.nll == "ode":
+        raise InputError(f"--{'' if args.bpd_clip else 'no-'}bpd-clip sets the bound's reverse means: it applies with "
+                         "--nll bound or both (the ODE's likelihood clips nothing)")
     if args.bpd_variance is not None:
         if args.nll == "ode":
             raise InputError("--bpd-variance chooses the bound's variances: it applies with --nll bound or both "
@@ -154,21 +163,32 @@ def bound_variances(args, cfg):
     return names
 
 
-def bound(B, trainer, x, info, variance, seed=0, per_item=False):
+def clip_default(trainer, clip=None):
+    """--bpd-clip: the flag's value, or the sampler's own rule (images clip x0_hat to [-1, 1], points do not)."""
+    return len(trainer.item_shape) == 3 if clip is None else bool(clip)
+
+
+def bound(B, trainer, x, info, variance, seed=0, per_item=False, clip=None, per_step=False):
     """The variational bound per item on x (N, ...) with one reverse variance -> a dict of figures.
 
     Discrete data: bits/dim of the discrete data by the discretised decoder on its levels. Points: the
     Gaussian decoder's density, in nats per item and bits/dim of it. The eps of every step are drawn from
-    np.random.default_rng(seed) on both sides (the same eps for every variance: paired figures)."""
+    np.random.default_rng(seed) on both sides (the same eps for every variance: paired figures). ``clip``:
+    x0_hat clipped to [-1, 1] in the reverse means (None: as the sampler, images only). ``per_step``: also
+    the T terms' means over the items, in bits/dim ("per_step", terms[0] the decoder)."""
     cfg, d = trainer.cfg, int(np.prod(x.shape[1:]))
     kw = dict(decoder="discretized", levels=info.levels) if info.discrete else dict(decoder="gaussian")
     den = trainer.denoiser(with_variance=variance == "learned")
+    clip = clip_default(trainer, clip)
     t0 = time.perf_counter()
     out = B.losses.vlb_terms(trainer.sched, den, x, np.random.default_rng(seed), prediction=cfg.prediction,
-                             variance=variance, progress=bar(f"bound ({variance})", total=cfg.T), **kw)
+                             variance=variance, clip_x0=clip, progress=bar(f"bound ({variance})", total=cfg.T),
+                             **kw)
     bpd = _np(out["total"])
-    res = dict(zip(("bits_per_dim", "bits_per_dim_se"), _mean_se(bpd)), variance=variance,
+    res = dict(zip(("bits_per_dim", "bits_per_dim_se"), _mean_se(bpd)), variance=variance, clip_x0=clip,
                seconds=time.perf_counter() - t0)
+    if per_step:
+        res["per_step"] = _np(out["terms"]).mean(axis=1).tolist()
     # (L7)  nats per item = bits/dim * d ln 2
     res.update(zip(("nats", "nats_se"), _mean_se(bpd * d * math.log(2.0))))
     res["prior_bits_per_dim"] = float(_np(out["prior"]).mean())
@@ -250,7 +270,7 @@ def compute(B, trainer, name, args, res):
     res.update(bits_per_dim=None, bits_per_dim_n=args.bpd_n, levels=info.levels, nll=args.nll)
     t0 = time.perf_counter()
     if variances:
-        res["bound"] = {v: bound(B, trainer, x, info, v, args.seed) for v in variances}
+        res["bound"] = {v: bound(B, trainer, x, info, v, args.seed, clip=args.bpd_clip) for v in variances}
         res["bits_per_dim_variance"] = variances[0]
         res["bound_decoder"] = "discretized" if info.discrete else "gaussian"
     if args.nll != "bound":
@@ -281,7 +301,8 @@ def report(res, args):
         else:
             fig = f"{_pm(b['nats'], b['nats_se'], '.4f')} nats per point ({b['bits_per_dim']:.4f} bits/dim of " \
                   "the density; Gaussian decoder)"
-        print(f"    bound, {v} variance: {fig}  [{b['seconds']:.3g} s]")
+        clip = ", x0_hat clipped" if b.get("clip_x0") else ""
+        print(f"    bound, {v} variance{clip}: {fig}  [{b['seconds']:.3g} s]")
     if "ode" in res:
         o = res["ode"]
         how = (f"{o['divergence']} divergence" + (f", {o['probes']} Rademacher probe(s)" if o["divergence"] ==

@@ -245,7 +245,9 @@ add_command(
     "eval", "bits/dim on held-out data and sample quality beside its real-vs-real floor", configure, run,
     description=f"""
     bits/dim: the full variational bound L_T + sum_t L_{{t-1}} + L_0 (derivations/elbo.md) on held-out
-    8-bit images, with the discretised Gaussian decoder; T network evaluations per image.
+    images of any level count (256 for 8-bit, 17 for the digits), with the discretised Gaussian decoder and
+    x0_hat clipped to [-1, 1] as the sampler clips it (--no-bpd-clip: the unclipped network); T network
+    evaluations per image. --nll ode: the probability-flow ODE's exact likelihood instead, or both.
     Sample quality: for 2-D data the sliced Wasserstein distance to real points, for images a Frechet
     distance in the features of a small classifier trained on the dataset (cached). Each is printed
     beside its floor: the same figure between two independent real sets of the same size.

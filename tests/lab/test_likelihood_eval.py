@@ -46,14 +46,16 @@ def test_digits_bits_per_dim_by_the_bound_on_17_levels_with_its_variance(ckpts, 
     out = capsys.readouterr().out
     assert "n/a" not in out
     assert res["levels"] == 17 and res["bits_per_dim_variance"] == "fixed_small"
-    assert "bound, fixed_small variance:" in out and "bound, fixed_large variance:" in out
+    assert "bound, fixed_small variance, x0_hat clipped:" in out and "bound, fixed_large variance, x0_hat" in out
     assert "bits/dim (discretised decoder, 17 levels)" in out
-    # independent of the hook's plumbing: the library's bound on the same 4 test images, the same eps stream
+    # independent of the hook's plumbing: the library's bound on the same 4 test images, the same eps stream,
+    # x0_hat clipped as the sampler clips images
     trainer, _ = load_trainer(Backend("reference"), ckpts["digits"])
     x = datasets.load("digits", split="test")[:4]
     for v in ("fixed_small", "fixed_large"):
+        assert res["bound"][v]["clip_x0"] is True
         want = rlosses.bits_per_dim(trainer.sched, trainer.denoiser(), x, np.random.default_rng(0),
-                                    variance=v, levels=17)
+                                    variance=v, levels=17, clip_x0=True)
         # the same float32 computation in the same order: equal to rounding of the mean
         assert res["bound"][v]["bits_per_dim"] == pytest.approx(want, rel=TOL["exact64"])
     assert res["bits_per_dim"] == res["bound"]["fixed_small"]["bits_per_dim"]
@@ -63,12 +65,30 @@ def test_digits_bits_per_dim_by_the_bound_on_17_levels_with_its_variance(ckpts, 
 
 def test_a_learned_variance_checkpoint_is_bounded_with_its_learned_variances(ckpts, tmp_path, capsys):
     res = _eval(ckpts["learned"], tmp_path, "--bpd-n", "3")
-    assert list(res["bound"]) == ["learned"] and "bound, learned variance:" in capsys.readouterr().out
+    assert list(res["bound"]) == ["learned"] and "bound, learned variance, x0_hat clipped:" in capsys.readouterr().out
     trainer, _ = load_trainer(Backend("reference"), ckpts["learned"])
     x = datasets.load("digits", split="test")[:3]
     want = rlosses.bits_per_dim(trainer.sched, trainer.denoiser(with_variance=True), x, np.random.default_rng(0),
-                                variance="learned", levels=17)
+                                variance="learned", levels=17, clip_x0=True)
     assert res["bits_per_dim"] == pytest.approx(want, rel=TOL["exact64"])
+
+
+def test_no_bpd_clip_scores_the_unclipped_network_and_is_refused_for_the_ode(ckpts, tmp_path, capsys):
+    res = _eval(ckpts["digits"], tmp_path, "--bpd-n", "3", "--no-bpd-clip")
+    out = capsys.readouterr().out
+    assert res["bound"]["fixed_small"]["clip_x0"] is False and "clipped" not in out
+    trainer, _ = load_trainer(Backend("reference"), ckpts["digits"])
+    x = datasets.load("digits", split="test")[:3]
+    want = {c: rlosses.bits_per_dim(trainer.sched, trainer.denoiser(), x, np.random.default_rng(0), levels=17,
+                                    clip_x0=c) for c in (False, True)}
+    assert res["bits_per_dim"] == pytest.approx(want[False], rel=TOL["exact64"])
+    assert want[False] != pytest.approx(want[True], rel=1e-6)   # the 4-step network's x0_hat leaves [-1, 1]
+    code = cli.main(["eval", "--ckpt", str(ckpts["digits"]), "--nll", "ode", "--bpd-clip", "--bpd-n", "2", *QUICK])
+    err = capsys.readouterr()
+    assert code == 2 and "--bpd-clip sets the bound's reverse means" in err.err and "ODE (" not in err.out
+    # 2-D points are not clipped by default (the sampler does not clip them)
+    pts = _eval(ckpts["points64"], tmp_path, "--bpd-n", "4")
+    assert pts["bound"]["fixed_small"]["clip_x0"] is False
 
 
 def test_learned_variances_of_a_fixed_variance_checkpoint_are_refused_before_any_work(ckpts, capsys):
