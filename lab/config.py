@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from reference.diffusion import PREDICTIONS
 from reference.errors import InputError, check_choice
 from reference.losses import WEIGHTINGS as LOSS_WEIGHTINGS
+from reference.optim import LR_SCHEDULES
 from reference.vlb import LOSSES, TRAIN_VARIANCES
 
 from .data import POINT_SETS
@@ -28,6 +29,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 200                # linear LR warmup steps (O4)
+    lr_schedule: str = "constant"    # after the warmup: "constant", or "cosine" decay to 0 at the last step (O4)
     weight_decay: float = 0.0
     grad_clip: float = 1.0           # global gradient-norm clip (O3); 0 disables
     ema_decay: float = 0.995         # EMA of the weights (O2); samples use the EMA weights
@@ -69,6 +71,7 @@ class TrainConfig:
         check_choice(self.prediction, PREDICTIONS, "prediction")
         check_choice(self.weighting, WEIGHTINGS, "weighting")
         check_choice(self.dtype, ("float32", "float64"), "dtype")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr-schedule")
         for name in ("steps", "batch_size", "T"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -175,7 +178,11 @@ RECIPES = {
     "digits": dict(steps=2800, batch_size=64, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
                    model=dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                               attention=(False, True), groups=8)),
-    "2d": dict(steps=6000, batch_size=256, lr=2e-3, warmup=200, ema_decay=0.995, T=1000, schedule="cosine",
+    # 2-D: 12000 steps with a cosine decay of the learning rate. checkerboard's sharp square corners set the
+    # length (port, eval defaults, two seeds: 6000 constant 1.72x / 1.43x the floor, 6000 cosine 1.46x / 1.35x,
+    # 12000 cosine 1.38x / 1.32x; a wider or deeper MLP did not help: hidden 256 x 4 layers 1.41x).
+    "2d": dict(steps=12000, batch_size=256, lr=2e-3, warmup=200, lr_schedule="cosine", ema_decay=0.995, T=1000,
+               schedule="cosine",
                sample_every=2000, save_every=2000, model=dict(hidden=128, num_layers=3)),
     "image": dict(steps=20000, batch_size=128, lr=2e-4, warmup=1000, ema_decay=0.9999, T=1000, schedule="linear",
                   sample_every=5000, save_every=5000,

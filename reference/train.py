@@ -125,7 +125,9 @@ class Trainer:
             t, w = self.resampler.sample(self.rng, n)
         eps = self.rng.standard_normal(x0.shape).astype(self.dtype)
         y = self._drop_labels(y, n)
-        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
+        # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
+        schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
+        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
         return train_step(self.model, self.opt, self.ema, self.sched, x0.astype(self.dtype), t, eps,
                           self.cfg.prediction, lr, self.cfg.grad_clip, self.cfg.weighting, self.loss, self.variance,
                           self.hybrid_lambda, w, self.levels, None if self.resampler is None else self.resampler.update,

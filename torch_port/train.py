@@ -322,7 +322,9 @@ class Trainer:
         y = self._drop_labels(y, x0.shape[0])
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
-        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup)
+        # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
+        schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
+        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
         return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, lr,
                           self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite,
                           loss=self.loss, variance=self.variance, hybrid_lambda=self.hybrid_lambda, weights=w,

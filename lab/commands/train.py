@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from reference.errors import InputError
+from reference.optim import LR_SCHEDULES
 from reference.schedules import SCHEDULES
 
 from .. import checkpoint, data, runner
@@ -86,6 +87,10 @@ def configure(p):
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: ckpt.npz, log.jsonl, loss.png, samples_*.png")
     for name, (typ, hlp) in {**_FIELDS, **_MODEL}.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=hlp)
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES, default=None,
+                   help="the learning rate after the warmup: constant, or cosine (decays to 0 at the last of "
+                        "--steps; a --resume with more --steps stretches the decay). Default: the recipe's "
+                        "(cosine for 2-D data, constant for images)")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="noise schedule (recipe default: cosine)")
     p.add_argument("--zero-terminal-snr", action="store_true", default=None,
                    help="rescale the schedule so alpha_bar_T = 0 exactly (needs --prediction v or x0)")
@@ -140,7 +145,7 @@ def config_from_args(args):
     given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
                                                              "weighting", "dtype", "final_samples", "variance",
                                                              "loss", "hybrid_lambda", "importance_sampling",
-                                                             "class_cond", "p_uncond"]
+                                                             "class_cond", "p_uncond", "lr_schedule"]
              if getattr(args, k) is not None}
     if given.get("variance") == "learned" and "loss" not in given:
         given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
