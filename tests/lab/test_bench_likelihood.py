@@ -53,7 +53,12 @@ def test_bench_likelihood_prints_every_figure_and_the_targets(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     for v in ("fixed_small", "fixed_large", "learned    "):
-        assert re.search(rf"^  bound, {v} [\d.]+ \+- ", out, re.M), out
+        for clip in ("x0_hat clipped", "unclipped     "):
+            assert re.search(rf"^  bound, {v} {clip} [\d.]+ \+- ", out, re.M), out
+    # V6 for both models, clipped and not; the band tables with the best-variance row
+    assert len(re.findall(r"^  bound, best single variance per step given the mean \(V6\): [\d.]+", out, re.M)) == 4
+    assert len(re.findall(r"^  where the bound comes from, (x0_hat clipped|unclipped)", out, re.M)) == 4
+    assert len(re.findall(r"^    best per step \(V6\) +[\d. ]+$", out, re.M)) == 4
     assert len(re.findall(r"^  ODE +[\d.]+ \+- .* on the first 2 ", out, re.M)) == 2, out
     assert len(re.findall(r"^ +(5|20) steps: FD [\d.]+ \([\d.]+x the floor\)", out, re.M)) == 2, out
     assert re.search(r"^  entropy of the mixture \(Monte Carlo of -log p, 1000 draws\): [\d.]+ \+- ", out, re.M)
@@ -65,6 +70,13 @@ def test_bench_likelihood_prints_every_figure_and_the_targets(tmp_path):
     best = s["bound_on_ode_items"]["variance"]
     assert math.isclose(s["bound_on_ode_items"]["bits_per_dim"], np.mean(s["bound"][best]["per_item"][:2]))
     assert [r["steps"] for r in data["models"]["L_hybrid"]["fd"]["rows"]] == [5, 20]
+    # the band cells add up to each bound's per-step sum, and the bound's total is that sum plus the prior
+    for m in data["models"].values():
+        for key in ("bound", "bound_unclipped"):
+            for v, b in m[key].items():
+                assert math.isclose(sum(b["bands"].values()), sum(b["per_step"]), rel_tol=1e-12)
+                assert math.isclose(b["bits_per_dim"], sum(b["per_step"]) + b["prior_bits_per_dim"], rel_tol=1e-9)
+            assert m[key]["best_step"]["bits_per_dim"] <= m[key]["fixed_small"]["bits_per_dim"] + 1e-12
     g = data["gaussians8"]
     assert len(g["ode"]["per_item"]) == 20 and g["ode"]["divergence"] == "exact"
     assert math.isclose(g["gap"], g["ode"]["nats"] - g["true_nll"], rel_tol=1e-9, abs_tol=1e-12)
