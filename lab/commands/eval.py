@@ -27,6 +27,10 @@ from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACIN
 # draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor; moons SWD 1.17x its floor, where DDPM with all
 # 1000 steps scores 1.53x (its first step divides by the clipped cosine's sqrt(alpha_bar_999)). 50x fewer calls.
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", ODE_DEFAULT_STEPS
+# 2-D points: 50 steps. At 20, gaussians8's modes (std 0.14 in model space) come out as wedges pointing at the
+# centre, which the sliced Wasserstein distance barely sees (1.10x its floor; 50 steps 0.98x, round modes; DDPM
+# all 1000 steps 1.21x); an MLP's 50 calls cost milliseconds.
+POINTS_ODE_STEPS = 50
 # --repeats when omitted: a 2-D sliced-Wasserstein figure of one draw of 2000 points moves by +-25-35% from seed to
 # seed, so 2-D data takes the mean of 4 draws; an image FD of 500 samples moves by ~+-20% and costs more per draw
 DEFAULT_REPEATS = {"points": 4, "images": 1}
@@ -39,12 +43,14 @@ def configure(p):
                    help="samples for the quality figure (default: 2000 for 2-D data, 500 for images)")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help=f"sampler for the quality figure. Default {DEFAULT_SAMPLER} (DPM-Solver++(2M)) with "
-                        f"{DEFAULT_STEPS} steps on the trailing grid (leading for 2-D data on the cosine schedule): "
+                        f"{DEFAULT_STEPS} steps on the trailing grid for images ({POINTS_ODE_STEPS} on the leading "
+                        "grid for 2-D data on the cosine schedule): "
                         "20 network calls per sample instead of ddpm's 1000 (~15 min for 500 digits in NumPy here), "
                         "with the quality kept (digits FD 0.94x the floor; moons 1.17x, ddpm-1000 1.53x; "
                         "benchmarks/bench_solvers.py, mean of 4 draws)")
     p.add_argument("--sample-steps", type=int, default=None,
-                   help=f"sampler steps (default: {DEFAULT_STEPS} for the ODE samplers euler/heun/dpm++2m, all T "
+                   help=f"sampler steps (default: {DEFAULT_STEPS} for the ODE samplers euler/heun/dpm++2m on "
+                        f"images, {POINTS_ODE_STEPS} on 2-D points, all T "
                         "for ddpm/ddim)")
     p.add_argument("--grid", choices=GRIDS, default=None,
                    help="euler/heun/dpm++2m: the grid of noise levels (default trailing, leading for 2-D data on the "
@@ -207,6 +213,8 @@ def run(args, B):
     name = _judged_name(args, cfg, trainer)
     classes = guidance_eval.check_model(trainer, args, name) if scales else None
     points = name in datasets.POINT_SETS
+    if steps is None and points and nfes is None and args.sampler in ODE_SAMPLERS:
+        steps = min(cfg.T, POINTS_ODE_STEPS)
     args.repeats = args.repeats or DEFAULT_REPEATS["points" if points else "images"]
     n = args.n or (2000 if points else 500)
     res = {"ckpt": str(args.ckpt), "data": name, "trained_on": cfg.data, "step": ck.step, "n": n,
@@ -252,7 +260,8 @@ add_command(
     distance in the features of a small classifier trained on the dataset (cached). Each is printed
     beside its floor: the same figure between two independent real sets of the same size.
     The samples come from --sampler {DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps by default (DPM-Solver++(2M),
-    20 network calls per sample, on the trailing grid; leading for 2-D data on the cosine schedule): it
+    20 network calls per sample, on the trailing grid; for 2-D data {POINTS_ODE_STEPS} steps, on the leading grid
+    with the cosine schedule): it
     keeps the quality of ddpm with all 1000 steps (digits FD 0.94x its floor; moons 1.17x where
     ddpm-1000 scores 1.53x) at 1/50 of the network calls: seconds instead of ~15 minutes for 500 digits
     in NumPy. --nfe 5,10,20,50 sweeps the network calls per sample and compares each with ddpm's all T

@@ -67,3 +67,18 @@ def test_sample_trajectory_on_2d_points_writes_the_strip_and_the_gif(ckpt, tmp_p
     for name in ("s.npy", "s.png", "s_trajectory.png", "s_trajectory.gif"):
         assert (tmp_path / name).is_file(), name
     assert "s_trajectory.gif" in capsys.readouterr().out
+
+
+def test_eval_samples_2d_points_with_50_ode_steps_by_default(ckpt, tmp_path):
+    """2-D points: dpm++2m with POINTS_ODE_STEPS = 50 when --sample-steps is omitted (20 bend gaussians8's modes
+    into wedges), at most T; an explicit --sample-steps is kept."""
+    run = tmp_path / "t100"
+    assert cli.main(["train", "--data", "gaussians8", "--out", str(run), *TINY[:-8], "--T", "100", "--hidden", "16",
+                     "--num-layers", "1", "--batch-size", "16"]) == 0
+    for path, flags, want in ((run / "ckpt.npz", [], 50), (run / "ckpt.npz", ["--sample-steps", "20"], 20),
+                              (ckpt, [], 20)):   # the fixture's T = 20 caps it
+        out = tmp_path / "e.json"
+        assert cli.main(["eval", "--ckpt", str(path), "--n", "50", "--repeats", "1", "--bpd-n", "0", *flags,
+                         "--json", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["sampler"] == "dpm++2m" and res["sample_steps"] == want, (flags, res["sample_steps"])
