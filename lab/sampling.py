@@ -104,7 +104,7 @@ def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=Tr
         kept = chain.timesteps(sched.T, n, spacing)
         return Plan(sampler, n, sched.T, spacing, n, int(kept[-1]))
     abar = alpha_bar_table(B, sched)
-    grid = grid or default_grid(abar, clip_x0, prediction)
+    grid = grid or default_grid(abar, clip_x0, prediction, sampler)
     top = sched.T - 1 if grid == "karras" else int(chain.timesteps(sched.T, n, grid)[-1])
     if abar[top] == 0:
         raise InputError(f"--grid {grid} with --sample-steps {n} starts at t={top}, where this checkpoint's schedule "

@@ -79,6 +79,14 @@ def test_no_warning_where_the_start_is_fine(plan, abar, images):
     assert late_start_message(plan, abar, images) is None
 
 
+def test_heun_starts_on_the_leading_grid_below_the_clipped_cosine_step_whatever_the_model():
+    for images in (False, True):
+        for prediction in ("eps", "v"):
+            assert default_grid(COSINE, images, prediction, sampler="heun") == "leading"
+    assert default_grid(LINEAR, images=True, sampler="heun") == "trailing"
+    assert default_grid(COSINE, images=True, sampler="dpm++2m") == "trailing"
+
+
 def test_the_default_grid_avoids_the_clipped_cosine_step_only_for_unclipped_models():
     assert default_grid(COSINE, images=False) == "leading"
     assert default_grid(COSINE, images=True) == "trailing" and default_grid(LINEAR, images=False) == "trailing"

@@ -332,7 +332,9 @@ def test_V1_V5_learned_variance_checkpoints_load_across_sides_and_sample_alike(c
 
 
 def _is_cfg(steps):
+    # a constant rate: a 15-step run resumed to 30 is then the 30-step run (a cosine decay is set by --steps)
     return make_config("moons", steps=steps, batch_size=32, T=20, log_every=3, save_every=0, sample_every=0,
+                       lr_schedule="constant",
                        final_samples=False, warmup=2, ema_decay=0.9, variance="learned", loss="vlb",
                        importance_sampling=True, model=dict(hidden=16, num_layers=2))
 
