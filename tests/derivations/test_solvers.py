@@ -177,3 +177,26 @@ def test_K5_N1_N2_N4_ode_samples_from_the_prior_have_the_data_moments(mix, ends,
     se_cov = ((c[:, :, None] * c[:, None, :]).reshape(n, -1).std(axis=0) / math.sqrt(n)).reshape(2, 2)
     assert mc_close(x.mean(axis=0), mix.mean, x.std(axis=0) / math.sqrt(n))
     assert mc_close(np.cov(x.T), mix.cov, se_cov)
+
+
+def test_N2_heuns_correction_is_the_denoisers_change_times_sigma_ratio_over_two(rng):
+    """A Heun step equals its Euler predictor D_i + sigma_{i+1} d_i minus (sigma_i - sigma_{i+1}) / (2 sigma_{i+1})
+    times D_i - D' (derivations/solvers.md, Heun): a denoiser that moves by 0.01 between the clipped cosine's
+    sigma_{T-1} = 2.03e4 and sigma = 6.36 moves the sample by ~16, while Euler's step has no such term."""
+    x = 2.03e4 * rng.standard_normal((5, 3))
+    lo_level = 6.36
+    c_hi, c_lo = rng.uniform(-1, 1, (2, 1, 3))
+    c_lo = c_hi + 0.01 * np.sign(c_lo)           # the denoiser's output changes by 0.01 per element
+
+    def D(x_, sigma):                            # a denoiser constant in x: D_i at the top level, D' below it
+        return np.broadcast_to(c_hi if sigma > 1e3 else c_lo, x_.shape)
+
+    grid = np.array([2.03e4, lo_level])
+    d = (x - c_hi) / grid[0]
+    euler = c_hi + lo_level * d                  # x + (sigma_1 - sigma_0) d, rearranged
+    got = solvers.heun(D, x, grid)
+    want = euler - (grid[0] - lo_level) / (2 * lo_level) * (c_hi - c_lo)
+    np.testing.assert_allclose(got, want, rtol=TOL["exact64"], atol=TOL["exact64"] * 2.03e4)
+    assert np.allclose(np.abs(got - euler), 0.01 * (grid[0] - lo_level) / (2 * lo_level), rtol=1e-12)
+    assert 1590 < (grid[0] - lo_level) / (2 * lo_level) < 1600
+    np.testing.assert_allclose(solvers.euler(D, x, grid), euler, rtol=TOL["exact64"], atol=TOL["exact64"] * 2.03e4)
