@@ -24,8 +24,8 @@ from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACIN
 
 # The default sampler (issue 19 §1): DPM-Solver++(2M) with 20 steps, 20 network calls per sample, on the default
 # grid (trailing; leading for 2-D data on the cosine schedule). Measured (benchmarks/bench_solvers.py, mean of 4
-# draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor; moons SWD 1.17x its floor, where DDPM with all
-# 1000 steps scores 1.53x (its first step divides by the clipped cosine's sqrt(alpha_bar_999)). 50x fewer calls.
+# draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor, DDPM with all 1000 steps 0.97x: 50x fewer calls.
+# 2-D points (below: 50 steps): moons SWD 0.98x its floor, DDPM-1000 1.03x (the 12000-step cosine-decay recipe).
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", ODE_DEFAULT_STEPS
 # 2-D points: 50 steps. At 20, gaussians8's modes (std 0.14 in model space) come out as wedges pointing at the
 # centre, which the sliced Wasserstein distance barely sees (1.10x its floor; 50 steps 0.98x, round modes; DDPM
@@ -46,8 +46,9 @@ def configure(p):
                         f"{DEFAULT_STEPS} steps on the trailing grid for images ({POINTS_ODE_STEPS} on the leading "
                         "grid for 2-D data on the cosine schedule): "
                         "20 network calls per sample instead of ddpm's 1000 (~15 min for 500 digits in NumPy here), "
-                        "with the quality kept (digits FD 0.94x the floor; moons 1.17x, ddpm-1000 1.53x; "
-                        "benchmarks/bench_solvers.py, mean of 4 draws)")
+                        "with the quality kept (digits FD 0.94x the floor, ddpm-1000 0.97x; moons at 50 steps "
+                        "0.98x, ddpm-1000 1.03x; "
+                        "benchmarks/bench_solvers.py and eval on bench_recipes.py's run, mean of 4 draws)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"sampler steps (default: {DEFAULT_STEPS} for the ODE samplers euler/heun/dpm++2m on "
                         f"images, {POINTS_ODE_STEPS} on 2-D points, all T "
@@ -262,8 +263,8 @@ add_command(
     The samples come from --sampler {DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps by default (DPM-Solver++(2M),
     20 network calls per sample, on the trailing grid; for 2-D data {POINTS_ODE_STEPS} steps, on the leading grid
     with the cosine schedule): it
-    keeps the quality of ddpm with all 1000 steps (digits FD 0.94x its floor; moons 1.17x where
-    ddpm-1000 scores 1.53x) at 1/50 of the network calls: seconds instead of ~15 minutes for 500 digits
+    keeps the quality of ddpm with all 1000 steps (digits FD 0.94x its floor, ddpm-1000 0.97x; moons at 50
+    steps 0.98x, ddpm-1000 1.03x) at 1/50 of the network calls: seconds instead of ~15 minutes for 500 digits
     in NumPy. --nfe 5,10,20,50 sweeps the network calls per sample and compares each with ddpm's all T
     steps (quality_vs_nfe.png). --guidance 0,1,2,4 (a class-conditional checkpoint) scores samples of balanced
     requested classes at each classifier-free guidance scale: the quality beside its floor and the share the
