@@ -393,9 +393,8 @@ class Trainer:
                     st[key] = torch.empty_like(p).copy_(st[key])
 
     def close(self):
-        """Leave the process group joined for torchrun (a no-op for a single process). Every rank waits for the
-        others first: a rank that tore gloo down while rank 0 was still writing the checkpoint sometimes ended in
-        std::terminate ("terminate called without an active exception", ~1 run in 5 of the slow torchrun test)."""
+        """Leave torchrun's process group (a no-op for one process), all ranks together: one that tore gloo down
+        while rank 0 still wrote the checkpoint ended in std::terminate in ~1 run of 5 of the slow torchrun test."""
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
