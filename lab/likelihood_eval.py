@@ -21,7 +21,6 @@ the same figures from ``python -m reference eval`` and ``python -m torch_port ev
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import time
 
@@ -86,7 +85,7 @@ def check(args):
     ode = args.nll in ("ode", "both")
     if args.bpd_n == 0 and args.nll != "bound":
         raise InputError(f"--nll {args.nll} needs held-out items: --bpd-n 0 skips the likelihood")
-    if getattr(args, "bpd_clip", None) is not None and args.nll == "ode":
+    if args.bpd_clip is not None and args.nll == "ode":
         raise InputError(f"--{'' if args.bpd_clip else 'no-'}bpd-clip sets the bound's reverse means: it applies with "
                          "--nll bound or both (the ODE's likelihood clips nothing)")
     if args.bpd_variance is not None:
@@ -116,11 +115,6 @@ def check(args):
 
 
 # ---- the figures --------------------------------------------------------------------------------
-
-def likelihood_module(B):
-    """reference.likelihood or torch_port.likelihood (lab.backend.Backend does not list it among its modules)."""
-    return importlib.import_module(f"{B.package}.likelihood")
-
 
 def _np(a):
     """A backend array (NumPy, or a torch tensor on any device) -> float64 NumPy."""
@@ -219,7 +213,7 @@ def ode(B, trainer, x, info, seed=0, rtol=None, atol=None, divergence=None, n_pr
     Per batch, from np.random.default_rng(seed): the Rademacher probes (K, n, ...) first, then the
     dequantisation noise (discrete data); both sides receive the same arrays. ``per_item``: also the items'
     own figures (bits/dim of discrete data, nats of points)."""
-    L = likelihood_module(B)
+    L = B.likelihood
     cfg, shape = trainer.cfg, tuple(x.shape)
     n, d = shape[0], int(np.prod(shape[1:]))
     divergence = ("exact" if len(shape) == 2 else "hutchinson") if divergence in (None, "auto") else divergence
