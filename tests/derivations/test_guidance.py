@@ -285,14 +285,21 @@ def test_W6_C8_the_projects_samplers_at_s3_reach_neither_the_tilt_nor_one_distri
 def test_C8_the_noised_tilt_is_not_the_tilt_of_the_noised_densities():
     """Why: guidance's score at level t (W3) is that of p_t(x|c)^s p_t(x)^(1-s), while sampling the tilt would
     need the score of the tilt noised by q(x_t | x_0) (a convolution, here on the grid). At s = 1 the two are
-    one (to the grid's error); at s = 3 they differ by O(1) where the classes overlap."""
+    one (to the grid's error); at s = 3 they differ by O(1) where the classes overlap. The guided score is the
+    project's: ``guidance.guided`` (one batched pass, ``combine``) on the oracle's eps, turned into a score by (K1)."""
     xs = np.array([-0.5, 0.0, 0.5, 1.0, 2.0])
     for s, a in [(1.0, 0.5), (3.0, 0.5), (3.0, 0.9)]:
         q0 = _tilted(s)[0]
         k = norm.pdf(xs[:, None], math.sqrt(a) * X[None], math.sqrt(1 - a)) * q0[None]   # q_t = q0 * N(sqrt(a) x0, 1-a)
         noised = np.trapezoid(k * (math.sqrt(a) * X[None] - xs[:, None]) / (1 - a), X) / np.trapezoid(k, X)
-        eps_c, eps_u = ONE_D.eps_mean(xs[:, None], a, np.full(5, C)), ONE_D.eps_mean(xs[:, None], a)
-        guided = (-(eps_u + s * (eps_c - eps_u)) / math.sqrt(1 - a))[:, 0]   # (K1, W2, W3)
+        eps_s = guidance.guided(lambda x, level, y: ONE_D.eps_mean(x, level, y), C, s, 2)(xs[:, None], a)  # (W2)
+        guided = (-eps_s / math.sqrt(1 - a))[:, 0]                                  # (K1, W3)  score = -eps / sigma_t
+        # what guidance samples is the tilt of the noised densities: s log p_t(x|c) + (1 - s) log p_t(x) (W3),
+        # its slope by central differences of the oracle's closed-form log densities (G3)
+        log_tilt = lambda z: (s * ONE_D.log_prob(z[:, None], a, np.full(5, C))          # noqa: E731
+                              + (1 - s) * ONE_D.log_prob(z[:, None], a))
+        np.testing.assert_allclose(guided, (log_tilt(xs + 1e-5) - log_tilt(xs - 1e-5)) / 2e-5, rtol=TOL["fd64"],
+                                   atol=TOL["fd64"])
         if s == 1.0:
             assert np.max(np.abs(noised - guided)) <= TOL["grid64"]
         else:

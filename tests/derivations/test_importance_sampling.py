@@ -12,9 +12,38 @@ import numpy as np
 import pytest
 
 from reference import losses
-from reference.resample import HISTORY, UNIFORM_PROB, ImportanceSampler
+from reference import resample
+from reference.resample import ImportanceSampler
 from reference.schedules import Schedule, make_betas
 from tolerances import TOL, mc_close
+
+# improved-diffusion's LossSecondMomentResampler(history_per_term=10, uniform_prob=0.001): typed from the paper's
+# code, not imported from the module under test, so a wrong constant there fails these tests
+HISTORY, UNIFORM_PROB = 10, 0.001
+
+
+def test_I1_the_modules_constants_are_improved_diffusions_on_both_sides():
+    torch_resample = pytest.importorskip("torch_port.resample")
+    for mod in (resample, torch_resample):
+        assert (mod.HISTORY, mod.UNIFORM_PROB) == (HISTORY, UNIFORM_PROB), mod.__name__
+        s = mod.ImportanceSampler(5)                                    # the constructor's defaults are them too
+        assert (s.history.shape[1], s.uniform_prob) == (HISTORY, UNIFORM_PROB), mod.__name__
+
+
+def test_I1_a_history_of_one_loss_per_step_is_accepted_and_warms_after_one_round_on_both_sides():
+    """history = 1 is the smallest history (p_t from the last loss alone, |L_t|); 0 and non-integers are refused."""
+    torch_resample = pytest.importorskip("torch_port.resample")
+    losses_ = np.array([1.0, 4.0, 0.5, 2.0])
+    want = (1 - UNIFORM_PROB) * losses_ / losses_.sum() + UNIFORM_PROB / 4
+    for mod in (resample, torch_resample):
+        s = mod.ImportanceSampler(4, history=1)
+        assert not s.warmed_up
+        s.update(np.arange(4), -losses_)                                # the second moment ignores the sign
+        assert s.warmed_up, mod.__name__
+        np.testing.assert_allclose(np.asarray(s.probabilities()), want, rtol=TOL["exact64"])
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(resample.InputError, match="history"):
+                mod.ImportanceSampler(4, history=bad)
 
 
 def test_I1_history_keeps_the_last_ten_losses_and_p_is_uniform_until_warm(rng):
