@@ -70,8 +70,9 @@ def snap_sigmas(sched, sigmas):
     """(K8) Each nonzero level moved to the nearest trained sigma_t in log sigma, kept strictly decreasing.
 
     Where the grid is finer than the trained steps (Karras near sigma_min), neighbours that would share
-    a step are pushed to the next steps up, so the grid keeps its length: at most T nonzero levels.
-    Returns (n + 1,) float64 with the trailing 0 kept (if the input has one).
+    a step are pushed to the next steps up, so the grid keeps its length: at most T nonzero levels. Levels
+    pushed past T-1 that way are pushed down from the top instead (sigma_grid's "karras" avoids that case
+    with karras_levels, N7). Returns (n + 1,) float64 with the trailing 0 kept (if the input has one).
     """
     s = np.asarray(check_sigmas(sigmas))
     pos = s[s > 0]
@@ -91,8 +92,9 @@ def sigma_grid(sched, n, grid):
     """(K8, N5, A5) n trained levels, strictly decreasing, then 0: (n + 1,) float64 for n steps.
 
     "leading" | "trailing" | "linspace": the kept steps of samplers.timesteps (A5), noisiest first;
-    "karras": the rho = 7 grid between the trained sigma_min = sigma_0 and sigma_max = sigma_{T-1},
-    snapped to trained steps (K8). On every grid the network receives integer steps only.
+    "karras": the rho = 7 grid between the trained sigma_min = sigma_0 and sigma_max = sigma_{T-1}, with
+    a clipped top step taken once (karras_levels, N7), snapped to trained steps (K8). On every grid the
+    network receives integer steps only.
     """
     check_choice(grid, GRIDS, "grid")
     table = trained_sigmas(sched)
@@ -105,7 +107,28 @@ def sigma_grid(sched, n, grid):
     if not np.isfinite(table[-1]):
         raise InputError("the schedule ends at alpha_bar = 0 (sigma = inf): the sigma grids need a finite "
                          "sigma_max; sample with samplers.sample_loop, sampler 'ddim'")
-    return snap_sigmas(sched, karras_sigmas(n, table[0], table[-1]))
+    return snap_sigmas(sched, karras_levels(table, n))
+
+
+def karras_levels(table, n):
+    """(N7) The rho = 7 grid of n levels over the trained sigmas ``table`` (increasing), then 0, unsnapped.
+
+    Where the trained steps at the top are coarser than the grid (the cosine schedule's clipped last step
+    jumps from sigma_{T-2} to sigma_{T-1} in one step), the grid's second level falls inside the top step,
+    where snapping can only move it onto one of its ends: that top step is taken once, as a level of its
+    own, and the remaining levels form the rho grid below it, repeated until the second level lies at or
+    below sigma_{top-1}. Where the top is not coarser (every schedule but the clipped cosine at n <= T) this
+    is karras_sigmas(n, sigma_0, sigma_{T-1}).
+    """
+    top, taken = table.size - 1, []
+    while n - len(taken) >= 2 and top >= 1:
+        k = karras_sigmas(n - len(taken), table[0], table[top])
+        # (N7)  level 1 inside the top trained step (sigma_{top-1}, sigma_top): no trained level is near it
+        if k[1] <= table[top - 1]:
+            break
+        taken.append(float(table[top]))
+        top -= 1
+    return np.concatenate([taken, karras_sigmas(n - len(taken), table[0], table[top])])
 
 
 def grid_timesteps(sched, sigmas):

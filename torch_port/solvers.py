@@ -28,8 +28,9 @@ SAMPLERS = ("euler", "heun", "dpm++2m")
 GRIDS = ("leading", "trailing", "linspace", "karras")
 RHO = 7.0
 
-__all__ = ["SAMPLERS", "GRIDS", "RHO", "check_sigmas", "karras_sigmas", "snap_sigmas", "sigma_grid", "grid_timesteps",
-           "model_denoiser", "euler", "heun", "dpmpp_2m", "SOLVERS", "nfe", "steps_for_nfe", "sample", "invert"]
+__all__ = ["SAMPLERS", "GRIDS", "RHO", "check_sigmas", "karras_sigmas", "karras_levels", "snap_sigmas", "sigma_grid",
+           "grid_timesteps", "model_denoiser", "euler", "heun", "dpmpp_2m", "SOLVERS", "nfe", "steps_for_nfe", "sample",
+           "invert"]
 
 _F64 = torch.float64
 
@@ -89,7 +90,8 @@ def _interp(x, xp, fp):
 def snap_sigmas(sched, sigmas):
     """(K8) Each nonzero level moved to the nearest trained sigma_t in log sigma, kept strictly decreasing.
 
-    As the reference: neighbours that would share a step are pushed to the next steps up (at most T levels).
+    As the reference: neighbours that would share a step are pushed to the next steps up (at most T levels),
+    and down from the top where that would pass T-1.
     """
     s = torch.tensor(check_sigmas(sigmas), dtype=_F64)
     pos = s[s > 0]
@@ -118,7 +120,21 @@ def sigma_grid(sched, n, grid):
     if not math.isfinite(float(table[-1])):
         raise InputError("the schedule ends at alpha_bar = 0 (sigma = inf): the sigma grids need a finite "
                          "sigma_max; sample with samplers.sample_loop, sampler 'ddim'")
-    return snap_sigmas(sched, karras_sigmas(n, float(table[0]), float(table[-1])))
+    return snap_sigmas(sched, karras_levels(table, n))
+
+
+def karras_levels(table, n):
+    """(N7) As the reference: the rho grid of n levels over the increasing ``table``, a clipped top taken once."""
+    top, taken = table.numel() - 1, []
+    while n - len(taken) >= 2 and top >= 1:
+        k = karras_sigmas(n - len(taken), float(table[0]), float(table[top]))
+        # (N7)  level 1 inside the top trained step (sigma_{top-1}, sigma_top): no trained level is near it
+        if float(k[1]) <= float(table[top - 1]):
+            break
+        taken.append(float(table[top]))
+        top -= 1
+    rest = karras_sigmas(n - len(taken), float(table[0]), float(table[top]))
+    return torch.cat([torch.tensor(taken, dtype=_F64), rest])
 
 
 def grid_timesteps(sched, sigmas):
