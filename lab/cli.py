@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 import warnings
@@ -114,11 +115,36 @@ def make_schedule(B, name, T, warn=True):
 
 
 def out_png(path, what="--out"):
-    """``path`` as a Path, refused unless it names a .png file."""
+    """``path`` as a Path, refused unless it names a .png file the command can write (check_output)."""
     from pathlib import Path
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise InputError(f"{what} must name a .png file, got {path!r}")
+    return check_output(p, what)
+
+
+OUTPUT_RULE = "missing folders on the way are created"   # the rule check_output applies, for --help texts
+
+
+def check_output(path, flag, folder=False):
+    """The one rule for every command's outputs, checked before any work: missing folders on the way to ``path``
+    are created when it is written, so the nearest one that exists must be a folder this user may write in (and
+    ``path`` itself, if it exists, writable and of the right kind). ``folder``: ``path`` names a folder (train's
+    run folder), else a file. -> Path; InputError naming ``flag`` and the path otherwise."""
+    from pathlib import Path
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise InputError(f"{flag} {path} is a file; it must be a folder (created if missing)")
+    if not folder and p.is_dir():
+        raise InputError(f"{flag} {path} is a folder; it must name a file")
+    here = p if folder else p.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise InputError(f"{flag} {path}: {here} is a file, not a folder, so nothing can be written under it")
+    if not os.access(here, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        where = p if p.exists() else here
+        raise InputError(f"{flag} {path}: {where} is not writable (permission denied)")
     return p
 
 

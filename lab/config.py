@@ -179,8 +179,7 @@ RECIPES = {
                    model=dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                               attention=(False, True), groups=8)),
     # 2-D: 12000 steps with a cosine decay of the learning rate. checkerboard's sharp square corners set the
-    # length (port, eval defaults, two seeds: 6000 constant 1.72x / 1.43x the floor, 6000 cosine 1.46x / 1.35x,
-    # 12000 cosine 1.38x / 1.32x; a wider or deeper MLP did not help: hidden 256 x 4 layers 1.41x).
+    # length, and a wider or deeper MLP did not help (the README's recipes table and benchmarks/README.md).
     "2d": dict(steps=12000, batch_size=256, lr=2e-3, warmup=200, lr_schedule="cosine", ema_decay=0.995, T=1000,
                schedule="cosine",
                sample_every=2000, save_every=2000, model=dict(hidden=128, num_layers=3)),

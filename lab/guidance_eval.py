@@ -1,4 +1,4 @@
-"""The guidance sweep of ``eval --guidance 0,1,2,4`` (issue 17): for each scale s, samples of balanced requested
+"""The guidance sweep of ``eval --guidance 0,1,2,4``: for each scale s, samples of balanced requested
 classes scored by the eval judge (the Frechet distance, or sliced Wasserstein for 2-D data, beside its floor) and
 by a classifier (does it see the class that was asked for), with the classifier's accuracy on real test items
 beside it as the ceiling; a trade-off picture and the JSON figures.

@@ -1,16 +1,16 @@
-"""The late-start warning in the CLI's words (issue 19 §2): what starting a shortened sampler below T-1
-costs, and fixes that hold for the checkpoint at hand.
+"""The late-start warning in the CLI's words: what starting a shortened sampler below T-1 costs, and fixes that
+hold for the checkpoint at hand.
 
 Leading spacing (and the ODE samplers' leading grid) with n steps starts at t = (n-1) floor(T/n) ~ T - T/n,
 where x_t still holds signal: x_T ~ N(0, I) is then the wrong start (the prior term L8 bounds the cost in
 bits/dim; the same threshold as reference.schedules.warn_late_start, whose Python-worded warning the CLI
-silences and replaces with this one). The fixes this message offers, measured on the moons recipe (cosine,
-T = 1000, eps-model, benchmarks/bench_solvers.py and the README's numbers):
-  * more --sample-steps: DDIM 10 steps (start t = 900) 1.31x the SWD-2 floor, 15 steps (t = 924) 1.06x;
+silences and replaces with this one). The fixes this message offers:
+  * more --sample-steps, the fewest whose leading start is in time;
   * a start at T-1 (--spacing trailing/linspace, --grid trailing/linspace/karras) only where the network's
     eps error is not amplified there: x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) multiplies it by
-    1 / sqrt(alpha_bar_{T-1}), 2.0e4 for the clipped cosine step (moons, DDIM 10 trailing: 2300x the floor,
-    97% of samples beyond |x| > 3), 157 for linear at T = 1000; images clip x0_hat to [-1, 1], which bounds it.
+    1 / sqrt(alpha_bar_{T-1}), about 2e4 for the cosine schedule's clipped last step and 157 for linear at
+    T = 1000; images clip x0_hat to [-1, 1], which bounds it. The README's Fast-sampling and Spacing sections
+    have what each choice measured.
 """
 from __future__ import annotations
 
@@ -53,15 +53,13 @@ def amplification(alpha_bar, prediction="eps"):
 
 
 def default_grid(alpha_bar, images, prediction="eps", sampler=None):
-    """The ODE samplers' grid when --grid is omitted: trailing (measured on the digits recipe, DPM-Solver++(2M):
-    FD 0.94x the floor at NFE 10 and 20, where karras, which spends its first steps on the cosine's last,
-    clipped steps, gives 3.0x and 1.17x), except where a start at T-1 is harmful or impossible: leading for an
-    unclipped (2-D) eps-model on a schedule whose last step amplifies its error more than AMPLIFY_OK-fold (the
-    cosine's clipped step; moons, NFE 20: leading 1.17x the floor, trailing 2100x) and at zero terminal SNR
-    (sigma_{T-1} = inf). Heun starts on the leading grid wherever sigma_{T-1} > AMPLIFY_OK, whatever the model:
-    its trapezoid correction adds (sigma_1 - sigma_0) / (2 sigma_1) (x0_hat_0 - x0_hat_1) to its first step, ~1700
-    times the change of x0_hat from the cosine's sigma_{T-1} = 2e4 to the trailing grid's next level (digits,
-    FD / floor at NFE 19 and 49: trailing 146x and 159x, leading 1.54x and 1.06x, karras 3.79x and 1.06x)."""
+    """The ODE samplers' grid when --grid is omitted: trailing, except where a start at T-1 is harmful or
+    impossible: leading for an unclipped (2-D) eps-model on a schedule whose last step amplifies its error more
+    than AMPLIFY_OK-fold (the cosine's clipped step), and at zero terminal SNR (sigma_{T-1} = inf). Heun starts on
+    the leading grid wherever sigma_{T-1} > AMPLIFY_OK, whatever the model: its trapezoid correction adds
+    (sigma_1 - sigma_0) / (2 sigma_1) (x0_hat_0 - x0_hat_1) to its first step, a large multiple of the change of
+    x0_hat from the cosine's sigma_{T-1} ~ 2e4 to the trailing grid's next level (derivations/solvers.md, Heun;
+    the README's quality-against-NFE table has each grid's figures)."""
     if float(alpha_bar[-1]) == 0:
         return "leading"
     if sampler == "heun" and amplification(alpha_bar, "eps") > AMPLIFY_OK:
@@ -83,8 +81,7 @@ def late_start_message(plan, alpha_bar, images, prediction="eps"):
     amp = amplification(alpha_bar, prediction)
     msg = (f"--sample-steps {plan.steps} with {how} starts sampling at t={t}, not T-1={T - 1}: x_t there still "
            f"holds signal (alpha_bar = {a:.3g}), so starting from pure noise N(0, I) costs up to "
-           f"{prior_bpd(a):.2g} bits/dim (moons, DDIM: 10 steps 1.31x the quality floor, 15 steps 1.06x). "
-           f"Fix: --sample-steps {n0} (the start is then t={leading_start(T, n0)})")
+           f"{prior_bpd(a):.2g} bits/dim. Fix: --sample-steps {n0} (the start is then t={leading_start(T, n0)})")
     ends = "trailing or linspace" + (" or karras" if plan.ode else "")
     if last == 0 and plan.ode:
         return msg + ". (The ODE grids cannot start at T-1 here: zero terminal SNR, sigma_{T-1} = inf.)"
@@ -92,14 +89,12 @@ def late_start_message(plan, alpha_bar, images, prediction="eps"):
         return msg + (f", or {flag} {ends}, which start at T-1: this {prediction}-model's x0_hat does not divide "
                       "by sqrt(alpha_bar) there.")
     if images:
-        return msg + (f", or {flag} {ends}, which start at T-1: this model's x0_hat is clipped to [-1, 1], which "
-                      "bounds the error that alpha_bar_{T-1} amplifies there.")
+        return msg + (f", or {flag} {ends}, which start at T-1: this model's x0_hat is clipped to [-1, 1] there.")
     if amp <= AMPLIFY_OK:
         return msg + (f", or {flag} {ends}, which start at T-1, where this schedule's alpha_bar = "
                       f"{last:.2g} amplifies the network's eps error {amp:.0f}-fold in x0_hat.")
     return msg + (f". Not {flag} {ends}: they start at T-1, where this schedule's alpha_bar = "
-                  f"{last:.2g} multiplies the network's eps error by {amp:.2g} in x0_hat (moons, "
-                  "cosine, DDIM 10 trailing: 97% of samples beyond |x| > 3).")
+                  f"{last:.2g} multiplies the network's eps error by {amp:.2g} in x0_hat.")
 
 
 def amplified_start_message(plan, alpha_bar, images, prediction="eps"):
@@ -114,7 +109,5 @@ def amplified_start_message(plan, alpha_bar, images, prediction="eps"):
         steps_that_start_in_time(alpha_bar, T, plan.steps)
     fix = f"{'--grid' if plan.ode else '--spacing'} leading --sample-steps {n}"
     return (f"{'--grid' if plan.ode else '--spacing'} {plan.where} starts at T-1={T - 1}, where this schedule's "
-            f"alpha_bar = {float(alpha_bar[-1]):.2g}: x0_hat = (x_t - sqrt(1 - alpha_bar) eps_hat) / sqrt(alpha_bar) "
-            f"multiplies the network's eps error by {amp:.2g}, and x0_hat is not clipped for 2-D data (moons, "
-            f"cosine: DDIM 10 trailing 2300x the quality floor, dpm++2m 20 karras 1300x). Use {fix}, which starts "
-            "below the clipped last step.")
+            f"alpha_bar = {float(alpha_bar[-1]):.2g} multiplies the network's eps error by {amp:.2g} in x0_hat, "
+            f"which is not clipped for 2-D data. Use {fix}, which starts below the clipped last step.")

@@ -43,8 +43,9 @@ def configure(p):
     p.add_argument("--bpd-n", type=int, default=64,
                    help="held-out items (test split) for the likelihood (0 skips it)")
     p.add_argument("--nll", choices=NLL_ROUTES, default="bound",
-                   help="bound: the variational bound (T network calls per item); ode: the exact likelihood of "
-                        "the probability-flow ODE (an adaptive solve, Hutchinson's divergence for images); both")
+                   help="the likelihood route (default: %(default)s). bound: the variational bound (T network calls "
+                        "per item); ode: the exact likelihood of the probability-flow ODE (an adaptive solve, "
+                        "Hutchinson's divergence for images); both: the two, side by side")
     p.add_argument("--bpd-variance", default=None, metavar="LIST",
                    help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
                         "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "

@@ -216,16 +216,13 @@ def _stop_requests(enabled):
 
 
 def pictures(trainer, out_dir, tag, step, n=64):
-    """Write a sample picture (grid for images, scatter of 2000 over real data for 2-D points) and return
-    its path. DDIM with the run's ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s."""
-    from .pictures import sampler_label, samples_picture
-    from .sampling import draw
+    """Write a sample picture (grid for images, scatter of 2000 over real data for 2-D points; a class-conditional
+    run: every class at guidance s = 1, one row or colour per class) and return its path. DDIM with the run's
+    ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s (lab.pictures.run_samples_picture)."""
+    from .pictures import run_samples_picture
 
-    cfg, points = trainer.cfg, len(trainer.item_shape) == 1
-    x = draw(Backend(trainer.backend), trainer, 2000 if points else n, seed=cfg.seed, sampler="ddim",
-             steps=cfg.sample_steps)
-    title = f"{cfg.data} samples (EMA), " + sampler_label("ddim", cfg.sample_steps, cfg.T, step=step)
-    return samples_picture(x, Path(out_dir) / f"samples_{tag}.png", cfg, title)
+    return run_samples_picture(Backend(trainer.backend), trainer, Path(out_dir) / f"samples_{tag}.png", step,
+                               n_images=n)
 
 
 # ---- the loop --------------------------------------------------------------------------------------

@@ -37,13 +37,18 @@ CHAIN_SAMPLERS = chain.SAMPLERS             # ("ddpm", "ddim")
 ODE_SAMPLERS = ode.SAMPLERS                 # ("euler", "heun", "dpm++2m")
 SAMPLERS = CHAIN_SAMPLERS + ODE_SAMPLERS
 SPACINGS, GRIDS = chain.SPACINGS, ode.GRIDS
-ODE_DEFAULT_STEPS = 20      # the ODE samplers' --sample-steps when omitted (the chain's is all T)
-DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading for 2-D eps-models on the cosine
-                            # schedule: lab.late_start.default_grid, measured in benchmarks/bench_solvers.py
+# What `sample` and `eval` run when --sampler and --sample-steps are omitted (resolve): DPM-Solver++(2M), and for
+# every sampler but ddpm (all T) the step count of the data's kind. 2-D points take more steps than images: at
+# 20, the modes of a mixture come out as wedges pointing at the centre, and an MLP's network call is cheap.
+# benchmarks/README.md and the README's Fast-sampling section have the measurements.
+DEFAULT_SAMPLER = "dpm++2m"
+DEFAULT_STEPS = {"images": 20, "points": 50}
+ODE_DEFAULT_STEPS = DEFAULT_STEPS["images"]   # plan's steps for the ODE samplers when none are given
+DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading where a start at T-1 is harmful:
+                            # lab.late_start.default_grid
 MIN_STEPS = {"heun": 2, "dpm++2m": 3}   # fewest steps with one second-order update on a grid ending at 0
-DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model.
-                            # Measured on digits (benchmarks/bench_guidance.py): FD 0.81x the floor, 96.0% accuracy;
-                            # s = 2 buys 99.9% for 1.55x the floor, s = 4 100% for 2.71x
+DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model,
+                            # the one scale whose target is the class's own distribution (W3)
 
 
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):
@@ -115,6 +120,72 @@ def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=Tr
     return Plan(sampler, n, sched.T, grid, int(B.solvers.nfe(sampler, sigmas)), int(ts[0]), sigmas)
 
 
+def default_steps(sampler, T, images):
+    """--sample-steps when omitted: all T for ddpm, else DEFAULT_STEPS of the data's kind, at most T."""
+    if sampler == "ddpm":
+        return T
+    return min(T, DEFAULT_STEPS["images" if images else "points"])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `sample` and `eval` run (resolve): the Plan, the chain's ``spacing``, ddpm's ``variance`` (None for
+    the other samplers), whether x0_hat is clipped to [-1, 1] (``clip_x0``), and ``recorded``: the names of the
+    settings taken from the checkpoint's recorded sampling (convert --from-diffusers)."""
+    plan: Plan
+    spacing: str
+    variance: object
+    clip_x0: bool
+    recorded: tuple = ()
+
+    def describe(self):
+        """The settings in the summary line's words, e.g. "trailing grid, x0_hat clipped"."""
+        p, rec = self.plan, set(self.recorded)
+        mark = lambda name: " (the checkpoint's recorded setting)" if name in rec else ""   # noqa: E731
+        where = (f"{p.where} grid" if p.ode else f"{self.spacing} spacing{mark('spacing')}" if p.steps < p.T
+                 else "every step")
+        variance = f", variance {self.variance}{mark('variance')}" if self.variance else ""
+        return f"{where}{variance}, x0_hat {'clipped to [-1, 1]' if self.clip_x0 else 'not clipped'}{mark('clip_x0')}"
+
+
+def recorded_sampling(extra):
+    """The sampler settings a checkpoint records (``extra["sampling"]``, written by convert --from-diffusers from
+    the scheduler config: variance, clip_x0, spacing) -> dict, {} when it records none."""
+    rec = (extra or {}).get("sampling") or {}
+    return {k: rec[k] for k in ("variance", "clip_x0", "spacing") if rec.get(k) is not None}
+
+
+def resolve(B, trainer, extra=None, sampler=None, steps=None, spacing=None, grid=None, variance=None,
+            clip_x0=None, eta=None):
+    """The one resolution of what `sample` and `eval` run, from the user's flags (None: omitted) and the checkpoint
+    -> Settings. sampler: DEFAULT_SAMPLER; steps: default_steps (by sampler and data kind); the grid: plan's
+    default (by the schedule, the prediction and the clipping); spacing (ddpm/ddim), variance (ddpm) and the
+    clipping: the checkpoint's recorded settings (``extra``, see recorded_sampling) where it has them, else leading,
+    resolve_variance's and on for images. The flags are checked against each other first (check_sampler_flags)."""
+    images, T = len(trainer.item_shape) == 3, trainer.cfg.T
+    sampler = sampler or DEFAULT_SAMPLER
+    check_sampler_flags(T, sampler, steps, eta, variance, spacing, grid, images=images)
+    rec, used = recorded_sampling(extra), []
+
+    def pick(given, name, fallback, applies=True):
+        if given is not None or not applies:
+            return fallback if given is None else given
+        if name in rec:
+            used.append(name)
+            return rec[name]
+        return fallback
+
+    chain_sampler = sampler in CHAIN_SAMPLERS
+    spacing = pick(spacing, "spacing", "leading", applies=chain_sampler)
+    variance = resolve_variance(trainer, sampler, pick(variance, "variance", None, applies=sampler == "ddpm"))
+    clip = bool(pick(clip_x0, "clip_x0", images))
+    n = default_steps(sampler, T, images) if steps is None else steps
+    p = plan(B, trainer.sched, sampler, n, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction)
+    if "spacing" in used and p.steps >= T:
+        used.remove("spacing")   # all T steps: no spacing to choose
+    return Settings(p, spacing, variance, clip, tuple(used))
+
+
 def alpha_bar_table(B, sched):
     """The schedule's alpha_bar as float64 NumPy (T,), on either side."""
     return np.asarray(B.to_numpy(sched.alpha_bar), dtype=np.float64)
@@ -136,12 +207,12 @@ def _x_T(B, trainer, n, rng):
     return x_T.to(trainer.device) if B.name == "torch" else x_T
 
 
-def ode_denoiser(B, trainer, den=None):
+def ode_denoiser(B, trainer, den=None, clip_x0=None):
     """D(x~, sigma) of the trainer's network (EMA weights; ``den`` a network(...) in its place, e.g. guided),
-    x0_hat clipped to [-1, 1] for images (K8)."""
+    x0_hat clipped to [-1, 1] when ``clip_x0`` (default: for images) (K8)."""
     cfg = trainer.cfg
-    return B.solvers.model_denoiser(trainer.sched, den or trainer.denoiser(), cfg.prediction,
-                                    clip_x0=len(trainer.item_shape) == 3)
+    clip = len(trainer.item_shape) == 3 if clip_x0 is None else clip_x0
+    return B.solvers.model_denoiser(trainer.sched, den or trainer.denoiser(), cfg.prediction, clip_x0=clip)
 
 
 def resolve_variance(trainer, sampler, variance=None):
@@ -175,21 +246,23 @@ def network(B, trainer, variance=None, y=None, guidance=None):
 
 
 def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance=None,
-         record=False, progress=None, grid=None, warn=True, y=None, guidance=None):
+         record=False, progress=None, grid=None, warn=True, y=None, guidance=None, clip_x0=None):
     """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
     the trajectory as NumPy (t, x_t, x0_hat) triples, x_t in VP variables and t the trained step, for every
     sampler). ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm;
     default: resolve_variance); euler/heun/dpm++2m take ``grid`` (default: see plan). ``y``, ``guidance``:
-    the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint (``network``). Images
-    clip x0_hat to [-1, 1], 2-D points do not. ``trainer``: a backend Trainer (EMA weights sample). ``warn``:
-    the late-start warning, in the CLI's words (lab/late_start.py), when the first step still holds signal."""
+    the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint (``network``). ``clip_x0``:
+    x0_hat clipped to [-1, 1] (default: images are, 2-D points are not). ``trainer``: a backend Trainer (EMA
+    weights sample). ``warn``: the late-start warning, in the CLI's words (lab/late_start.py), when the first
+    step still holds signal."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
-    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=images, prediction=cfg.prediction)
+    clip = images if clip_x0 is None else bool(clip_x0)
+    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction)
     variance = resolve_variance(trainer, sampler, variance)
     den = network(B, trainer, variance, y, guidance)
     if warn:
         abar, pred = alpha_bar_table(B, trainer.sched), cfg.prediction
-        for msg in (late_start_message(p, abar, images, pred), amplified_start_message(p, abar, images, pred)):
+        for msg in (late_start_message(p, abar, clip, pred), amplified_start_message(p, abar, clip, pred)):
             if msg:
                 warnings.warn(msg, PriorMismatchWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
@@ -197,13 +270,13 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     with warnings.catch_warnings(), _no_grad(B):
         warnings.filterwarnings("ignore", message=LATE_START_PREFIX, category=PriorMismatchWarning)
         if p.ode:
-            res = B.solvers.sample(ode_denoiser(B, trainer, den), x_T, p.sigmas, sampler, record=record,
+            res = B.solvers.sample(ode_denoiser(B, trainer, den, clip), x_T, p.sigmas, sampler, record=record,
                                    progress=progress)
         else:
             res = B.samplers.sample_loop(trainer.sched, den, x_T, rng, sampler=sampler,
                                          steps=None if p.steps >= cfg.T else p.steps, spacing=spacing, eta=eta,
                                          prediction=cfg.prediction, variance=variance or "fixed_small",
-                                         clip_x0=images, record=record, progress=progress)
+                                         clip_x0=clip, record=record, progress=progress)
     if record:
         return B.to_numpy(res.x), _trajectory(B, trainer.sched, res.trajectory, p.ode)
     return B.to_numpy(res.x)
@@ -215,13 +288,18 @@ def _trajectory(B, sched, traj, from_ode):
     return [(to_t(k), B.to_numpy(xt), B.to_numpy(x0)) for k, xt, x0 in traj]
 
 
-def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None):
+def check_steps(T, steps, whose="the checkpoint's T", default=None):
+    """--sample-steps against T, in the CLI's words (sample, eval and train share the rule and the message)."""
+    if steps is not None and not 1 <= steps <= T:
+        omit = f"; omit it for the default ({default})" if default else ""
+        raise InputError(f"--sample-steps {steps} must lie in 1..T={T} ({whose}){omit}")
+
+
+def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None, images=True):
     """The sampler's flags against each other and the checkpoint's T, in the CLI's words: a flag that
     would be ignored, or a step count the schedule cannot give, is refused."""
-    if steps is not None and not 1 <= steps <= T:
-        raise InputError(f"--sample-steps {steps} must lie in 1..T={T} (the checkpoint's T); omit it for all "
-                         f"{T} steps" + (f" ({ODE_DEFAULT_STEPS} for --sampler {sampler})"
-                                         if sampler in ODE_SAMPLERS else ""))
+    n = default_steps(sampler, T, images) if steps is None else steps
+    check_steps(T, steps, default=f"{default_steps(sampler, T, images)} steps for --sampler {sampler}")
     if eta is not None and sampler != "ddim":
         raise InputError(f"--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler {sampler} "
                          "would ignore it")
@@ -234,7 +312,6 @@ def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing
     if grid is not None and sampler in CHAIN_SAMPLERS:
         raise InputError(f"--grid applies to the ODE samplers ({'/'.join(ODE_SAMPLERS)}); --sampler {sampler} "
                          f"shortens with --spacing instead (--sampler ddim --spacing S is --sampler euler --grid S)")
-    n = resolve_steps(sampler, steps, T)
     if n < MIN_STEPS.get(sampler, 1):
         k = MIN_STEPS[sampler]
         raise InputError(f"--sample-steps {n} is too few for --sampler {sampler}: it takes a second-order step "

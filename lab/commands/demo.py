@@ -9,9 +9,8 @@ from ..cli import add_command, add_demo_step, run_command
 from ..config import make_config
 
 # The demo trains the digits recipe for DEMO_STEPS of its steps, so that `make demo` takes at most 5 minutes
-# here (issue 19 §4). Measured on the port, eval's defaults (DPM-Solver++(2M), 20 steps, 4 draws of 500):
-# FD 1.19x its floor at 1400 steps (the full recipe's 2800 steps: 0.94x). The demo's other steps sample with
-# the same 20-step solver, and bits/dim by the bound uses DEMO_BPD_N held-out digits (T network calls each).
+# (the README gives the time and the quality this buys). The demo's other steps sample with the default 20-step
+# solver, and bits/dim by the bound uses DEMO_BPD_N held-out digits (T network calls each).
 DEMO_STEPS = 1400
 DEMO_BPD_N = 32
 
@@ -59,7 +58,7 @@ def _demo_train(args, B, out_dir):
     if code:
         return []
     ckpt = str(run_dir / "ckpt.npz")
-    # the fastest sampler that keeps the quality: DPM-Solver++(2M) in 20 network calls (eval's default too)
+    # the default sampler of sample and eval, DPM-Solver++(2M) in 20 network calls, named so the demo says it
     fast = ["--sampler", "dpm++2m", "--sample-steps", "5" if quick else "20"]
     run_command("sample", ["--ckpt", ckpt, "--n", "64", "--out", str(run_dir / "samples.npy"), "--trajectory"]
                 + fast, B)

@@ -4,6 +4,7 @@ the quality at each number of network evaluations beside DDPM with all T steps, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -15,68 +16,59 @@ from reference.errors import InputError
 
 from .. import data as datasets
 from .. import guidance_eval, likelihood_eval
-from ..cli import add_command
+from ..cli import OUTPUT_RULE, add_command, check_output
 from ..pictures import quality_vs_nfe
 from ..progress import bar
 from ..quality import Quality
-from ..sampling import (GRIDS, ODE_DEFAULT_STEPS, ODE_SAMPLERS, SAMPLERS, SPACINGS, check_sampler_flags, draw,
-                        load_trainer, plan)
+from ..sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, GRIDS, ODE_SAMPLERS, SAMPLERS, SPACINGS, check_sampler_flags,
+                        Settings, draw, load_trainer, resolve)
 
-# The default sampler (issue 19 §1): DPM-Solver++(2M) with 20 steps, 20 network calls per sample, on the default
-# grid (trailing; leading for 2-D data on the cosine schedule). Measured (benchmarks/bench_solvers.py, mean of 4
-# draws; benchmarks/README.md): digits FD 1.87 = 0.94x its floor, DDPM with all 1000 steps 0.97x: 50x fewer calls.
-# 2-D points (below: 50 steps): moons SWD 0.98x its floor, DDPM-1000 1.03x (the 12000-step cosine-decay recipe).
-DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", ODE_DEFAULT_STEPS
-# 2-D points: 50 steps. At 20, gaussians8's modes (std 0.14 in model space) come out as wedges pointing at the
-# centre, which the sliced Wasserstein distance barely sees (1.10x its floor; 50 steps 0.98x, round modes; DDPM
-# all 1000 steps 1.21x); an MLP's 50 calls cost milliseconds.
-POINTS_ODE_STEPS = 50
-# --repeats when omitted: a 2-D sliced-Wasserstein figure of one draw of 2000 points moves by +-25-35% from seed to
-# seed, so 2-D data takes the mean of 4 draws; an image FD of 500 samples moves by ~+-20% and costs more per draw
+# The sampler and its steps when --sampler and --sample-steps are omitted: lab.sampling.resolve, as `sample`'s.
+# --repeats when omitted: one draw's sliced Wasserstein figure of 2-D points moves from seed to seed by more than
+# an image FD of 500 samples does, and 2-D draws are cheap, so 2-D data takes the mean of 4 draws.
 DEFAULT_REPEATS = {"points": 4, "images": 1}
 
 
 def configure(p):
     p.add_argument("--ckpt", required=True, metavar="FILE", help="a checkpoint written by train (either side)")
     p.add_argument("--data", default=None, metavar="NAME", help="dataset to compare with (default: the run's)")
+    p.add_argument("--data-dir", dest="data_dir", default=None, metavar="DIR",
+                   help="where MNIST/Fashion-MNIST/CIFAR-10 files are read from (downloaded there when missing; "
+                        "default: the run's --data-dir, else $DDPM_DATA_DIR, else ~/.cache/ddpm-executable)")
     p.add_argument("--n", type=int, default=None,
                    help="samples for the quality figure (default: 2000 for 2-D data, 500 for images)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
-                   help=f"sampler for the quality figure. Default {DEFAULT_SAMPLER} (DPM-Solver++(2M)) with "
-                        f"{DEFAULT_STEPS} steps on the trailing grid for images ({POINTS_ODE_STEPS} on the leading "
-                        "grid for 2-D data on the cosine schedule): "
-                        "20 network calls per sample instead of ddpm's 1000 (~15 min for 500 digits in NumPy here), "
-                        "with the quality kept (digits FD 0.94x the floor, ddpm-1000 0.97x; moons at 50 steps "
-                        "0.98x, ddpm-1000 1.03x; "
-                        "benchmarks/bench_solvers.py and eval on bench_recipes.py's run, mean of 4 draws)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help=f"sampler for the quality figure, as in sample (default {DEFAULT_SAMPLER}, DPM-Solver++(2M): "
+                        "one network call a step instead of ddpm's T steps)")
     p.add_argument("--sample-steps", type=int, default=None,
-                   help=f"sampler steps (default: {DEFAULT_STEPS} for the ODE samplers euler/heun/dpm++2m on "
-                        f"images, {POINTS_ODE_STEPS} on 2-D points, all T "
-                        "for ddpm/ddim)")
+                   help=f"sampler steps (default: all T for ddpm; {DEFAULT_STEPS['images']} for every other sampler "
+                        f"on images, {DEFAULT_STEPS['points']} on 2-D points, at most T)")
     p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="euler/heun/dpm++2m: the grid of noise levels (default trailing, leading for 2-D data on the "
-                        "cosine schedule; see sample --help)")
+                   help="euler/heun/dpm++2m: the grid of noise levels (default trailing, leading where a start at T-1 "
+                        "is harmful; see sample --help)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="ddpm/ddim: which steps a shortened chain "
                                                                       "keeps (default leading)")
     p.add_argument("--nfe", default=None, metavar="LIST",
                    help="e.g. 5,10,20,50: the quality at each number of network evaluations per sample (heun: the "
                         "largest 2 steps - 1 within it), beside ddpm with all T steps; writes quality_vs_nfe.png")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --nfe: also score ddpm with all T steps (T network calls per sample: ~15 min per "
-                        "draw of 500 digits in NumPy on 2 cores, ~3 min in the port); --no-baseline skips it")
+                   help="with --nfe: also score ddpm with all T steps (T network calls per sample, the slow part of "
+                        "a sweep); --no-baseline skips it")
     guidance_eval.configure(p)
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="with --nfe: where quality_vs_nfe.png goes; with --guidance: guidance_tradeoff.png "
-                        "(default: beside the checkpoint)")
+                        f"(default: beside the checkpoint; {OUTPUT_RULE})")
     likelihood_eval.configure(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling noise (draw r uses seed + r), of the real sets the samples are judged "
+                        "against and of the likelihood's noise: same seed, same figures")
     p.add_argument("--repeats", type=int, default=None,
                    help="draw the samples this many times (seeds seed, seed+1, ...) and report the mean and "
                         f"spread. Default {DEFAULT_REPEATS['points']} for 2-D data (one draw's sliced Wasserstein "
-                        f"figure varies by +-25-35%%), {DEFAULT_REPEATS['images']} for images (one draw's FD of "
-                        "500 samples varies by ~+-20%%)")
+                        f"figure varies a lot from seed to seed), {DEFAULT_REPEATS['images']} for images")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch_port only")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the figures as JSON here")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help=f"also write the figures as JSON here ({OUTPUT_RULE})")
 
 
 def parse_nfe(text, sampler):
@@ -106,6 +98,10 @@ def _check(args, B):
     if args.repeats is not None and args.repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {args.repeats}")
     scales = guidance_eval.check(args)
+    if args.json is not None:
+        check_output(args.json, "--json")
+    if args.plot is not None:
+        check_output(args.plot, "--plot")
     if args.nfe is None:
         for flag, given in (("--plot", args.plot and scales is None), ("--no-baseline", not args.baseline)):
             if given:
@@ -118,19 +114,21 @@ def _check(args, B):
         raise InputError("--nfe sets the steps of each run itself: drop --sample-steps")
     if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot must name a .png file, got {args.plot!r}")
-    return parse_nfe(args.nfe, args.sampler), None
+    return parse_nfe(args.nfe, args.sampler or DEFAULT_SAMPLER), None
 
 
-def score_sampler(B, trainer, judge, n, args, sampler, steps, spacing=None, grid=None, tag=""):
-    """The judge's figure of one sampler setting over --repeats draws (seeds seed, seed+1, ...) -> a dict:
-    value (mean), values, ratio_to_floor, steps, nfe, where (spacing or grid), seconds_per_sample (the
-    sampling alone, per draw and sample)."""
-    p = plan(B, trainer.sched, sampler, steps, spacing or "leading", grid, clip_x0=len(trainer.item_shape) == 3,
-             prediction=trainer.cfg.prediction)
+def score_sampler(B, trainer, judge, n, args, sampler, steps=None, spacing=None, grid=None, tag="", extra=None):
+    """The judge's figure of one sampler setting over --repeats draws (seeds seed, seed+1, ...) -> a dict: value
+    (mean), values, ratio_to_floor, steps, nfe, where (spacing or grid), seconds_per_sample (the sampling alone,
+    per draw and sample). ``sampler``: a lab.sampling.Settings, or a sampler name resolved with ``steps``,
+    ``spacing``, ``grid`` and the checkpoint's ``extra`` as `sample` would (lab.sampling.resolve)."""
+    st = sampler if isinstance(sampler, Settings) else resolve(B, trainer, extra, sampler, steps, spacing, grid)
+    p, sampler = st.plan, st.plan.sampler
     values, seconds = [], 0.0
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        samples = draw(B, trainer, n, args.seed + r, sampler, p.steps, spacing or "leading", grid=grid,
+        samples = draw(B, trainer, n, args.seed + r, sampler, p.steps, st.spacing, variance=st.variance,
+                       grid=p.where if p.ode else None, clip_x0=st.clip_x0,
                        progress=bar(f"sampling {tag}{r + 1}/{args.repeats}"), warn=r == 0)
         seconds += time.perf_counter() - t0
         values.append(judge.score(samples))
@@ -145,25 +143,25 @@ def _steps_for(B, sampler, nfe):
     return B.solvers.steps_for_nfe(sampler, nfe) if sampler in ODE_SAMPLERS else nfe
 
 
-def _check_nfe(B, T, args, nfes):
+def _check_nfe(B, T, args, nfes, images=True):
     """The steps of each --nfe entry, refused naming --nfe where the checkpoint's T cannot give them."""
     steps = [_steps_for(B, args.sampler, k) for k in nfes]
     for k, n in zip(nfes, steps):
         if n > T:
             raise InputError(f"--nfe {k} needs {n} steps of --sampler {args.sampler}, more than the checkpoint's T={T}")
-        check_sampler_flags(T, args.sampler, n, spacing=args.spacing, grid=args.grid)
+        check_sampler_flags(T, args.sampler, n, spacing=args.spacing, grid=args.grid, images=images)
     return steps
 
 
-def _sweep(B, trainer, judge, n, args, nfes, steps, res):
+def _sweep(B, trainer, judge, n, args, nfes, steps, res, extra=None):
     """res gains "sweep": one row per NFE, the baseline (ddpm with all T steps) unless --no-baseline, the plot."""
     T = trainer.cfg.T
     rows = []
     for k, steps_k in zip(nfes, steps):
-        row = score_sampler(B, trainer, judge, n, args, args.sampler, steps_k, args.spacing, args.grid,
-                            tag=f"NFE {k}, ")
-        rows.append(dict(row, nfe_asked=k))
-    base = score_sampler(B, trainer, judge, n, args, "ddpm", T, tag=f"ddpm-{T}, ") if args.baseline else None
+        st = resolve(B, trainer, extra, args.sampler, steps_k, args.spacing, args.grid)
+        rows.append(dict(score_sampler(B, trainer, judge, n, args, st, tag=f"NFE {k}, "), nfe_asked=k))
+    base = (score_sampler(B, trainer, judge, n, args, resolve(B, trainer, extra, "ddpm", T), tag=f"ddpm-{T}, ")
+            if args.baseline else None)
     for row in rows:
         row["ratio_to_baseline"] = row["value"] / base["value"] if base else None
     where = rows[0]["where"]
@@ -192,30 +190,35 @@ def _print_sweep(res):
 
 def _judged_name(args, cfg, trainer):
     name = args.data or cfg.data
+    if name is None:  # a converted model whose items no dataset has: the judge needs real data
+        raise InputError(f"{args.ckpt} records no dataset (converted from diffusers without --data): give --data "
+                         f"NAME, the data with items of shape {tuple(trainer.item_shape)} to judge its samples against")
     datasets.check_name(name)
     if name != cfg.data:
         if datasets.info(name, image_size=cfg.image_size).shape != tuple(trainer.item_shape):
             raise InputError(f"--data {name!r} items do not have the shape the model was trained on "
                              f"{trainer.item_shape}")
-        warnings.warn(f"the checkpoint was trained on {cfg.data!r}: its samples are judged against {name!r} "
-                      f"(--data), not against the data it learned; drop --data to judge it against {cfg.data!r}")
+        if cfg.data is not None:
+            warnings.warn(f"the checkpoint was trained on {cfg.data!r}: its samples are judged against {name!r} "
+                          f"(--data), not against the data it learned; drop --data to judge it against {cfg.data!r}")
     return name
 
 
 def run(args, B):
     nfes, scales = _check(args, B)
     trainer, ck = load_trainer(B, args.ckpt, device=args.device)
-    cfg = trainer.cfg
-    steps = args.sample_steps        # None: all T for ddpm/ddim, ODE_DEFAULT_STEPS (at most T) for the ODE samplers
-    if nfes is None:
-        check_sampler_flags(cfg.T, args.sampler, steps, spacing=args.spacing, grid=args.grid)
+    if args.data_dir is not None:   # where the real data is read from: the judge, the held-out items, the classifier
+        trainer.cfg = dataclasses.replace(trainer.cfg, data_dir=args.data_dir)
+    cfg, images = trainer.cfg, len(trainer.item_shape) == 3
+    args.sampler = args.sampler or DEFAULT_SAMPLER
+    if nfes is None:   # what sample runs for the same flags
+        st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid)
+        args.sample_steps = st.plan.steps     # the guidance sweep draws with them too
     else:
-        sweep_steps = _check_nfe(B, cfg.T, args, nfes)
+        sweep_steps = _check_nfe(B, cfg.T, args, nfes, images)
     name = _judged_name(args, cfg, trainer)
     classes = guidance_eval.check_model(trainer, args, name) if scales else None
     points = name in datasets.POINT_SETS
-    if steps is None and points and nfes is None and args.sampler in ODE_SAMPLERS:
-        steps = min(cfg.T, POINTS_ODE_STEPS)
     args.repeats = args.repeats or DEFAULT_REPEATS["points" if points else "images"]
     n = args.n or (2000 if points else 500)
     res = {"ckpt": str(args.ckpt), "data": name, "trained_on": cfg.data, "step": ck.step, "n": n,
@@ -224,11 +227,11 @@ def run(args, B):
     judge = Quality(name, n, cfg, args.seed)
     res.update({"metric": judge.metric, "floor": judge.floor})
     if nfes is not None:
-        _sweep(B, trainer, judge, n, args, nfes, sweep_steps, res)
+        _sweep(B, trainer, judge, n, args, nfes, sweep_steps, res, ck.extra)
     elif scales:
         guidance_eval.compute(B, trainer, judge, n, args, name, scales, classes, res, plot=args.plot)
     else:
-        one = score_sampler(B, trainer, judge, n, args, args.sampler, steps, args.spacing, args.grid)
+        one = score_sampler(B, trainer, judge, n, args, st)
         res.update({k: one[k] for k in ("value", "values", "ratio_to_floor", "sampling_seconds", "nfe",
                                         "seconds_per_sample")}, sample_steps=one["steps"], where=one["where"])
     print(f"eval of {args.ckpt} (step {ck.step}, {name}, {B.name}):")
@@ -246,6 +249,7 @@ def run(args, B):
         print(f"  sampling: {1e3 * res['seconds_per_sample']:.3g} ms per sample ({res['sampling_seconds']:.3g} s "
               "per draw)")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
@@ -260,12 +264,10 @@ add_command(
     Sample quality: for 2-D data the sliced Wasserstein distance to real points, for images a Frechet
     distance in the features of a small classifier trained on the dataset (cached). Each is printed
     beside its floor: the same figure between two independent real sets of the same size.
-    The samples come from --sampler {DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps by default (DPM-Solver++(2M),
-    20 network calls per sample, on the trailing grid; for 2-D data {POINTS_ODE_STEPS} steps, on the leading grid
-    with the cosine schedule): it
-    keeps the quality of ddpm with all 1000 steps (digits FD 0.94x its floor, ddpm-1000 0.97x; moons at 50
-    steps 0.98x, ddpm-1000 1.03x) at 1/50 of the network calls: seconds instead of ~15 minutes for 500 digits
-    in NumPy. --nfe 5,10,20,50 sweeps the network calls per sample and compares each with ddpm's all T
+    The samples come from the sampler `sample` runs by default: --sampler {DEFAULT_SAMPLER}
+    (DPM-Solver++(2M)) with {DEFAULT_STEPS['images']} steps for images and {DEFAULT_STEPS['points']} for 2-D points,
+    one network call a step instead of ddpm's T. The real data is read from --data-dir (or the run's).
+    --nfe 5,10,20,50 sweeps the network calls per sample and compares each with ddpm's all T
     steps (quality_vs_nfe.png). --guidance 0,1,2,4 (a class-conditional checkpoint) scores samples of balanced
     requested classes at each classifier-free guidance scale: the quality beside its floor and the share the
     dataset's classifier names as the requested class, beside its accuracy on real test items

@@ -6,6 +6,7 @@ so one checkpoint and one seed give the same samples from either side, for every
 """
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -14,12 +15,12 @@ import numpy as np
 from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 
-from ..cli import add_command
-from ..inversion import INVERT_DEFAULT_STEPS, encode_decode, load_items
+from ..cli import OUTPUT_RULE, add_command, check_output
+from ..inversion import INVERT_DEFAULT_GRID, INVERT_DEFAULT_STEPS, encode_decode, load_items
 from ..pictures import class_rows_picture, inversion_pictures, sampler_label, samples_picture, trajectory_pictures
 from ..progress import bar
-from ..sampling import (DEFAULT_GRID, DEFAULT_GUIDANCE, GRIDS, ODE_DEFAULT_STEPS, SAMPLERS, SPACINGS,
-                        check_sampler_flags, draw, load_trainer, plan)
+from ..sampling import (DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, GRIDS, SAMPLERS, SPACINGS,
+                        check_sampler_flags, draw, load_trainer, resolve)
 
 PER_CLASS = {"images": 8, "points": 256}   # --class all: samples per class (one row each) when --n is omitted
 
@@ -28,38 +29,42 @@ def configure(p):
     p.add_argument("--ckpt", required=True, metavar="FILE", help="a checkpoint written by train (either side)")
     p.add_argument("--n", type=int, default=None, help="number of samples (default 64)")
     p.add_argument("--out", required=True, metavar="FILE.npy",
-                   help="float32 samples in [-1, 1] ((N, C, H, W) or (N, 2)); a PNG picture is written beside it. "
-                        "With --invert: the latents x_T, with FILE_reconstruction.npy and FILE.png beside it")
+                   help="float32 samples: (N, C, H, W) images in [-1, 1], or (N, 2) points in the data's own units; "
+                        f"a PNG picture is written beside it ({OUTPUT_RULE}). With --invert: the latents x_T, with "
+                        "FILE_reconstruction.npy and FILE.png beside it")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="ddpm (default): ancestral sampling (Ho et al. Algorithm 2), T network calls; ddim: Song et "
+                   help=f"ddpm: ancestral sampling (Ho et al. Algorithm 2), one network call a step; ddim: Song et "
                         "al., deterministic at eta 0. The probability-flow ODE (derivations/solvers.md): euler "
                         "(= ddim with eta 0, step for step), heun (Karras et al. 2022; 2 calls a step), dpm++2m "
-                        "(DPM-Solver++(2M), Lu et al. 2022; 1 call a step, good digits in 10-20). With --invert: "
-                        "euler (default) or ddim")
+                        f"(DPM-Solver++(2M), Lu et al. 2022; 1 call a step). Default {DEFAULT_SAMPLER}, as eval's. "
+                        "With --invert: euler (default) or ddim")
     p.add_argument("--sample-steps", type=int, default=None,
-                   help=f"number of sampling steps (default: all T for ddpm/ddim, {ODE_DEFAULT_STEPS} for the ODE "
-                        f"samplers, {INVERT_DEFAULT_STEPS} on the leading grid with --invert); fewer steps "
-                        "respaces the schedule. NFE (network calls per sample) = steps, heun 2 steps - 1")
+                   help=f"number of sampling steps (default: all T for ddpm; {DEFAULT_STEPS['images']} for every "
+                        f"other sampler on images, {DEFAULT_STEPS['points']} on 2-D points, at most T; "
+                        f"{INVERT_DEFAULT_STEPS} with --invert); fewer than T respaces the schedule. NFE (network "
+                        "calls per sample) = steps, heun 2 steps - 1")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="ddpm/ddim: which timesteps a shortened sampler keeps. leading (default) skips the noisiest "
-                        "steps and warns if its first step still holds signal; trailing/linspace start at T-1, which "
-                        "with an eps-model and the cosine schedule (alpha_bar_{T-1} ~ 2e-9) amplifies the "
-                        "network's error ~2e4-fold in x0_hat unless x0 is clipped (images)")
+                   help="ddpm/ddim: which timesteps a shortened sampler keeps. leading (default, or the "
+                        "timestep_spacing a converted checkpoint records) skips the noisiest steps and warns if its "
+                        "first step still holds signal; trailing/linspace start at T-1, where the cosine schedule's "
+                        "clipped last step amplifies an eps-model's error in x0_hat unless x0_hat is clipped (images)")
     p.add_argument("--grid", choices=GRIDS, default=None,
                    help=f"euler/heun/dpm++2m: the noise levels the ODE is solved on, all of them trained steps. "
                         "leading/trailing/linspace: the --spacing rules (--sampler euler --grid S equals --sampler "
                         "ddim --spacing S); karras: Karras et al.'s rho = 7 spacing in sigma from sigma_{T-1} down. "
-                        f"Default {DEFAULT_GRID} (digits, dpm++2m 20 steps: FD 0.94x its floor; karras 1.17x), but "
-                        "leading for 2-D data on the cosine schedule, whose clipped last step (alpha_bar ~ 2e-9) "
-                        "makes any start at T-1 amplify an eps-model's error ~2e4-fold (moons: trailing 2100x the "
-                        "floor, leading 1.17x)")
+                        f"Default {DEFAULT_GRID}, but leading where a start at T-1 is harmful: for an unclipped "
+                        "eps-model (2-D data) on a schedule whose last step amplifies its error (the cosine's clipped "
+                        "step), for heun on such a schedule whatever the model, and at zero terminal SNR")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM only: the step's noise, 0 deterministic (default), 1 ancestral-like")
     p.add_argument("--variance", choices=VARIANCES + (LEARNED,), default=None,
                    help="DDPM only: the reverse variance, posterior beta~_t (fixed_small, the default) or beta_t "
                         "(fixed_large), or the network's own (learned, the default for a checkpoint trained with "
                         "--variance learned: V1, respaced by V5 with --sample-steps; the other samplers read only "
-                        "its mean channels)")
+                        "its mean channels). A converted checkpoint's default is the variance_type it records")
+    p.add_argument("--clip-x0", dest="clip_x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip x0_hat to [-1, 1] at every step (default: on for images, or the clip_sample a "
+                        "converted checkpoint records; 2-D points are never clipped)")
     p.add_argument("--class", dest="klass", metavar="K|all", default=None,
                    help="a class-conditional checkpoint (train --class-cond): draw every sample of class K "
                         "(0..K-1), or 'all': one row of --n samples per class (default --n "
@@ -72,10 +77,7 @@ def configure(p):
                         "unconditionally, 1 the class-conditional model (one network call a step), s > 1 sharpens "
                         "towards the class at the cost of diversity (two calls a step, batched). Default "
                         f"{DEFAULT_GUIDANCE:g}: the conditional model itself, the one scale at which guidance "
-                        "targets the class's own distribution (W3), and the best measured: digits (dpm++2m 20 "
-                        "steps, 500 samples, mean of 2 draws) FD 0.81x its floor with 96.0%% named as the class "
-                        "asked for; s = 2: 1.55x, 99.9%%; s = 4: 2.71x, 100%%; s = 0: 2.00x, chance "
-                        "(benchmarks/bench_guidance.py). Needs --class")
+                        "targets the class's own distribution (W3). Needs --class")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling noise (default 0; same seed, same "
                                                            "samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -93,16 +95,20 @@ def _check(args, B):
     out = Path(args.out)
     if out.suffix != ".npy":
         raise InputError(f"--out must name a .npy file, got {args.out!r}")
+    check_output(out, "--out")
     if args.n is not None and args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
     if args.sample_steps is not None and args.sample_steps < 1:
         raise InputError(f"--sample-steps must be >= 1 (or omitted for all T steps), got {args.sample_steps}")
     if B.name == "reference" and args.device == "cuda":
         raise InputError("--device cuda is a torch_port option: run `python -m torch_port sample ...`")
+    if args.eta is not None and not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
+        raise InputError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {args.eta!r}")
     _check_class_flags(args)
     if args.invert is not None:
         for flag, value in (("--n", args.n), ("--seed", args.seed), ("--eta", args.eta),
-                            ("--variance", args.variance), ("--class", args.klass), ("--guidance", args.guidance)):
+                            ("--variance", args.variance), ("--class", args.klass), ("--guidance", args.guidance),
+                            ("--clip-x0" if args.clip_x0 else "--no-clip-x0", args.clip_x0)):
             if value is not None:
                 raise InputError(f"{flag} does not apply with --invert: the inversion is deterministic and encodes "
                                  "every item of the file")
@@ -117,8 +123,8 @@ def _check(args, B):
 
 def _check_class_flags(args):
     """--class and --guidance on their own (before the checkpoint is read): K an int >= 0 or 'all', s finite
-    and >= 0, --guidance only with --class (refused without: the classes it guides towards are not chosen
-    at random behind the user's back; --guidance 0 with --class is the unconditional model)."""
+    and >= 0. --guidance without --class is refused once the checkpoint is read (_classes), so that an
+    unconditional checkpoint is named as such first."""
     if args.klass is not None and args.klass != "all":
         try:
             args.klass = int(args.klass)
@@ -130,15 +136,22 @@ def _check_class_flags(args):
         if not math.isfinite(args.guidance) or args.guidance < 0:
             raise InputError(f"--guidance must be a finite scale >= 0 (0: unconditional, 1: the class-conditional "
                              f"model, > 1: guided), got {args.guidance!r}")
-        if args.klass is None:
-            raise InputError("--guidance needs --class K (or all): guidance pushes each sample towards its class; "
-                             "without --class a class-conditional checkpoint samples its null class (the "
-                             "unconditional model, what --class K --guidance 0 gives)")
 
 
 def _classes(args, trainer, ckpt):
-    """The classes to draw, checked against the checkpoint -> (labels (n,) int64 or None, n, K or None)."""
+    """The classes to draw, checked against the checkpoint -> (labels (n,) int64 or None, n, K or None). The
+    guidance flags are refused here, an unconditional checkpoint first: guidance mixes a class's prediction with
+    the null class's, and such a checkpoint has neither; --guidance needs --class because the classes it guides
+    towards are not chosen at random behind the user's back."""
     k = getattr(trainer, "num_classes", None)
+    if k is None and (args.klass is not None or args.guidance is not None):
+        flag = " / ".join(f for f, v in (("--class", args.klass), ("--guidance", args.guidance)) if v is not None)
+        raise InputError(f"{flag} needs a class-conditional checkpoint (trained with train --class-cond); {ckpt} is "
+                         "unconditional")
+    if args.klass is None and args.guidance is not None:
+        raise InputError("--guidance needs --class K (or all): guidance pushes each sample towards its class; "
+                         "without --class a class-conditional checkpoint samples its null class (the "
+                         "unconditional model, what --class K --guidance 0 gives)")
     if args.klass is None:
         return None, args.n or 64, None
     if k is None:
@@ -155,18 +168,26 @@ def _classes(args, trainer, ckpt):
     return np.full(n, args.klass, dtype=np.int64), n, k
 
 
+def _data(trainer):
+    """The run's dataset, for titles; a converted model that records none (convert: no dataset has its item
+    shape) is named by its item shape."""
+    return trainer.cfg.data or "x".join(map(str, trainer.item_shape)) + " (no dataset)"
+
+
 def _sample(args, B, out):
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
-    cfg, sampler = trainer.cfg, args.sampler or "ddpm"
-    check_sampler_flags(cfg.T, sampler, args.sample_steps, args.eta, args.variance, args.spacing, args.grid)
+    cfg = trainer.cfg
+    if args.clip_x0 and len(trainer.item_shape) != 3:
+        raise InputError("--clip-x0 applies to images: 2-D points are in the data's own units, not in [-1, 1]")
     y, n, k = _classes(args, trainer, args.ckpt)
+    st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid, args.variance,
+                 args.clip_x0, args.eta)
+    p, sampler, spacing = st.plan, st.plan.sampler, st.spacing
     guidance = None if y is None else (DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
-    spacing = args.spacing or "leading"
-    p = plan(B, trainer.sched, sampler, args.sample_steps, spacing, args.grid,
-             clip_x0=len(trainer.item_shape) == 3, prediction=cfg.prediction)
     seed = args.seed or 0
-    res = draw(B, trainer, n, seed, sampler, args.sample_steps, spacing, args.eta or 0.0, args.variance,
-               record=args.trajectory, progress=bar("sampling"), grid=args.grid, y=y, guidance=guidance)
+    res = draw(B, trainer, n, seed, sampler, p.steps, spacing, args.eta or 0.0, st.variance,
+               record=args.trajectory, progress=bar("sampling"), grid=p.where if p.ode else None, y=y,
+               guidance=guidance, clip_x0=st.clip_x0)
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,24 +198,26 @@ def _sample(args, B, out):
     weights = "raw" if args.no_ema else "EMA"
     written = [str(out)]
     if y is None:
-        png = samples_picture(x, out.with_suffix(".png"), cfg, f"{cfg.data}, {n} samples ({weights} weights), {how}")
+        png = samples_picture(x, out.with_suffix(".png"), cfg,
+                              f"{_data(trainer)}, {n} samples ({weights} weights), {how}")
     else:
         labels = out.with_name(out.stem + "_labels.npy")
         np.save(labels, y)
         written.append(str(labels))
         rows = "one colour" if x.ndim == 2 else "one row"
         what = f"{rows} per class (0..{k - 1}), {n // k} each" if args.klass == "all" else f"class {args.klass}"
-        title = f"{cfg.data}, {what}, guidance s={guidance:g} ({weights} weights), {how}"
+        title = f"{_data(trainer)}, {what}, guidance s={guidance:g} ({weights} weights), {how}"
         png = (class_rows_picture(x, y, out.with_suffix(".png"), cfg, title) if args.klass == "all"
                else samples_picture(x, out.with_suffix(".png"), cfg, title))
     written.append(str(png))
     if traj is not None:
-        written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{cfg.data}: {how}"))
-    where = f"{p.where} grid" if p.ode else (f"{spacing} spacing" if p.steps < cfg.T else "every step")
+        written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{_data(trainer)}: {how}",
+                                                labels=y, guidance=guidance,
+                                                alpha_bar=B.to_numpy(trainer.sched.alpha_bar)))
     which = "" if y is None else f" of class {args.klass}" if args.klass != "all" else f" of {k} classes"
     guided = "" if y is None else f", guidance s={guidance:g}"
-    print(f"{n} samples{which} from step {ck.step} of a {cfg.data} run ({sampler}, {p.steps} of T={cfg.T} steps, "
-          f"{where}{guided}; NFE {nfe} per sample): " + ", ".join(written))
+    print(f"{n} samples{which} from step {ck.step} of a {_data(trainer)} run ({sampler}, {p.steps} of T={cfg.T} steps, "
+          f"{st.describe()}{guided}; NFE {nfe} per sample): " + ", ".join(written))
     return 0
 
 
@@ -210,14 +233,14 @@ def _invert(args, B, out):
     check_sampler_flags(cfg.T, "euler", steps)
     grid = (args.spacing or "leading") if sampler == "ddim" else args.grid
     x0 = load_items(args.invert, trainer.item_shape)
-    r = encode_decode(B, trainer, x0, steps, grid, progress=bar("inverting"))
+    r = encode_decode(B, trainer, x0, steps, grid, progress=bar("encoding"), decode_progress=bar("decoding"))
     out.parent.mkdir(parents=True, exist_ok=True)
     rec_path = out.with_name(out.stem + "_reconstruction.npy")
     np.save(out, r.latents.astype(np.float32))
     np.save(rec_path, r.reconstruction.astype(np.float32))
     how = sampler_label(sampler, r.steps, cfg.T, step=ck.step, grid=r.grid)
     png = inversion_pictures(x0, r.latents, r.reconstruction, out.with_suffix(".png"),
-                             f"{cfg.data}: inversion and decoding, {how} each way; RMSE {r.rmse:.3g}")
+                             f"{_data(trainer)}: inversion and decoding, {how} each way; RMSE {r.rmse:.3g}")
     print(f"inverted {len(x0)} items of {args.invert} with {how} each way (NFE {r.nfe_encode} to encode, "
           f"{r.nfe} to decode): {out}, {rec_path}, {png}")
     print(f"  reconstruction error: RMSE {r.rmse:.4g}, max |x - x_rec| {r.max_abs:.4g}"
@@ -235,13 +258,17 @@ add_command(
     "sample", "draw samples from a checkpoint into a .npy file and a picture", configure, run,
     description=f"""
     Starts from x_T ~ N(0, I) and runs the reverse process with the trained network (EMA weights).
-    ddpm is the ancestral sampler (noise at every step but the last); ddim with --eta 0 is
-    deterministic and works well with few steps (--sample-steps 50). euler, heun and dpm++2m solve the
-    probability-flow ODE on a --grid of trained noise levels (default {DEFAULT_GRID}, {ODE_DEFAULT_STEPS} steps;
-    leading for 2-D data on the cosine schedule); dpm++2m gives good digits in 10-20 network calls.
-    Prints the NFE (network calls per sample) it used.
-    Writes FILE.npy (float32 in [-1, 1]) and FILE.png; --trajectory adds FILE_trajectory.png and .gif.
-    --invert DATA.npy encodes data to latents (the ODE run forwards) and decodes them again.
+    By default, as eval: --sampler {DEFAULT_SAMPLER} (DPM-Solver++(2M)) with {DEFAULT_STEPS['images']} steps
+    for images and {DEFAULT_STEPS['points']} for 2-D points. ddpm is the ancestral sampler (noise at every step
+    but the last, all T steps by default); ddim with --eta 0 is deterministic. euler, heun and dpm++2m solve
+    the probability-flow ODE on a --grid of trained noise levels (default {DEFAULT_GRID}; leading for 2-D data on
+    the cosine schedule, and for heun on it whatever the data). A checkpoint converted from diffusers samples
+    with the variance, clipping and spacing its scheduler config records unless a flag says otherwise.
+    Prints the sampler, its steps, grid or spacing, variance and clipping, and the NFE (network calls per
+    sample) it used. Writes FILE.npy (float32: images in [-1, 1], 2-D points in data units) and FILE.png;
+    --trajectory adds FILE_trajectory.png and .gif. Missing folders of --out are created.
+    --invert DATA.npy encodes data to latents (the ODE run forwards, {INVERT_DEFAULT_STEPS} steps on the
+    {INVERT_DEFAULT_GRID} grid by default) and decodes them again.
     A checkpoint from either side works on either side: same seed, same samples.
     """,
     epilog="""

@@ -12,7 +12,8 @@ from reference.optim import LR_SCHEDULES
 from reference.schedules import SCHEDULES
 
 from .. import checkpoint, data, runner
-from ..cli import add_command
+from ..cli import OUTPUT_RULE, add_command, check_output
+from ..sampling import check_steps
 from ..config import (LOSSES, PREDICTIONS, TRAIN_VARIANCES, WEIGHTINGS, TrainConfig, config_from_json, make_config,
                       recipe_for)
 
@@ -65,8 +66,9 @@ _FIELDS = {
     "log_every": (int, "write a line to log.jsonl every N steps (the loss is read from the device only then)"),
     "sample_every": (int, "write a sample picture every N steps (0: only at the end)"),
     "save_every": (int, "checkpoint DIR/ckpt.npz every N steps (and always at the end)"),
-    "sample_steps": (_positive_int, "sampler steps for the pictures written during training"),
+    "sample_steps": (_positive_int, "DDIM steps (1..T) for the pictures written during training"),
 }
+RECIPE_DEFAULT = " (default: the dataset's recipe; --show-recipe lists it)"
 _MODEL = {
     "base_channels": (_positive_int, "UNet: channels at the first level"),
     "channel_mults": (_int_list, "UNet: channel multiplier per level, e.g. 1,2,2"),
@@ -84,9 +86,15 @@ def configure(p):
     p.add_argument("--data", required=True, metavar="NAME",
                    help="moons, swissroll, gaussians8, checkerboard (2-D points); digits, mnist, fashion-mnist, "
                         "cifar10, or folder:PATH (images)")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder: ckpt.npz, log.jsonl, loss.png, samples_*.png")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help=f"run folder: ckpt.npz, log.jsonl, loss.png, samples_*.png ({OUTPUT_RULE}); required "
+                        "unless --show-recipe")
+    p.add_argument("--show-recipe", dest="show_recipe", action="store_true",
+                   help="print the configuration this command would train with (the dataset's recipe, every field "
+                        "and its value, with the flags given on top) and exit; reads no data")
     for name, (typ, hlp) in {**_FIELDS, **_MODEL}.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=hlp)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                       help=hlp if "default" in hlp else hlp + RECIPE_DEFAULT)
     p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES, default=None,
                    help="the learning rate after the warmup: constant, or cosine (decays to 0 at the last of "
                         "--steps; a --resume with more --steps stretches the decay). Default: the recipe's "
@@ -132,8 +140,8 @@ def configure(p):
                    help="torch.compile the model (default: on for CUDA)")
     g.add_argument("--no-compile", dest="compile", action="store_false")
     g.add_argument("--amp", dest="amp", action="store_true", default=None,
-                   help="bf16 autocast with fp32 master weights (default: on for CUDA; on a CPU with "
-                        "native bf16, e.g. AVX512-BF16 or AMX, it trains ~1.3-1.7x faster)")
+                   help="bf16 autocast with fp32 master weights (default: on for CUDA; on a CPU it pays only where "
+                        "bf16 is native, e.g. AVX512-BF16 or AMX)")
     g.add_argument("--no-amp", dest="amp", action="store_false")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                    help="NHWC memory format (default: on for CUDA)")
@@ -150,8 +158,8 @@ def config_from_args(args):
     if given.get("variance") == "learned" and "loss" not in given:
         given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
     model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
-    ckpt = Path(args.out) / "ckpt.npz"
-    if args.resume and ckpt.exists():
+    ckpt = Path(args.out) / "ckpt.npz" if args.out else None
+    if args.resume and ckpt is not None and ckpt.exists():
         cfg = config_from_json(json.dumps(checkpoint.load(ckpt).config))
         if cfg.data != args.data:
             raise InputError(f"--resume: the checkpoint in {args.out} was trained on {cfg.data!r}, not {args.data!r}")
@@ -170,11 +178,31 @@ def config_from_args(args):
 def _check_p_uncond(cfg, given):
     if "p_uncond" in given and not cfg.class_cond:
         raise InputError("--p-uncond applies to a class-conditional run: add --class-cond (it would be ignored)")
+    if "sample_steps" in given:   # the rule sample applies to the same flag, in the same words
+        check_steps(cfg.T, cfg.sample_steps, whose="the run's --T")
+    elif cfg.sample_steps > cfg.T:   # the recipe's picture steps on a run with a small --T: all of them
+        cfg = dataclasses.replace(cfg, sample_steps=cfg.T)
     return cfg
+
+
+def show_recipe(cfg):
+    """The configuration, every field and its value, one a line (model fields as model.NAME)."""
+    d = json.loads(cfg.to_json())
+    rows = [(k, v) for k, v in d.items() if k != "model"] + [(f"model.{k}", v) for k, v in sorted(d["model"].items())]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:{width}s}  {json.dumps(v)}" for k, v in rows)
 
 
 def run(args, B):
     data.check_name(args.data)
+    if args.show_recipe:
+        cfg = config_from_args(args)
+        print(f"train --data {args.data}: the dataset's recipe (lab/config.py) with the flags given on top:")
+        print(show_recipe(cfg))
+        return 0
+    if args.out is None:
+        raise InputError("train needs --out DIR, the run folder to write (or --show-recipe to print the recipe)")
+    check_output(args.out, "--out", folder=True)
     cfg = config_from_args(args)
     kw = {}
     if B.name == "torch":
@@ -208,13 +236,15 @@ add_command(
     optionally --importance-sampling). --class-cond trains a class-conditional network on the dataset's labels
     (each dropped to a null class with probability --p-uncond, so the network also learns the unconditional
     model classifier-free guidance needs). With only --data and --out it uses the dataset's tuned recipe
-    (lab/config.py). It writes into DIR:
+    (lab/config.py): `--data NAME --show-recipe` prints it, every setting and its value. It writes into DIR
+    (created if missing):
     ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
     samples_*.png. Ctrl-C or a crash loses at most --save-every steps: `--resume` continues bit for bit.
     """,
     epilog="""
     examples:
       python -m reference train --data digits --out runs/digits
+      python -m reference train --data cifar10 --show-recipe
       python -m reference train --data moons --out runs/moons --steps 3000
       python -m reference train --data digits --out runs/digits --resume --steps 8000
       python -m torch_port train --data digits --out runs/digits-cond --class-cond

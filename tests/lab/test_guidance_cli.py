@@ -52,7 +52,6 @@ def _sample(ckpt, out, *flags, backend="reference"):
 # ---- refusals, each naming its flag, before any work -------------------------------------------------------
 
 @pytest.mark.parametrize("flags,words", [
-    (["--guidance", "2"], "--guidance needs --class K (or all)"),
     (["--class", "1", "--guidance", "-0.5"], "--guidance must be a finite scale >= 0"),
     (["--class", "1", "--guidance", "inf"], "--guidance must be a finite scale >= 0"),
     (["--class", "-1"], "--class must be a class index >= 0"),
@@ -70,12 +69,17 @@ def test_sample_refuses_bad_class_and_guidance_flags_before_reading_the_checkpoi
     ("digits", ["--class", "10"], "model has 10 classes, 0..9 (or --class all)"),
     ("plain", ["--class", "0"], "--class needs a class-conditional checkpoint (trained with train --class-cond)"),
     ("plain", ["--class", "all", "--guidance", "2"], "--class / --guidance needs a class-conditional checkpoint"),
-    ("plain", ["--variance", "learned"], "--variance learned needs a checkpoint trained with --variance learned"),
+    # --guidance without --class: a conditional checkpoint is asked for the classes, an unconditional one is
+    # named as such at once (asking for --class first would send the user to a flag it cannot take)
+    ("moons", ["--guidance", "2"], "--guidance needs --class K (or all)"),
+    ("plain", ["--guidance", "2"], "--guidance needs a class-conditional checkpoint (trained with train --class-cond)"),
+    ("plain", ["--sampler", "ddpm", "--variance", "learned"], "--variance learned needs a checkpoint trained with --variance learned"),
 ])
 def test_sample_refuses_what_the_checkpoint_cannot_do_and_writes_nothing(runs, tmp_path, capsys, which, flags,
                                                                            words):
     code = cli.main(["sample", "--ckpt", str(runs[which]), "--out", str(tmp_path / "s.npy"), "--n", "4", *flags])
-    assert code == 2 and words in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err   # one message, the right one
     assert not (tmp_path / "s.npy").exists()
 
 

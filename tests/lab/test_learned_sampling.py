@@ -57,7 +57,7 @@ def test_every_sampler_runs_a_learned_variance_checkpoint_alike_on_both_sides(ck
 
 
 def test_ddpm_defaults_to_the_learned_variance_and_still_takes_the_fixed_ones(ckpt, tmp_path):
-    steps = ("--sample-steps", "10")
+    steps = ("--sampler", "ddpm", "--sample-steps", "10")
     default = _sample(ckpt, tmp_path / "d.npy", *steps)
     learned = _sample(ckpt, tmp_path / "l.npy", *steps, "--variance", "learned")
     small = _sample(ckpt, tmp_path / "s.npy", *steps, "--variance", "fixed_small")

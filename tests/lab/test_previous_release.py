@@ -15,7 +15,8 @@ from tolerances import TOL
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CKPT = DATA / "moons_v0.1.0_4930ead.npz"
-CASES = {"ddim5": ["--sampler", "ddim", "--sample-steps", "5"], "ddpm10": ["--sample-steps", "10"]}
+# ddpm named: it was the previous release's default sampler, which is now dpm++2m
+CASES = {"ddim5": ["--sampler", "ddim", "--sample-steps", "5"], "ddpm10": ["--sampler", "ddpm", "--sample-steps", "10"]}
 
 
 @pytest.mark.filterwarnings("ignore::reference.schedules.PriorMismatchWarning")  # few leading steps

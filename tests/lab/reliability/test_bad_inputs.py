@@ -174,7 +174,7 @@ CLI_CASES = {
     "eval data of another shape": (["eval", "--ckpt", "{tmp}/run/ckpt.npz", "--data", "digits"],
                                    "do not have the shape"),
     # the ODE samplers (issue 15): flags a sampler would ignore, too few steps, bad grids
-    "sample grid with ddpm": (_sample("--grid", "karras"), "--grid applies to the ODE samplers"),
+    "sample grid with ddpm": (_sample("--sampler", "ddpm", "--grid", "karras"), "--grid applies to the ODE samplers"),
     "sample spacing with an ODE sampler": (_sample("--sampler", "euler", "--spacing", "trailing"),
                                            "--spacing applies to --sampler ddpm/ddim"),
     "sample unknown grid": (_sample("--sampler", "euler", "--grid", "karas"), "invalid choice: 'karas'"),
