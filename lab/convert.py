@@ -1,21 +1,26 @@
 """Conversion between this project's checkpoints and diffusers' ``UNet2DModel`` (tooling: written once).
 
-    ck = from_diffusers(folder)               # a save_pretrained UNet2DModel (+ scheduler_config.json)
+    ck = from_diffusers(folder)               # a pipeline folder, or a save_pretrained UNet2DModel (+ scheduler)
     checkpoint.save(path, ck.params, config=ck.config, extra=ck.extra)
-    to_diffusers(ckpt_path, folder)            # config.json + safetensors + scheduler_config.json
+    to_diffusers(ckpt_path, folder)            # DDPMPipeline.save_pretrained: model_index.json, unet/, scheduler/
 
 DDPM's layout (ResNet blocks, one-head attention at chosen levels, the positional embedding [sin | cos] with
 freq_shift 1) maps weight for weight: diffusers numbers its up path from the coarsest level (up_blocks.0 is
 our up.{L-1}) and keeps q, k, v as three linear layers, stacked here into one 1x1 conv ``qkv``. Our UNet's
-``downsample_padding="same"`` is diffusers' downsample_padding=0; ``norm_eps`` its norm_eps. Any other
-configuration, and any missing or unexpected weight, is refused naming it. diffusers is imported lazily.
+``downsample_padding="same"`` is diffusers' downsample_padding=0; ``norm_eps`` its norm_eps. A class-conditional
+UNet's table of K + 1 rows (W1: the last row the null class) is diffusers' ``class_embedding`` with
+num_class_embeds = K + 1, so diffusers' label K is our null class; learned variances (V1: 2C output channels,
+the mean's C then the interpolation's C) are out_channels = 2C with the scheduler's variance_type
+"learned_range", whose log-variance interpolation is V1's (for t > 0; at t = 0 neither step adds noise). A
+model whose item shape no dataset has converts with no dataset recorded (``config["data"]`` None; the shape is
+in ``extra["item_shape"]``). Any other configuration, and any missing or unexpected weight, is refused naming
+it. diffusers is imported lazily.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -28,10 +33,12 @@ from reference.unet import UNet
 from . import checkpoint
 from . import data as datasets
 from .config import config_from_json
+from .diffusers_names import params_from_diffusers, params_to_diffusers  # noqa: F401  (lab.convert's names)
 
 INSTALL_HINT = ('diffusers is an optional extra of this project: pip install -e ".[interop]" in the clone '
                 '(or pip install "diffusers>=0.30")')
 SIDE_FILE = "ddpm_executable.json"  # what to_diffusers keeps of our run beside diffusers' files
+PIPELINE_INDEX = "model_index.json"  # DiffusionPipeline.save_pretrained's: its components sit in unet/, scheduler/
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -40,8 +47,11 @@ BETA_RANGE = {"beta_start": 1e-4, "beta_end": 0.02}  # the only range TrainConfi
 REQUIRED = {"center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1,
             "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
             "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "resnet_time_scale_shift": "default",
-            "class_embed_type": None, "num_class_embeds": None}
-IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0}  # what no such argument means
+            "class_embed_type": None}
+# what no such argument means (an older diffusers lacks some)
+IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0, "num_class_embeds": None}
+# the scheduler's variance_type -> the project's sampling variance; learned_range is V1's interpolation
+VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large", "learned_range": "learned"}
 _DOWN, _UP = {"DownBlock2D": False, "AttnDownBlock2D": True}, {False: "UpBlock2D", True: "AttnUpBlock2D"}
 
 
@@ -61,83 +71,6 @@ class Converted(NamedTuple):
     config: dict
     extra: dict
     step: int = 0
-
-
-# ---- the weight names ------------------------------------------------------------------------------
-
-_TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
-        "time_mlp.fc1": "time_embedding.linear_1", "time_mlp.fc2": "time_embedding.linear_2"}
-_RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
-        "skip": "conv_shortcut"}
-_ATTN = {"norm": "group_norm", "qkv": ("to_q", "to_k", "to_v"), "proj": "to_out.0"}
-_DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # old AttentionBlock names
-
-
-def _diffusers_module(module, levels):
-    """Our module path -> (diffusers path or paths, how): "same" copies, "conv1x1" is a linear layer there
-    (weight (O, C) for our (O, C, 1, 1)), "qkv" our one conv stacked from to_q, to_k, to_v."""
-    if module in _TOP:
-        return _TOP[module], "same"
-    p = module.split(".")
-    if p[0] == "mid":
-        block, rest = "mid_block." + {"res1": "resnets.0", "res2": "resnets.1", "attn": "attentions.0"}[p[1]], p[2:]
-        kind = "attn" if p[1] == "attn" else "res"
-    else:  # down.l..., up.l...: diffusers' up_blocks.i is our up level L-1-i
-        block = f"down_blocks.{p[1]}" if p[0] == "down" else f"up_blocks.{levels - 1 - int(p[1])}"
-        if p[2] in ("downsample", "upsample"):
-            return f"{block}.{p[2]}rs.0.conv", "same"
-        block, kind, rest = f"{block}.{'resnets' if p[2] == 'res' else 'attentions'}.{p[3]}", p[2], p[4:]
-    leaf = (_RES if kind == "res" else _ATTN)[rest[0]]
-    if rest[0] == "qkv":
-        return tuple(f"{block}.{x}" for x in leaf), "qkv"
-    return f"{block}.{leaf}", "conv1x1" if (kind == "attn" and rest[0] == "proj") else "same"
-
-
-def _pairs(params, levels):
-    """[(our name, diffusers keys, how)] for every parameter, in our order."""
-    out = []
-    for name in params:
-        module, part = name.rsplit(".", 1)
-        path, how = _diffusers_module(module, levels)
-        out.append((name, [f"{m}.{part}" for m in ((path,) if isinstance(path, str) else path)], how))
-    return out
-
-
-def params_to_diffusers(params, levels):
-    """Our parameters -> diffusers' state dict (NumPy arrays): exact (reshapes and splits only)."""
-    sd = {}
-    for name, keys, how in _pairs(params, levels):
-        v = np.asarray(params[name])
-        parts = np.split(v, 3, axis=0) if how == "qkv" else [v]
-        for key, a in zip(keys, parts):
-            sd[key] = np.ascontiguousarray(a[:, :, 0, 0] if how != "same" and a.ndim == 4 else a)
-    return sd
-
-
-def params_from_diffusers(sd, template, levels):
-    """diffusers' state dict -> our parameters shaped like ``template``; InputError names the missing and the
-    unexpected keys, or a key whose shape differs."""
-    sd = {re.sub(r"(attentions\.\d+)\.(query|key|value|proj_attn)\.",
-                 lambda m: f"{m[1]}.{_DEPRECATED[m[2]]}.", k): v for k, v in sd.items()}
-    pairs = _pairs(template, levels)
-    expected = {k: a.shape for k, a in params_to_diffusers(template, levels).items()}
-    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise InputError(f"the weights do not fit the configuration: missing {_few(missing)}, unexpected "
-                         f"{_few(unexpected)} (nothing is skipped: every weight must be used once)")
-    for k, shape in expected.items():
-        if tuple(sd[k].shape) != shape:
-            raise InputError(f"weight {k!r} has shape {tuple(sd[k].shape)}, the configuration gives {shape}")
-    out = {}
-    for name, keys, how in pairs:
-        a = np.concatenate([sd[k] for k in keys], axis=0) if how == "qkv" else sd[keys[0]]
-        out[name] = a.reshape(template[name].shape)
-    return out
-
-
-def _few(names, n=6):
-    more = f", ... {len(names) - n} more" if len(names) > n else ""
-    return "[" + ", ".join(names[:n]) + more + "]"
 
 
 # ---- the configurations ----------------------------------------------------------------------------
@@ -185,26 +118,37 @@ def unet_kwargs(dcfg, defaults):
     if c["downsample_padding"] not in (0, 1):
         raise InputError(f"config.json has downsample_padding={c['downsample_padding']}; 1 (symmetric) or 0 "
                          "(pad bottom and right, as DDPM's checkpoints) convert")
+    embeds = c.get("num_class_embeds")
+    if embeds is not None and (isinstance(embeds, bool) or not isinstance(embeds, int) or embeds < 2):
+        raise InputError(f"config.json has num_class_embeds={embeds!r}; a class-conditional model converts with "
+                         "K + 1 >= 2 embeddings: K classes and the null class (the last)")
     return dict(UNET_DEFAULTS, in_channels=c["in_channels"], out_channels=c["out_channels"], base_channels=base,
                 channel_mults=tuple(b // base for b in boc), num_res_blocks=c["layers_per_block"],
                 attention=tuple(attention), groups=c["norm_num_groups"], mid_attention=mid_attention,
                 time_dim=c.get("time_embedding_dim") or 4 * base, norm_eps=float(c["norm_eps"]),
-                downsample_padding="symmetric" if c["downsample_padding"] == 1 else "same")
+                downsample_padding="symmetric" if c["downsample_padding"] == 1 else "same",
+                num_classes=None if embeds is None else embeds - 1)
 
 
-def full_kwargs(model, in_channels):
-    """Our UNet's complete keyword arguments from a TrainConfig.model dict (defaults and derived values filled)."""
+def _outputs(in_channels, variance):
+    """The output channels a run's network has unless its model dict says: 2C with learned variances (V1)."""
+    return 2 * in_channels if variance == "learned" else in_channels
+
+
+def full_kwargs(model, in_channels, variance="fixed"):
+    """Our UNet's complete keyword arguments from a TrainConfig.model dict (defaults and derived values filled;
+    ``variance``: the TrainConfig's, "learned" giving 2C outputs as train's build_model does)."""
     kw = dict(UNET_DEFAULTS, **model, in_channels=in_channels)
     kw.update(channel_mults=tuple(kw["channel_mults"]), attention=tuple(bool(a) for a in kw["attention"]),
-              out_channels=kw["out_channels"] or in_channels, time_dim=kw["time_dim"] or 4 * kw["base_channels"],
-              norm_eps=float(kw["norm_eps"]))
+              out_channels=kw["out_channels"] or _outputs(in_channels, variance),
+              time_dim=kw["time_dim"] or 4 * kw["base_channels"], norm_eps=float(kw["norm_eps"]))
     return {k: v for k, v in kw.items() if k not in ("dtype", "seed")}
 
 
-def model_dict(kw):
+def model_dict(kw, variance="fixed"):
     """The TrainConfig.model dict of full keyword arguments: what differs from our UNet's defaults (and not
-    in_channels, which the data gives)."""
-    derived = dict(UNET_DEFAULTS, out_channels=kw["in_channels"], time_dim=4 * kw["base_channels"])
+    in_channels, which the data gives, nor the 2C outputs that ``variance`` "learned" implies)."""
+    derived = dict(UNET_DEFAULTS, out_channels=_outputs(kw["in_channels"], variance), time_dim=4 * kw["base_channels"])
     keep = {"base_channels", "channel_mults", "num_res_blocks", "attention", "groups"}
     return {k: v for k, v in kw.items() if k not in ("in_channels", "dtype", "seed") and (k in keep or v != derived[k])}
 
@@ -218,7 +162,8 @@ def diffusers_unet_config(kw, sample_size):
                 down_block_types=[next(t for t, a in _DOWN.items() if a == x) for x in kw["attention"]],
                 up_block_types=[_UP[x] for x in reversed(kw["attention"])], add_attention=kw["mid_attention"],
                 downsample_padding=1 if kw["downsample_padding"] == "symmetric" else 0, attention_head_dim=None,
-                norm_num_groups=kw["groups"], attn_norm_num_groups=None, norm_eps=kw["norm_eps"], dropout=0.0)
+                norm_num_groups=kw["groups"], attn_norm_num_groups=None, norm_eps=kw["norm_eps"], dropout=0.0,
+                num_class_embeds=None if kw["num_classes"] is None else kw["num_classes"] + 1)
 
 
 def schedule_from_diffusers(sc, defaults):
@@ -240,34 +185,45 @@ def schedule_from_diffusers(sc, defaults):
     if pred not in PREDICTIONS:
         raise InputError(f"scheduler_config.json has prediction_type={pred!r}; convertible: {list(PREDICTIONS)}")
     variance = c.get("variance_type") or "fixed_small"  # DDIM's config has none
-    if variance not in ("fixed_small", "fixed_large"):
+    if variance not in VARIANCE_TYPES:
         raise InputError(f"scheduler_config.json has variance_type={variance!r}; the project samples with "
-                         "fixed_small or fixed_large")
+                         f"{', '.join(VARIANCE_TYPES)} (learned_range: the network's own variances, V1)")
     if c.get("thresholding"):
         raise InputError("scheduler_config.json has thresholding=true; the project clips x0_hat to [-1, 1] only")
     if c.get("clip_sample", True) and float(c.get("clip_sample_range", 1.0)) != 1.0:
         raise InputError(f"scheduler_config.json has clip_sample_range={c['clip_sample_range']}; the project "
                          "clips x0_hat to [-1, 1]")
     fields = dict(T=int(c.get("num_train_timesteps", 1000)), schedule=SCHEDULES[name], prediction=PREDICTIONS[pred],
-                  zero_terminal_snr=bool(c.get("rescale_betas_zero_snr", False)))
-    return fields, dict(variance=variance, clip_x0=bool(c.get("clip_sample", True)),
+                  zero_terminal_snr=bool(c.get("rescale_betas_zero_snr", False)),
+                  variance="learned" if variance == "learned_range" else "fixed")
+    return fields, dict(variance=VARIANCE_TYPES[variance], clip_x0=bool(c.get("clip_sample", True)),
                         spacing=c.get("timestep_spacing", "leading"))
+
+
+def native_datasets(item_shape):
+    """The datasets whose items have ``item_shape`` natively (no resizing)."""
+    return [n for n, (ch, s, _, _) in datasets.NATIVE.items() if (ch, s, s) == tuple(item_shape)]
 
 
 def train_config(model, sched_fields, item_shape, data=None, base=None):
     """The TrainConfig dict of a converted model: ``base`` (a config kept beside diffusers' files) or the
-    defaults, with the ``model`` dict, schedule and data set; ``data`` default: base's, or the dataset of
-    that item shape."""
-    hits = [n for n, (ch, s, _, _) in datasets.NATIVE.items() if (ch, s, s) == tuple(item_shape)]
+    defaults, with the ``model`` dict, schedule and data set; ``data`` default: base's, or the one dataset
+    whose items have that shape natively, else None (no dataset: sample needs none, eval asks for --data)."""
+    hits = native_datasets(item_shape)
     data = data or (base or {}).get("data") or (hits[0] if len(hits) == 1 else None)
-    if data is None:
-        raise InputError(f"no dataset has items of shape {tuple(item_shape)} natively: give --data NAME (the data "
-                         "the model was trained on, e.g. folder:PATH) so that sample and eval know it")
-    native = datasets.info(data).shape
-    size = None if native[1:] == tuple(item_shape[1:]) else int(item_shape[1])
-    if datasets.info(data, image_size=size).shape != tuple(item_shape):
-        raise InputError(f"--data {data!r} has items of shape {native}, the model takes {tuple(item_shape)}")
-    cfg = {"dtype": "float32", **(base or {}), "data": data, "image_size": size, "model": model, **sched_fields}
+    size = None
+    if data is not None:
+        native = datasets.info(data).shape
+        size = None if native[1:] == tuple(item_shape[1:]) else int(item_shape[1])
+        if datasets.info(data, image_size=size).shape != tuple(item_shape):
+            raise InputError(f"--data {data!r} has items of shape {native}, the model takes {tuple(item_shape)}")
+    cfg = {"dtype": "float32", **(base or {}), "data": data, "image_size": size, "model": model, **sched_fields,
+           "class_cond": model.get("num_classes") is not None}
+    learned = cfg["variance"] == "learned"
+    if learned and cfg.get("loss", "simple") == "simple":  # the bound trains learned variances (V4): Improved
+        cfg["loss"] = "hybrid"                               # DDPM's L_hybrid, what learned_range models use
+    elif not learned and cfg.get("loss") == "hybrid":
+        cfg["loss"] = "simple"
     return json.loads(config_from_json(json.dumps(cfg)).validate().to_json())
 
 
@@ -280,10 +236,16 @@ def _read_json(path, what):
         raise InputError(f"cannot read {what} {path}: {e}") from None
 
 
+def _pipeline_first(folder, sub):
+    """``folder``'s sub-folder ``sub`` first where a pipeline's model_index.json says that is the layout, else
+    ``folder`` itself first (a save_pretrained model, or this project's earlier flat layout)."""
+    return (folder / sub, folder) if (folder / PIPELINE_INDEX).is_file() else (folder, folder / sub)
+
+
 def unet_folder(folder):
-    """The folder holding config.json: ``folder`` itself, or its unet/ (a pipeline's layout)."""
+    """The folder holding config.json: ``folder``'s unet/ (a pipeline's layout), or ``folder`` itself."""
     folder = Path(folder)
-    for f in (folder, folder / "unet"):
+    for f in _pipeline_first(folder, "unet"):
         if (f / "config.json").is_file() and \
                 _read_json(f / "config.json", "config").get("_class_name", "UNet2DModel") == "UNet2DModel":
             return f
@@ -320,8 +282,7 @@ def read_weights(folder):
 
 
 def _scheduler_config(folder, unet_dir):
-    for f in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json",
-              unet_dir / "scheduler_config.json"):
+    for f in [d / "scheduler_config.json" for d in _pipeline_first(folder, "scheduler") + (unet_dir,)]:
         if f.is_file():
             return _read_json(f, "scheduler config")
     return None
@@ -330,7 +291,9 @@ def _scheduler_config(folder, unet_dir):
 def from_diffusers(folder, data=None):
     """Read a saved UNet2DModel (``folder`` or ``folder/unet``) and its scheduler config (beside it, or in
     ``folder/scheduler``; DDPMScheduler's defaults when there is none) -> Converted. ``data``: the dataset
-    the model was trained on (default: a kept config's, or the dataset whose items have the model's shape)."""
+    the model was trained on (default: a kept config's, or the dataset whose items have the model's shape, else
+    none). A num_class_embeds = K + 1 model reads as K classes and the null class (to_diffusers' layout; a
+    warning says so when no kept config confirms it); variance_type learned_range as learned variances."""
     diffusers = require_diffusers()
     folder = Path(folder)
     unet_dir = unet_folder(folder)
@@ -342,13 +305,27 @@ def from_diffusers(folder, data=None):
                       "1e-4..0.02, epsilon, fixed_small, clip_sample)")
     cls = getattr(diffusers, (sc or {}).get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
     fields, sampling = schedule_from_diffusers(sc or {}, _defaults(cls))
+    variance, c = fields["variance"], kw["in_channels"]
+    if variance == "learned" and kw["out_channels"] != 2 * c:
+        raise InputError(f"scheduler_config.json has variance_type='learned_range', which needs a network with "
+                         f"2 x in_channels = {2 * c} outputs (the mean's, then the variances'); config.json has "
+                         f"out_channels={kw['out_channels']}")
     size = dcfg.get("sample_size") or 32
-    item_shape = [kw["in_channels"]] + ([size, size] if isinstance(size, int) else list(size))
-    side = _read_json(unet_dir / SIDE_FILE, "kept configuration") if (unet_dir / SIDE_FILE).is_file() else {}
-    base, model = side.get("config"), model_dict(kw)
-    if base and full_kwargs(base.get("model") or {}, kw["in_channels"]) != full_kwargs(model, kw["in_channels"]):
-        warnings.warn(f"{SIDE_FILE} describes another network than config.json (edited since?): not used")
+    item_shape = [c] + ([size, size] if isinstance(size, int) else list(size))
+    side = next((_read_json(f / SIDE_FILE, "kept configuration") for f in (folder, unet_dir)
+                 if (f / SIDE_FILE).is_file()), {})
+    base, model = side.get("config"), model_dict(kw, variance)
+    kept_variance = (base or {}).get("variance", "fixed")
+    if base and (kept_variance != variance
+                 or full_kwargs(base.get("model") or {}, c, kept_variance) != full_kwargs(model, c, variance)):
+        warnings.warn(f"{SIDE_FILE} describes another network or variance than config.json and "
+                      "scheduler_config.json (edited since?): not used")
         base, side = None, {}
+    if kw["num_classes"] is not None and not base:
+        warnings.warn(f"config.json has num_class_embeds={kw['num_classes'] + 1}: read as {kw['num_classes']} "
+                      f"classes 0..{kw['num_classes'] - 1} and the null class {kw['num_classes']} (the last "
+                      "embedding, what guidance and sampling without --class use), as convert --to-diffusers "
+                      "writes them")
     model = base["model"] if base else model  # the run's own words for the same network
     template = UNet(**{k: v for k, v in kw.items() if k not in ("dtype", "seed")}).params
     params = params_from_diffusers(read_weights(unet_dir), template, len(kw["channel_mults"]))
@@ -364,17 +341,30 @@ def item_shape(ck):
     return tuple(ck.extra.get("item_shape") or datasets.info(cfg.data, image_size=cfg.image_size).shape)
 
 
+def _mode_like_open(folder):
+    """safetensors writes its files private (0600); give the weights the mode open() gives every other file
+    written here (0666 less the umask), so that the folder can be shared as its JSON files are."""
+    for f in Path(folder).glob("unet/diffusion_pytorch_model*"):
+        f.chmod(0o666 & ~checkpoint._umask())
+
+
 def to_diffusers(ckpt_path, folder, use_ema=True):
-    """Write the checkpoint's UNet (its EMA weights unless ``use_ema`` is False) as a UNet2DModel
-    (save_pretrained: config.json, diffusion_pytorch_model.safetensors) with a DDPMScheduler's
-    scheduler_config.json and SIDE_FILE (our configuration) into ``folder`` -> the diffusers model."""
+    """Write the checkpoint's UNet (its EMA weights unless ``use_ema`` is False) and a DDPMScheduler of its
+    schedule as a DDPMPipeline into ``folder`` (save_pretrained: model_index.json, unet/ with config.json and
+    diffusion_pytorch_model.safetensors, scheduler/scheduler_config.json), with SIDE_FILE (our configuration)
+    beside model_index.json; DDPMPipeline.from_pretrained(folder) loads it -> the diffusers UNet2DModel. A
+    class-conditional UNet needs class_labels (0..K-1, or K the null class), which DDPMPipeline's loop does not
+    pass: call the unet in a loop of your own, or sample the checkpoint here."""
     diffusers = require_diffusers()
     import torch
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--to-diffusers {folder} is a file: give a folder to write the pipeline into")
     ck = checkpoint.load(ckpt_path)
     cfg, shape = config_from_json(json.dumps(ck.config)), item_shape(ck)
     if len(shape) != 3:
         raise InputError(f"{ckpt_path} holds an MLP for points of shape {shape}; only UNets convert to diffusers")
-    kw, weights = full_kwargs(cfg.model, shape[0]), (ck.ema or ck.params) if use_ema else ck.params
+    kw, weights = full_kwargs(cfg.model, shape[0], cfg.variance), (ck.ema or ck.params) if use_ema else ck.params
     UNet(**kw).load_params(weights)  # InputError names a missing, unexpected or misshapen weight
     dc, known = diffusers_unet_config(kw, shape[1] if shape[1] == shape[2] else list(shape[1:])), _defaults(
         diffusers.UNet2DModel)  # an older diffusers lacks some arguments: fine where it behaves as their value
@@ -384,16 +374,18 @@ def to_diffusers(ckpt_path, folder, use_ema=True):
     model = diffusers.UNet2DModel(**{k: v for k, v in dc.items() if k in known})
     sd = params_to_diffusers(weights, len(kw["channel_mults"]))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
-    model.save_pretrained(folder)
     sampling = ck.extra.get("sampling") or {}
+    variance = "learned" if cfg.variance == "learned" else sampling.get("variance", "fixed_small")
     zero_snr = {"rescale_betas_zero_snr": True} if cfg.zero_terminal_snr else {}
-    diffusers.DDPMScheduler(
+    scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=cfg.T, beta_schedule={v: k for k, v in SCHEDULES.items()}[cfg.schedule], **BETA_RANGE,
         prediction_type={v: k for k, v in PREDICTIONS.items()}[cfg.prediction], **zero_snr,
-        variance_type=sampling.get("variance", "fixed_small"), clip_sample=sampling.get("clip_x0", True),
-        timestep_spacing=sampling.get("spacing", "leading")).save_config(folder)
+        variance_type={v: k for k, v in VARIANCE_TYPES.items()}[variance], clip_sample=sampling.get("clip_x0", True),
+        timestep_spacing=sampling.get("spacing", "leading"))
+    diffusers.DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(folder)
+    _mode_like_open(folder)
     side = {"config": ck.config, "step": ck.step, "weights": "ema" if use_ema and ck.ema else "params",
             "extra": {k: v for k, v in ck.extra.items()
                       if k not in ("item_shape", "diffusers") and not isinstance(v, np.ndarray)}}
-    (Path(folder) / SIDE_FILE).write_text(json.dumps(side, indent=2, sort_keys=True))
+    (folder / SIDE_FILE).write_text(json.dumps(side, indent=2, sort_keys=True))
     return model

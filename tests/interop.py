@@ -82,8 +82,11 @@ def float64_scheduler(cls, **config):
         return cls(**config)
 
 
-def diffusers_output(model, x, t, dtype=torch.float32):
-    """model(x, t).sample as NumPy, the model cast to ``dtype`` (float64: with float64_time_embedding)."""
+def diffusers_output(model, x, t, dtype=torch.float32, class_labels=None):
+    """model(x, t, class_labels).sample as NumPy, the model cast to ``dtype`` (float64: with
+    float64_time_embedding); ``class_labels`` (N,) ints for a model with num_class_embeds."""
     model = model.to(dtype)
+    labels = None if class_labels is None else torch.from_numpy(np.asarray(class_labels, dtype=np.int64))
     with torch.no_grad(), (float64_time_embedding() if dtype == torch.float64 else contextlib.nullcontext()):
-        return model(torch.from_numpy(np.asarray(x)).to(dtype), torch.from_numpy(np.asarray(t))).sample.numpy()
+        return model(torch.from_numpy(np.asarray(x)).to(dtype), torch.from_numpy(np.asarray(t)),
+                     class_labels=labels).sample.numpy()

@@ -167,6 +167,51 @@ def test_one_ddpm_step_equals_diffusers_ddpm_scheduler_step(step_case, t, n, var
         assert rel_max_error(side[1], want.pred_original_sample.numpy()) <= TOL["cross64"]
 
 
+@pytest.fixture(scope="module")
+def learned_case(tmp_path_factory):
+    """A converted learned-variance model (6 outputs on 3 channels, scheduler learned_range) and an x_t."""
+    folder = tmp_path_factory.mktemp("learned") / "unet"
+    model = random_unet(folder, seed=4, **dict(SMALL, out_channels=6))
+    DDPMScheduler(variance_type="learned_range").save_config(folder)
+    ck = convert.from_diffusers(folder, data="cifar10")
+    assert ck.config["variance"] == "learned"
+    return model, ck, convert.full_kwargs(ck.config["model"], 3, "learned"), np.random.default_rng(6).standard_normal(
+        (2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("t,n", [(999, None), (1, None), (0, None), (900, 10), (100, 10), (0, 10)])
+@pytest.mark.parametrize("clip", [True, False])
+def test_one_learned_variance_ddpm_step_equals_diffusers_learned_range_step(learned_case, t, n, clip):
+    """learned_range is V1: log sigma^2 = nu log beta_t + (1 - nu) log beta~_t, nu = (u + 1) / 2, on the output's
+    last C channels; set_timesteps(10) interpolates between the respaced beta' and beta~' (V5), as ours does.
+    Matched as the fixed-variance step above (the same noise draw; none at t = 0)."""
+    model, ck, kw, x = learned_case
+    sched = float64_scheduler(DDPMScheduler, beta_schedule="linear", variance_type="learned_range", clip_sample=clip)
+    if n:
+        sched.set_timesteps(n)
+    out = diffusers_output(model, x, np.full(2, t), torch.float64)
+    want = sched.step(torch.from_numpy(out), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref_out, port_out = _ours_eps(ck, kw, x, t)
+    assert ref_out.shape == (2, 6, 8, 8)
+    kept = RS.timesteps(1000, n, "leading") if n else None
+    ours = RSch.Schedule(RSch.make_betas("linear", 1000))
+    step_sched, i = (RS.respace(ours, kept), int(np.searchsorted(kept, t))) if n else (ours, t)
+    ref = RS.ddpm_step(step_sched, ref_out, x, np.full(2, i), noise.numpy(), variance="learned", clip_x0=clip)
+    port_sched = TSch.Schedule(TSch.make_betas("linear", 1000))
+    port_sched = TS.respace(port_sched, torch.from_numpy(kept)) if n else port_sched
+    port = TS.ddpm_step(port_sched, port_out, torch.from_numpy(x), torch.full((2,), i), noise, variance="learned",
+                        clip_x0=clip)
+    # where beta_t and beta~_t (the interpolation's ends) differ by half, the variance channels must show: the
+    # fixed_small step on the mean channels is another step (late in the full chain they nearly coincide)
+    if t > 0 and step_sched.betas[i] > 1.5 * step_sched.posterior_variance[i]:
+        small = RS.ddpm_step(step_sched, ref_out[:, :3], x, np.full(2, i), noise.numpy(), clip_x0=clip)[0]
+        assert rel_max_error(small, want.prev_sample.numpy()) > 1e6 * TOL["cross64"]
+    for side in (ref, [a.numpy() for a in port]):
+        assert rel_max_error(side[0], want.prev_sample.numpy()) <= TOL["cross64"]
+        assert rel_max_error(side[1], want.pred_original_sample.numpy()) <= TOL["cross64"]
+
+
 @pytest.mark.parametrize("t", [900, 400, 0])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("clip", [True, False])

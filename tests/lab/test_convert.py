@@ -70,10 +70,10 @@ def test_diffusers_to_ours_and_back_is_bit_exact(folder, tmp_path):
     ck = convert.from_diffusers(folder, data="cifar10")
     checkpoint.save(tmp_path / "c.npz", ck.params, config=ck.config, extra=ck.extra)
     convert.to_diffusers(tmp_path / "c.npz", tmp_path / "back")
-    a, b = load_file(str(folder / WEIGHTS)), load_file(str(tmp_path / "back" / WEIGHTS))
+    a, b = load_file(str(folder / WEIGHTS)), load_file(str(tmp_path / "back" / "unet" / WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     kept = {"block_out_channels", "down_block_types", "up_block_types", "norm_eps", "downsample_padding"}
-    assert {k: v for k, v in UNet2DModel.load_config(tmp_path / "back").items() if k in kept} == \
+    assert {k: v for k, v in UNet2DModel.load_config(tmp_path / "back" / "unet").items() if k in kept} == \
         {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items() if k in kept}
 
 
@@ -103,6 +103,9 @@ def test_a_pipeline_folder_converts_from_its_unet_and_scheduler_subfolders(folde
 
 
 def test_a_model_trained_here_loads_in_diffusers_and_gives_the_same_outputs(tmp_path, capsys):
+    """--to-diffusers writes a pipeline folder: DDPMPipeline.from_pretrained loads it, from disk."""
+    from diffusers import DDPMPipeline
+
     run = tmp_path / "run"
     assert main(["train", "--data", "digits", "--out", str(run), "--steps", "4", "--base-channels", "8",
                  "--channel-mults", "1,2", "--groups", "4", "--batch-size", "8", "--sample-every", "0",
@@ -110,7 +113,9 @@ def test_a_model_trained_here_loads_in_diffusers_and_gives_the_same_outputs(tmp_
     assert main(["convert", "--ckpt", str(run / "ckpt.npz"), "--to-diffusers", str(tmp_path / "hf")],
                 backend="torch") == 0
     assert "check: the torch port" in capsys.readouterr().out
-    model = UNet2DModel.from_pretrained(tmp_path / "hf", local_files_only=True, low_cpu_mem_usage=False)
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "hf", local_files_only=True, low_cpu_mem_usage=False)
+    model, sched = pipe.unet, pipe.scheduler
+    assert type(model).__name__ == "UNet2DModel" and type(sched).__name__ == "DDPMScheduler"
     ck = checkpoint.load(run / "ckpt.npz")
     kw = convert.full_kwargs(ck.config["model"], 1)
     port, ref = PortUNet(**kw), RefUNet(**kw)
@@ -122,7 +127,6 @@ def test_a_model_trained_here_loads_in_diffusers_and_gives_the_same_outputs(tmp_
         got = port(torch.from_numpy(x), torch.from_numpy(t)).numpy()
     assert np.abs(want).max() > 0  # 4 steps from a zero last layer: small outputs, compared relative to their size
     assert rel_max_error(got, want) <= TOL["net32"] and rel_max_error(ref.forward(x, t)[0], want) <= TOL["net32"]
-    sched = DDPMScheduler.from_pretrained(tmp_path / "hf")
     assert (sched.config.beta_schedule, sched.config.num_train_timesteps) == ("squaredcos_cap_v2", ck.config["T"])
 
 
@@ -146,7 +150,8 @@ def test_converted_checkpoint_samples_on_both_sides_with_the_same_numbers(folder
     ("freq_shift", 0, "freq_shift=0"),
     ("time_embedding_type", "fourier", "time_embedding_type='fourier'"),
     ("center_input_sample", True, "center_input_sample=True"),
-    ("num_class_embeds", 10, "num_class_embeds=10"),
+    ("num_class_embeds", 1, "num_class_embeds=1"),  # K + 1 >= 2: a class and the null class
+    ("class_embed_type", "timestep", "class_embed_type='timestep'"),
     ("down_block_types", ["DownBlock2D", "SkipDownBlock2D", "DownBlock2D"], "down_block_types[1]='SkipDownBlock2D'"),
     ("up_block_types", ["UpBlock2D", "UpBlock2D", "UpBlock2D"], "up_block_types="),
     ("block_out_channels", [16, 24, 32], "block_out_channels=[16, 24, 32]"),
@@ -166,7 +171,7 @@ def test_a_configuration_our_unet_cannot_express_is_refused_naming_the_field(fol
     ("beta_end", 0.012, "beta_end=0.012"),
     ("trained_betas", [0.1, 0.2], "trained_betas"),
     ("prediction_type", "flow", "prediction_type='flow'"),
-    ("variance_type", "learned_range", "variance_type='learned_range'"),
+    ("variance_type", "learned", "variance_type='learned'"),  # the raw log-variance: not V1's learned_range
     ("thresholding", True, "thresholding"),
     ("clip_sample_range", 2.0, "clip_sample_range=2.0"),
 ])
@@ -210,7 +215,15 @@ def test_the_command_refuses_bad_flags_and_inputs(folder, tmp_path, capsys):
         assert main(["convert"] + argv, backend="torch") == 2
         assert words in capsys.readouterr().err
     fails(["--from-diffusers", str(folder)], "needs --out FILE.npz")
-    fails(["--from-diffusers", str(folder), "--out", str(tmp_path / "c.npz")], "give --data NAME")
+    fails(["--from-diffusers", str(folder), "--out", str(tmp_path / "x.png")],
+          "--out must name the .npz checkpoint to write, got")
+    fails(["--from-diffusers", str(folder), "--out", str(tmp_path / "c.npz"), "--no-ema"],
+          "--no-ema goes with --ckpt, not --from-diffusers")
+    fails(["--ckpt", str(tmp_path / "c.npz"), "--to-diffusers", str(tmp_path / "hf"), "--data", "digits"],
+          "--data goes with --from-diffusers, not --ckpt")
+    fails(["--ckpt", str(tmp_path / "nothing.npz"), "--to-diffusers", str(tmp_path / "hf")], "no such file")
+    (tmp_path / "file").write_text("")
+    fails(["--ckpt", str(tmp_path / "nothing.npz"), "--to-diffusers", str(tmp_path / "file")], "is a file")
     fails(["--from-diffusers", str(folder), "--out", str(tmp_path / "c.npz"), "--data", "mnist"], "has items of shape")
     fails(["--from-diffusers", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c.npz")], "no such folder")
     fails(["--ckpt", str(tmp_path / "c.npz")], "needs --to-diffusers DIR")

@@ -7,6 +7,7 @@ from lab.cli import main
 
 def test_convert_without_diffusers_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    (tmp_path / "c.npz").write_bytes(b"")  # --ckpt must exist (checked first); it is not read before the import
     for argv in (["--from-diffusers", str(tmp_path), "--out", str(tmp_path / "c.npz")],
                  ["--ckpt", str(tmp_path / "c.npz"), "--to-diffusers", str(tmp_path / "hf")]):
         assert main(["convert"] + argv, backend="reference") == 2

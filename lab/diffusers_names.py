@@ -1,0 +1,87 @@
+"""The weight names of this project's UNet and of diffusers' UNet2DModel, both ways (tooling: written once).
+
+diffusers numbers its up path from the coarsest level (up_blocks.0 is our up.{L-1}) and keeps q, k, v as three
+linear layers, stacked here into one 1x1 conv ``qkv``; everything else maps name for name. Used by lab.convert.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from reference.errors import InputError
+
+_TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
+        "time_mlp.fc1": "time_embedding.linear_1", "time_mlp.fc2": "time_embedding.linear_2",
+        "class_embedding": "class_embedding"}
+_RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
+        "skip": "conv_shortcut"}
+_ATTN = {"norm": "group_norm", "qkv": ("to_q", "to_k", "to_v"), "proj": "to_out.0"}
+_DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # old AttentionBlock names
+
+
+def _diffusers_module(module, levels):
+    """Our module path -> (diffusers path or paths, how): "same" copies, "conv1x1" is a linear layer there
+    (weight (O, C) for our (O, C, 1, 1)), "qkv" our one conv stacked from to_q, to_k, to_v."""
+    if module in _TOP:
+        return _TOP[module], "same"
+    p = module.split(".")
+    if p[0] == "mid":
+        block, rest = "mid_block." + {"res1": "resnets.0", "res2": "resnets.1", "attn": "attentions.0"}[p[1]], p[2:]
+        kind = "attn" if p[1] == "attn" else "res"
+    else:  # down.l..., up.l...: diffusers' up_blocks.i is our up level L-1-i
+        block = f"down_blocks.{p[1]}" if p[0] == "down" else f"up_blocks.{levels - 1 - int(p[1])}"
+        if p[2] in ("downsample", "upsample"):
+            return f"{block}.{p[2]}rs.0.conv", "same"
+        block, kind, rest = f"{block}.{'resnets' if p[2] == 'res' else 'attentions'}.{p[3]}", p[2], p[4:]
+    leaf = (_RES if kind == "res" else _ATTN)[rest[0]]
+    if rest[0] == "qkv":
+        return tuple(f"{block}.{x}" for x in leaf), "qkv"
+    return f"{block}.{leaf}", "conv1x1" if (kind == "attn" and rest[0] == "proj") else "same"
+
+
+def _pairs(params, levels):
+    """[(our name, diffusers keys, how)] for every parameter, in our order."""
+    out = []
+    for name in params:
+        module, part = name.rsplit(".", 1)
+        path, how = _diffusers_module(module, levels)
+        out.append((name, [f"{m}.{part}" for m in ((path,) if isinstance(path, str) else path)], how))
+    return out
+
+
+def params_to_diffusers(params, levels):
+    """Our parameters -> diffusers' state dict (NumPy arrays): exact (reshapes and splits only)."""
+    sd = {}
+    for name, keys, how in _pairs(params, levels):
+        v = np.asarray(params[name])
+        parts = np.split(v, 3, axis=0) if how == "qkv" else [v]
+        for key, a in zip(keys, parts):
+            sd[key] = np.ascontiguousarray(a[:, :, 0, 0] if how != "same" and a.ndim == 4 else a)
+    return sd
+
+
+def params_from_diffusers(sd, template, levels):
+    """diffusers' state dict -> our parameters shaped like ``template``; InputError names the missing and the
+    unexpected keys, or a key whose shape differs."""
+    sd = {re.sub(r"(attentions\.\d+)\.(query|key|value|proj_attn)\.",
+                 lambda m: f"{m[1]}.{_DEPRECATED[m[2]]}.", k): v for k, v in sd.items()}
+    pairs = _pairs(template, levels)
+    expected = {k: a.shape for k, a in params_to_diffusers(template, levels).items()}
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"the weights do not fit the configuration: missing {_few(missing)}, unexpected "
+                         f"{_few(unexpected)} (nothing is skipped: every weight must be used once)")
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != shape:
+            raise InputError(f"weight {k!r} has shape {tuple(sd[k].shape)}, the configuration gives {shape}")
+    out = {}
+    for name, keys, how in pairs:
+        a = np.concatenate([sd[k] for k in keys], axis=0) if how == "qkv" else sd[keys[0]]
+        out[name] = a.reshape(template[name].shape)
+    return out
+
+
+def _few(names, n=6):
+    more = f", ... {len(names) - n} more" if len(names) > n else ""
+    return "[" + ", ".join(names[:n]) + more + "]"
