@@ -88,22 +88,11 @@ def picture(rows, path):
               if (run / "samples.npy").exists()]
     if not panels:
         return None
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(panels), figsize=(2.2 * len(panels), 4.6), dpi=100, squeeze=False)
-    for j, (name, side, x) in enumerate(panels):
+    cols = []
+    for name, side, x in panels:
         real = data.load(name, n=len(x), split="test") if x.ndim == 2 else data.load(name, split="test")[:len(x)]
-        for i, (what, arr) in enumerate((("real", real), (f"{side}", x))):
-            ax = axes[i][j]
-            if arr.ndim == 2:
-                ax.scatter(arr[:, 0], arr[:, 1], s=1, c="0.3" if i == 0 else "tab:blue", rasterized=True)
-                ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
-            else:
-                ax.imshow(plots.grid_array(arr[:36], nrow=6, scale=1)), ax.axis("off")
-            ax.set_title(f"{name}: {what}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        cols.append((f"{name}: real", f"{name}: {side}", real, x))
+    plots.recipes_figure(cols, path)
     return path
 
 

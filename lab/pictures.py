@@ -10,6 +10,7 @@ from .plots.curves import quality_vs_nfe  # noqa: F401  (eval's picture; re-expo
 from .plots.guidance import class_rows, class_scatter, guidance_tradeoff  # noqa: F401  (guidance_tradeoff: eval)
 from .plots.samples import inversion_picture
 
+PER_CLASS_IMAGES = 8   # a class-conditional run's picture: one row of 8 per class, the width of its unconditional grid
 _TARGET = {"eps": "eps_hat - eps", "x0": "x0_hat - x_0", "v": "v_hat - v"}
 _WEIGHT = {"none": "", "snr": "SNR-weighted ", "min_snr": "min-SNR-5-weighted "}
 
@@ -45,17 +46,77 @@ def samples_picture(x, path, cfg, title):
     return plots.image_grid(x, path, title=title)
 
 
-def trajectory_pictures(traj, x, stem, cfg, title):
-    """A strip (x_t above x0_hat at ~10 steps) and a GIF of x_t, for images (first 8 / 16) or 2-D points
-    (all, over real data). traj: (t, x_t, x0_hat) NumPy triples in sampling order; x the samples."""
+def run_samples_picture(B, trainer, path, step, n_images=64, n_points=2000):
+    """The picture a training run writes (samples_step*.png, samples_final.png) -> its path. DDIM with the run's
+    ``sample_steps`` from default_rng(cfg.seed): the same draw as ``sample``'s. An unconditional run: n_images
+    images as a grid or n_points points over real data. A class-conditional run: every class at guidance s = 1
+    (the conditional model, one network call a step, what ``sample --class all`` draws): images one labelled
+    row of PER_CLASS_IMAGES per class, points n_points // K per class coloured by class; the title says so."""
+    from .sampling import draw
+
+    cfg, points = trainer.cfg, len(trainer.item_shape) == 1
+    k = getattr(trainer, "num_classes", None)
+    how = sampler_label("ddim", cfg.sample_steps, cfg.T, step=step)
+    if not k:
+        x = draw(B, trainer, n_points if points else n_images, seed=cfg.seed, sampler="ddim", steps=cfg.sample_steps)
+        return samples_picture(x, path, cfg, f"{cfg.data} samples (EMA), {how}")
+    per = max(1, n_points // k) if points else PER_CLASS_IMAGES
+    y = np.repeat(np.arange(k, dtype=np.int64), per)
+    x = draw(B, trainer, len(y), seed=cfg.seed, sampler="ddim", steps=cfg.sample_steps, y=y, guidance=1.0)
+    rows = "one colour" if points else "one row"
+    title = (f"{cfg.data} samples (EMA), {rows} per class (0..{k - 1}), {per} each, guidance s=1 (the conditional "
+             f"model), {how}")
+    return class_rows_picture(x, y, path, cfg, title)
+
+
+def sigma_of(alpha_bar, t):
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (K1) at the trained steps t, from a float64 table."""
+    abar = np.asarray(alpha_bar, dtype=np.float64)[np.asarray(t, dtype=np.int64)]
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1 - abar) / abar)
+
+
+def class_words(labels, guidance):
+    """What a class-conditional draw asked for, for a title: "class 3, guidance s=2" or "classes 0..9,
+    guidance s=1"; "" when ``labels`` is None (an unconditional draw)."""
+    if labels is None:
+        return ""
+    classes = np.unique(np.asarray(labels))
+    which = (f"class {int(classes[0])}" if classes.size == 1 else
+             f"classes {int(classes[0])}..{int(classes[-1])}" if np.array_equal(classes, np.arange(classes[0],
+                                                                                              classes[-1] + 1))
+             else "classes " + ", ".join(str(int(c)) for c in classes))
+    return which + ("" if guidance is None else f", guidance s={guidance:g}")
+
+
+def _one_per_class(labels, limit):
+    """Indices of the items a trajectory shows: the first of each class when there are several classes (so
+    every class gets a row), else the first ``limit``."""
+    if labels is None or np.unique(labels).size < 2:
+        return np.arange(limit)
+    _, first = np.unique(np.asarray(labels), return_index=True)
+    return np.sort(first)
+
+
+def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, alpha_bar=None):
+    """A strip (x_t above x0_hat at ~10 steps, then the final sample x, each column captioned with its t and,
+    given ``alpha_bar``, its sigma) and a GIF of x_t ending on x, for images (first 8 / 16, or one per class)
+    or 2-D points (all, over real data, coloured by class). traj: (t, x_t, x0_hat) NumPy triples in sampling
+    order; x the samples; ``labels`` (N,) the classes drawn and ``guidance`` the scale, named in the titles
+    and on the strip's rows."""
     keep = np.unique(np.linspace(0, len(traj) - 1, min(10, len(traj))).round().astype(int))
     points = x.ndim == 2
+    y = None if labels is None else np.asarray(labels)
     ref = real_points(cfg.data, len(x)) if points else None
-    few = slice(None) if points else slice(0, 8)
+    few = slice(None) if points else _one_per_class(y, min(8, len(x)))
+    words = class_words(y, guidance)
+    title = f"{title} · {words}" if words else title
     strip, gif = stem.with_name(stem.name + "_trajectory.png"), stem.with_name(stem.name + "_trajectory.gif")
+    sigmas = None if alpha_bar is None else sigma_of(alpha_bar, [traj[i][0] for i in keep])
     plots.trajectory_strip([(traj[i][0], traj[i][1][few], traj[i][2][few]) for i in keep], strip,
-                           reference=ref, title=title)
-    many = slice(None) if points else slice(0, 16)
+                           reference=ref, title=title, final=x[few], sigmas=sigmas,
+                           labels=None if y is None else y[few], max_rows=len(x))
+    many = slice(None) if points else _one_per_class(y, min(16, len(x)))
     frames = [(t, xt[many]) for t, xt, _ in traj[:: max(1, len(traj) // 50)]] + [(-1, x[many])]
     plots.trajectory_gif(frames, gif, reference=ref)
     return [strip, gif]

@@ -2,7 +2,9 @@
 
 Every function of lab.plots takes NumPy arrays in model space (images NCHW in [-1, 1], points (N, 2)),
 writes one file and returns its path. Figures are drawn at a fixed size and DPI (no tight bounding box),
-so a picture's pixel size is known in advance: PANEL_PX per panel unless a function says otherwise.
+so a picture's pixel size is known in advance: PANEL_PX per panel unless a function says otherwise, and
+SCATTER_PX for a 2-D scatter that stands alone. Scatters are laid out by matplotlib's constrained layout, which
+moves the axes (not the figure's edges) until every title, tick label and legend fits inside the figure.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..data import to_uint8  # noqa: E402
 
 DPI = 100
 PANEL_PX = 300          # one matplotlib panel is PANEL_PX x PANEL_PX pixels
+SCATTER_PX = 600        # a 2-D scatter standing alone: room for a wrapped title, ticks and a legend at 8-11 pt
 GRID_PAD = 2            # pixels between images in a grid (before upscaling)
 MIN_IMAGE_PX = 64       # tiny images are upscaled (nearest) until each is at least this many pixels
 BANNER_PX = 22          # height of the title band above a PIL-drawn picture
@@ -129,15 +132,42 @@ def limits(*arrays):
     return mid - half, mid + half
 
 
-def scatter_panel(ax, points, reference=None, lim=None, title=None, label="samples"):
-    """Points (blue) over reference data (grey) on square axes."""
+def wrap(text, width_px, fontsize):
+    """``text`` broken into lines that fit ``width_px`` pixels at ``fontsize`` points (every word kept). The
+    width of a character is taken as 0.6 em, wider than the mean of DejaVu Sans, so a line never overruns."""
+    per_line = max(12, int(width_px / (0.6 * fontsize * DPI / 72)))
+    return "\n".join(textwrap.fill(line, per_line) for line in str(text).splitlines())
+
+
+def scatter_figure(width_px, height_px, nrows=1, ncols=1, **kw):
+    """(fig, axes) of exactly width_px x height_px pixels at DPI, with constrained layout, its padding at the
+    figure's edge 8 px (twice matplotlib's default, with which the bottom tick labels of a strip of square,
+    shared axes under a long title were placed just past the figure's edge)."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained",
+                             **kw)
+    fig.get_layout_engine().set(w_pad=8 / DPI, h_pad=8 / DPI)
+    return fig, axes
+
+
+def scatter_panel(ax, points, reference=None, lim=None, title=None, label="samples", title_px=None, fontsize=8,
+                  labels=None):
+    """Points (blue, or coloured by class when ``labels`` (N,) is given, one legend entry per class) over
+    reference data (grey) on square axes; ``title`` wrapped to ``title_px`` pixels (default: 48 characters)."""
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", label="data", rasterized=True)
-    ax.scatter(points[:, 0], points[:, 1], s=2, c="tab:blue", label=label, rasterized=True)
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=2, c="tab:blue", label=label, rasterized=True)
+    else:
+        cmap = plt.get_cmap("tab10")
+        for i, c in enumerate(np.unique(labels)):
+            m = labels == c
+            ax.scatter(points[m, 0], points[m, 1], s=3, color=cmap(i % 10), label=f"class {int(c)}",
+                       rasterized=True)
     lo, hi = lim if lim is not None else limits(points, reference)
     ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
     if title:
-        ax.set_title(textwrap.fill(title, 48), fontsize=8)
+        ax.set_title(textwrap.fill(title, 48) if title_px is None else wrap(title, title_px, fontsize),
+                     fontsize=fontsize)
 
 
 def save(fig, path):

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib import patheffects
 import numpy as np
 
 from reference.errors import InputError
@@ -61,21 +62,29 @@ def loss_curve(log, path, key="loss", label=None, window=None):
     return save(fig, path)
 
 
+# a white edge around each dash of a rescaled schedule, so it reads on top of the wide line it follows
+_OUTLINE = [patheffects.Stroke(linewidth=3.4, foreground="white"), patheffects.Normal()]
+_RESCALED = "zero terminal SNR"
+
+
 def schedule_plot(schedules, path):
     """alpha_bar_t (S2, F2) and log SNR_t (S7) against t/T, one line per schedule (dict name -> Schedule).
 
-    Size: 3 PANEL_PX wide, 1.5 PANEL_PX high. Rescaled schedules (names with "zero terminal SNR") are
-    dashed, so the schedule they rescale stays visible beneath. Steps with SNR = 0 (zero terminal SNR, S6)
-    have log SNR = -inf and are left out of the right panel.
+    Size: 3 PANEL_PX wide, 1.5 PANEL_PX high. A rescaled schedule ("NAME, zero terminal SNR") follows NAME for
+    most of t, so it is drawn dashed and edged in white on top of NAME, which is drawn wide beneath: both stay
+    visible where they coincide, NAME's colour on either side of the dashes.
+    Steps with SNR = 0 (zero terminal SNR, S6) have log SNR = -inf and are left out of the right panel.
     """
     if not schedules:
         raise InputError("no schedules to plot")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(3 * PANEL_PX / DPI, 1.5 * PANEL_PX / DPI), dpi=DPI)
+    under = {name.split(",")[0].strip() for name in schedules if _RESCALED in name}
     for name, s in schedules.items():
         abar = np.asarray(s.alpha_bar, dtype=np.float64)
         log_snr = np.asarray(s.log_snr, dtype=np.float64)
         u = (np.arange(abar.size) + 1) / abar.size            # paper step / T, in (0, 1]
-        style = dict(lw=1.4, ls="--") if "zero terminal SNR" in name else dict(lw=1.4)
+        style = (dict(lw=2.0, ls=(0, (3, 1.5)), zorder=3, path_effects=_OUTLINE) if _RESCALED in name
+                 else dict(lw=5.5, zorder=2) if name in under else dict(lw=1.6))
         line, = a1.plot(u, abar, label=name, **style)
         ok = np.isfinite(log_snr)
         a2.plot(u[ok], log_snr[ok], label=name, color=line.get_color(), **style)

@@ -10,8 +10,8 @@ import numpy as np
 
 from reference.errors import InputError
 
-from .common import (DPI, GRID_PAD, PANEL_PX, check_images, check_points, font, grid_array, limits, out_path,
-                     save, upscale_factor, with_banner)
+from .common import (DPI, GRID_PAD, PANEL_PX, SCATTER_PX, check_images, check_points, font, grid_array, out_path,
+                     save, scatter_figure, scatter_panel, upscale_factor, with_banner)
 
 
 def _rows(labels):
@@ -60,25 +60,16 @@ def class_rows(images, labels, path, title=None, row_labels=None):
 
 def class_scatter(points, labels, path, reference=None, title=None):
     """(N, 2) points coloured by their class (labels (N,)) over optional grey reference data, one legend entry
-    per class. PANEL_PX square PNG."""
+    per class, titled (wrapped to the width). SCATTER_PX square PNG."""
     p = check_points(points)
     y = np.asarray(labels)
     if y.shape != (len(p),):
         raise InputError(f"labels must have shape ({len(p)},), got {y.shape}")
     ref = None if reference is None else check_points(reference, "reference")
-    fig, ax = plt.subplots(figsize=(PANEL_PX / DPI, PANEL_PX / DPI), dpi=DPI)
-    if ref is not None:
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.8", label="data", rasterized=True)
-    cmap = plt.get_cmap("tab10")
-    for i, c in enumerate(np.unique(y)):
-        m = y == c
-        ax.scatter(p[m, 0], p[m, 1], s=3, color=cmap(i % 10), label=f"class {int(c)}", rasterized=True)
-    lo, hi = limits(p, ref)
-    ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
-    ax.legend(loc="upper right", fontsize=6, markerscale=3, ncol=2)
-    if title:
-        ax.set_title(textwrap.fill(title, 48), fontsize=8)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.08, top=0.84)
+    fig, ax = scatter_figure(SCATTER_PX, SCATTER_PX)
+    scatter_panel(ax, p, ref, title=title, title_px=SCATTER_PX - 20, fontsize=11, labels=y)
+    ax.tick_params(labelsize=9)
+    ax.legend(loc="upper right", fontsize=8, markerscale=3, ncol=2)
     return save(fig, path)
 
 

@@ -2,13 +2,14 @@
 inversion's data beside its reconstruction."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from reference.errors import InputError
 
-from .common import (DPI, GRID_PAD, PANEL_PX, check_images, check_points, grid_array, limits, out_path, save,
-                     scatter_panel, text_band, with_banner)
+from .common import (GRID_PAD, SCATTER_PX, check_images, check_points, grid_array, limits, out_path, save,
+                     scatter_figure, scatter_panel, text_band, with_banner, wrap)
+
+INVERSION_PANEL_PX = 480   # one of the three panels of a 2-D inversion
 
 
 def image_grid(images, path, nrow=None, title=None):
@@ -25,22 +26,24 @@ def image_grid(images, path, nrow=None, title=None):
 
 
 def scatter_2d(points, path, reference=None, title=None):
-    """Scatter (N, 2) points (blue) over optional reference data (grey), titled. PANEL_PX square PNG."""
+    """Scatter (N, 2) points (blue) over optional reference data (grey), titled (wrapped to the width).
+    SCATTER_PX square PNG."""
     p = check_points(points)
     ref = None if reference is None else check_points(reference, "reference")
-    fig, ax = plt.subplots(figsize=(PANEL_PX / DPI, PANEL_PX / DPI), dpi=DPI)
-    scatter_panel(ax, p, ref, title=title)
+    fig, ax = scatter_figure(SCATTER_PX, SCATTER_PX)
+    scatter_panel(ax, p, ref, title=title, title_px=SCATTER_PX - 20, fontsize=11)
+    ax.tick_params(labelsize=9)
     if ref is not None:
-        ax.legend(loc="upper right", fontsize=7, markerscale=3)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.08, top=0.87)
+        ax.legend(loc="upper right", fontsize=9, markerscale=3)
     return save(fig, path)
 
 
 def inversion_picture(x0, latents, recon, path, title=None, max_items=64):
     """An inversion, data | reconstruction. Images (NCHW in [-1, 1]): the first ``max_items`` data as a grid,
-    a gap, the same items reconstructed, each half captioned, under ``title``. 2-D points: three PANEL_PX
-    panels, the data, the latents x_T (beside N(0, I)'s unit circle) and the reconstruction over the data
-    with a grey line from each point to its reconstruction. Same shapes for x0, latents and recon."""
+    a gap, the same items reconstructed, each half captioned, under ``title``. 2-D points: three panels of
+    INVERSION_PANEL_PX under a 60 px title, the data, the latents x_T (beside N(0, I)'s unit circle) and the
+    reconstruction over the data with a grey line from each point to its reconstruction. Same shapes for x0,
+    latents and recon."""
     if not (np.shape(x0) == np.shape(latents) == np.shape(recon)):
         raise InputError(f"data, latents and reconstruction must have one shape, got {np.shape(x0)}, "
                          f"{np.shape(latents)}, {np.shape(recon)}")
@@ -62,18 +65,41 @@ def inversion_picture(x0, latents, recon, path, title=None, max_items=64):
 
 
 def _inversion_points(x0, latents, recon, path, title):
-    fig, axes = plt.subplots(1, 3, figsize=(3 * PANEL_PX / DPI, (PANEL_PX + 30) / DPI), dpi=DPI)
-    lim = limits(x0, recon)
-    scatter_panel(axes[0], x0, lim=lim, title="data x_0", label="data")
-    scatter_panel(axes[1], latents, title="latents x_T (circle: N(0, I)'s 1 sd)", label="x_T")
+    side = INVERSION_PANEL_PX
+    fig, axes = scatter_figure(3 * side, side + 60, 1, 3)
+    lim, cap = limits(x0, recon), dict(title_px=side - 40, fontsize=10)
+    scatter_panel(axes[0], x0, lim=lim, title="data x_0", label="data", **cap)
+    scatter_panel(axes[1], latents, title="latents x_T (circle: N(0, I)'s 1 sd)", label="x_T", **cap)
     u = np.linspace(0, 2 * np.pi, 100)
     axes[1].plot(np.cos(u), np.sin(u), color="k", lw=0.8)
     segs = np.stack([x0, recon], axis=1)                              # (N, 2 ends, 2)
     for s in segs[:: max(1, len(segs) // 500)]:
         axes[2].plot(s[:, 0], s[:, 1], color="0.6", lw=0.4)
     scatter_panel(axes[2], recon, x0, lim=lim, title="reconstruction (lines: to its data point)",
-                  label="reconstruction")
-    axes[2].legend(loc="upper right", fontsize=7, markerscale=3)
-    fig.suptitle(title or "inversion: data, latents, reconstruction", fontsize=9)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.06, top=0.82, wspace=0.15)
+                  label="reconstruction", **cap)
+    axes[2].legend(loc="upper right", fontsize=8, markerscale=3)
+    for ax in axes:
+        ax.tick_params(labelsize=8)
+    fig.suptitle(wrap(title or "inversion: data, latents, reconstruction", 3 * side - 20, 11), fontsize=11)
+    return save(fig, path)
+
+
+def recipes_figure(panels, path, per_panel_px=300):
+    """Real data above samples, one column per (caption of the real row, caption of the sample row, real,
+    samples) of ``panels``: images (NCHW in [-1, 1], the first 36 as a 6 x 6 grid) or 2-D points (scatters
+    on square axes, without ticks). Each column per_panel_px wide; 2 per_panel_px + 20 high."""
+    if not panels:
+        raise InputError("no panels to draw")
+    k, side = len(panels), int(per_panel_px)
+    fig, axes = scatter_figure(k * side, 2 * side + 20, 2, k, squeeze=False)
+    for j, (top, bottom, real, fake) in enumerate(panels):
+        for i, (what, arr) in enumerate(((top, np.asarray(real)), (bottom, np.asarray(fake)))):
+            ax = axes[i][j]
+            if arr.ndim == 2:
+                p = check_points(arr)
+                ax.scatter(p[:, 0], p[:, 1], s=1, c="0.3" if i == 0 else "tab:blue", rasterized=True)
+                ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
+            else:
+                ax.imshow(grid_array(check_images(arr)[:36], nrow=6, scale=1)), ax.axis("off")
+            ax.set_title(wrap(what, side - 20, 9), fontsize=9)
     return save(fig, path)

@@ -44,8 +44,9 @@ def test_image_grid_maps_minus_one_to_black_and_pads_white(tmp_path):
 
 
 def test_scatter_2d_size(tmp_path, rng):
+    # 600 px square: room for a wrapped title, ticks and a legend (tests/lab/test_pictures_layout.py checks the fit)
     p = plots.scatter_2d(rng.standard_normal((300, 2)), tmp_path / "s.png", reference=rng.standard_normal((300, 2)))
-    assert _size(p) == (P, P)
+    assert _size(p) == (600, 600)
     with pytest.raises(InputError, match=r"\(N, 2\)"):
         plots.scatter_2d(np.zeros((3, 3)), tmp_path / "bad.png")
 
@@ -76,8 +77,9 @@ def test_loss_smoothing_is_a_centred_window_in_steps_that_does_not_lag():
 
 def test_trajectory_strip_shows_x_t_above_x0_hat_for_points_and_images(tmp_path, rng):
     pts = [(t, rng.standard_normal((100, 2)) * (1 + t), rng.standard_normal((100, 2))) for t in (9, 4, 0)]
+    # 300 px panels, 60 px for the row captions and y ticks, 110 px for the title, column captions and x ticks
     assert _size(plots.trajectory_strip(pts, tmp_path / "p.png", reference=rng.standard_normal((50, 2)))) == \
-        (3 * P // 2 + 20, P + 60)
+        (3 * 300 + 60, 2 * 300 + 110)
     imgs = [(t, rng.uniform(-1, 1, (5, 1, 8, 8)), rng.uniform(-1, 1, (5, 1, 8, 8))) for t in (9, 4, 0)]
     w, h = _size(plots.trajectory_strip(imgs, tmp_path / "i.png", max_rows=4))
     s = plots.upscale_factor(8)
@@ -97,7 +99,7 @@ def test_trajectory_gif_has_one_captioned_frame_per_step(tmp_path, rng):
         assert im.n_frames == 4 and im.size[1] == grid + plots.BANNER_PX and im.size[0] >= grid
     pts = [(t, rng.standard_normal((50, 2))) for t in (2, 1, 0)]
     with Image.open(plots.trajectory_gif(pts, tmp_path / "p.gif")) as im:
-        assert im.n_frames == 3 and im.size == (P, P)
+        assert im.n_frames == 3 and im.size == (600, 600)
     assert plots.frame_label(-1) == "x_0: the sample" and plots.frame_label(7) == "x_t at t=7"
 
 

@@ -34,7 +34,7 @@ def test_inversion_picture_of_images_puts_data_and_reconstruction_side_by_side(t
 def test_inversion_picture_of_points_has_three_panels(tmp_path):
     x = np.random.default_rng(0).standard_normal((50, 2))
     path = inversion_pictures(x, x * 2, x + 0.01, tmp_path / "p.png", "moons: inversion")
-    assert Image.open(path).size == (3 * PANEL_PX, PANEL_PX + 30)
+    assert Image.open(path).size == (3 * 480, 480 + 60)     # three 480 px panels under a 60 px title
     with pytest.raises(InputError, match="one shape"):
         inversion_pictures(x, x[:10], x, tmp_path / "p.png", "t")
 
