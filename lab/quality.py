@@ -19,9 +19,9 @@ class Quality:
     def __init__(self, name, n, cfg, seed=0):
         self.n = n
         if name in datasets.POINT_SETS:
-            # One real-vs-real pair at n = 2000 moves by +-30% from seed to seed (measured on gaussians8 and moons),
-            # enough to turn a 1.2x model into a "3x" one. So both figures are means over FLOOR_PAIRS independent
-            # real reference sets: the samples are scored against each, and the floor pairs each with a fresh set.
+            # One real-vs-real pair moves far from seed to seed (benchmarks/README.md has the spread), enough to
+            # misjudge a model by a factor. So both figures are means over FLOOR_PAIRS independent real reference
+            # sets: the samples are scored against each, and the floor pairs each with a fresh set.
             self.metric = "sliced Wasserstein"
             self.reals = [datasets.load(name, n=n, seed=seed + 101 + k, split="train") for k in range(FLOOR_PAIRS)]
             self.real = self.reals[0]

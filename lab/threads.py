@@ -1,6 +1,6 @@
 """Thread counts for small models: a 2-D MLP's matrices (batch x 128) are too small for a second BLAS or
-torch thread to pay, and on a busy 2-core machine the second thread made a training step 4-14x slower
-(measured: reference 4.0 ms vs 55 ms, port 6.4 ms vs 56 ms per step with another process running).
+torch thread to pay, and on a busy 2-core machine the second thread made a training step several times slower
+(benchmarks/README.md has the figures).
 ``one_thread(small)`` runs its block on one thread (NumPy's BLAS through threadpoolctl when installed, and
 torch's intra-op pool) when ``small``, and restores the counts after; otherwise it does nothing."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pictures of class-conditional sampling and classifier-free guidance (issue 17): one labelled row of images per
+"""Pictures of class-conditional sampling and classifier-free guidance: one labelled row of images per
 class, a scatter of 2-D samples coloured by class, and the trade-off of guidance (quality and accuracy against
 the scale s)."""
 from __future__ import annotations
