@@ -27,10 +27,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the oracle-as-network helper the tests use
 
 from reference import likelihood as L  # noqa: E402
 from reference.oracle import GaussianMixtureOracle, GaussianOracle  # noqa: E402
 from reference.schedules import Schedule, make_betas  # noqa: E402
+from oracle_net import AffineNet  # noqa: E402
 
 # the mixture of tests/derivations/test_likelihood.py
 W, MEANS = [0.3, 0.5, 0.2], [[-1.0, 0.5], [1.0, -0.5], [0.0, 1.2]]
@@ -86,21 +88,6 @@ def prior(draws=20, n=64):
               f"largest |gap - sqrt(abar_max) mu . x_T| {max(first_order):.2g}")
 
 
-class _AffineNet:
-    """The Gaussian oracle as a network of T discrete steps (tests/derivations/test_likelihood.py's AffineNet)."""
-
-    def __init__(self, fn, T, d):
-        ts = np.arange(T)
-        self.fn, self.b = fn, fn(np.zeros((T, d)), ts)
-        self.J = np.stack([fn(np.tile(np.eye(d)[i], (T, 1)), ts) - self.b for i in range(d)], axis=1)
-
-    def forward(self, x, t):
-        return self.fn(x, t), t
-
-    def backward(self, dout, t):
-        return np.einsum("nio,no->ni", self.J[t], dout), {}
-
-
 def e5(draws=5, n=64):
     mean, cov = np.array([0.3, -0.2]), COVS[0]
     data = GaussianOracle(mean, cov=cov)
@@ -109,7 +96,7 @@ def e5(draws=5, n=64):
         sched = Schedule(make_betas(name, 1000), warn=False)
         lo, hi = L.sigma_range(sched)
         for prediction in ("eps", "x0", "v"):
-            net = _AffineNet(data.denoiser(sched, prediction), sched.T, 2)
+            net = AffineNet(data.denoiser(sched, prediction), sched.T, 2)
             for tol in (1e-5, 1e-8):
                 diff, nfe = [], []
                 for seed in range(draws):

@@ -69,13 +69,6 @@ def run_samples_picture(B, trainer, path, step, n_images=64, n_points=2000):
     return class_rows_picture(x, y, path, cfg, title)
 
 
-def sigma_of(alpha_bar, t):
-    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (K1) at the trained steps t, from a float64 table."""
-    abar = np.asarray(alpha_bar, dtype=np.float64)[np.asarray(t, dtype=np.int64)]
-    with np.errstate(divide="ignore"):
-        return np.sqrt((1 - abar) / abar)
-
-
 def class_words(labels, guidance):
     """What a class-conditional draw asked for, for a title: "class 3, guidance s=2" or "classes 0..9,
     guidance s=1"; "" when ``labels`` is None (an unconditional draw)."""
@@ -98,10 +91,11 @@ def _one_per_class(labels, limit):
     return np.sort(first)
 
 
-def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, alpha_bar=None):
+def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, sigmas=None):
     """A strip (x_t above x0_hat at ~10 steps, then the final sample x, each column captioned with its t and,
-    given ``alpha_bar``, its sigma) and a GIF of x_t ending on x, for images (first 8 / 16, or one per class)
-    or 2-D points (all, over real data, coloured by class). traj: (t, x_t, x0_hat) NumPy triples in sampling
+    given ``sigmas`` (the trained sigma_t of every step: the backend's score.trained_sigmas), its sigma) and a
+    GIF of x_t ending on x, for images (first 8 / 16, or one per class) or 2-D points (all, over real data,
+    coloured by class). traj: (t, x_t, x0_hat) NumPy triples in sampling
     order; x the samples; ``labels`` (N,) the classes drawn and ``guidance`` the scale, named in the titles
     and on the strip's rows."""
     keep = np.unique(np.linspace(0, len(traj) - 1, min(10, len(traj))).round().astype(int))
@@ -112,7 +106,7 @@ def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, a
     words = class_words(y, guidance)
     title = f"{title} · {words}" if words else title
     strip, gif = stem.with_name(stem.name + "_trajectory.png"), stem.with_name(stem.name + "_trajectory.gif")
-    sigmas = None if alpha_bar is None else sigma_of(alpha_bar, [traj[i][0] for i in keep])
+    sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)[[traj[i][0] for i in keep]]
     plots.trajectory_strip([(traj[i][0], traj[i][1][few], traj[i][2][few]) for i in keep], strip,
                            reference=ref, title=title, final=x[few], sigmas=sigmas,
                            labels=None if y is None else y[few], max_rows=len(x))

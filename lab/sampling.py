@@ -298,8 +298,9 @@ def check_steps(T, steps, whose="the checkpoint's T", default=None):
 def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None, images=True):
     """The sampler's flags against each other and the checkpoint's T, in the CLI's words: a flag that
     would be ignored, or a step count the schedule cannot give, is refused."""
-    n = default_steps(sampler, T, images) if steps is None else steps
-    check_steps(T, steps, default=f"{default_steps(sampler, T, images)} steps for --sampler {sampler}")
+    default = default_steps(sampler, T, images)
+    n = default if steps is None else steps
+    check_steps(T, steps, default=f"{default} steps for --sampler {sampler}")
     if eta is not None and sampler != "ddim":
         raise InputError(f"--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler {sampler} "
                          "would ignore it")

@@ -154,10 +154,6 @@ def _classes(args, trainer, ckpt):
                          "unconditional model, what --class K --guidance 0 gives)")
     if args.klass is None:
         return None, args.n or 64, None
-    if k is None:
-        flag = "--class" + (" / --guidance" if args.guidance is not None else "")
-        raise InputError(f"{flag} needs a class-conditional checkpoint (trained with train --class-cond); {ckpt} is "
-                         "unconditional")
     if args.klass == "all":
         per = args.n or PER_CLASS["images" if len(trainer.item_shape) == 3 else "points"]
         return np.repeat(np.arange(k, dtype=np.int64), per), per * k, k
@@ -213,7 +209,7 @@ def _sample(args, B, out):
     if traj is not None:
         written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{_data(trainer)}: {how}",
                                                 labels=y, guidance=guidance,
-                                                alpha_bar=B.to_numpy(trainer.sched.alpha_bar)))
+                                                sigmas=B.to_numpy(B.score.trained_sigmas(trainer.sched))))
     which = "" if y is None else f" of class {args.klass}" if args.klass != "all" else f" of {k} classes"
     guided = "" if y is None else f", guidance s={guidance:g}"
     print(f"{n} samples{which} from step {ck.step} of a {_data(trainer)} run ({sampler}, {p.steps} of T={cfg.T} steps, "

@@ -137,6 +137,30 @@ def _ours_eps(ck, kw, x, t):
     return ref_out, torch.from_numpy(port_out)
 
 
+def _ddpm_step_both_ways(case, t, n, clip, variance_type, variance):
+    """One DDPMScheduler.step (variance_type, clip_sample; set_timesteps(n) when n) and the same step on both sides
+    (our ``variance``, respaced on timesteps(T, n, "leading") when n), with the noise diffusers draws from seed 7
+    -> (diffusers' output, the reference's (x_prev, x0_hat), the port's, (our schedule, our index, our network's
+    output, the noise))."""
+    model, ck, kw, x = case
+    sched = float64_scheduler(DDPMScheduler, beta_schedule="linear", variance_type=variance_type, clip_sample=clip)
+    if n:
+        sched.set_timesteps(n)
+    out = diffusers_output(model, x, np.full(2, t), torch.float64)
+    want = sched.step(torch.from_numpy(out), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref_out, port_out = _ours_eps(ck, kw, x, t)
+    ours = RSch.Schedule(RSch.make_betas("linear", 1000))
+    kept = RS.timesteps(1000, n, "leading") if n else None
+    step_sched, i = (RS.respace(ours, kept), int(np.searchsorted(kept, t))) if n else (ours, t)
+    ref = RS.ddpm_step(step_sched, ref_out, x, np.full(2, i), noise.numpy(), variance=variance, clip_x0=clip)
+    port_sched = TSch.Schedule(TSch.make_betas("linear", 1000))
+    port_sched = TS.respace(port_sched, torch.from_numpy(kept)) if n else port_sched
+    port = TS.ddpm_step(port_sched, port_out, torch.from_numpy(x), torch.full((2,), i), noise, variance=variance,
+                        clip_x0=clip)
+    return want, ref, port, (step_sched, i, ref_out, noise)
+
+
 @pytest.mark.parametrize("t,n", [(999, None), (500, None), (1, None), (0, None), (900, 10), (100, 10), (0, 10)])
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("clip", [True, False])
@@ -146,22 +170,7 @@ def test_one_ddpm_step_equals_diffusers_ddpm_scheduler_step(step_case, t, n, var
     beta = 1 - abar_t / abar_prev: our respaced schedule (A4) on timesteps(T, 10, "leading") at position i;
     variance_type and clip_sample map to variance and clip_x0; the noise is one torch.randn draw that diffusers
     makes from a generator of the same seed (no noise at t = 0 on either side)."""
-    model, ck, kw, x = step_case
-    sched = float64_scheduler(DDPMScheduler, beta_schedule="linear", variance_type=variance, clip_sample=clip)
-    if n:
-        sched.set_timesteps(n)
-    eps = diffusers_output(model, x, np.full(2, t), torch.float64)
-    want = sched.step(torch.from_numpy(eps), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(7))
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    ref_eps, port_eps = _ours_eps(ck, kw, x, t)
-    ours = RSch.Schedule(RSch.make_betas("linear", 1000))
-    kept = RS.timesteps(1000, n, "leading") if n else None
-    step_sched, i = (RS.respace(ours, kept), int(np.searchsorted(kept, t))) if n else (ours, t)
-    ref = RS.ddpm_step(step_sched, ref_eps, x, np.full(2, i), noise.numpy(), variance=variance, clip_x0=clip)
-    port_sched = TSch.Schedule(TSch.make_betas("linear", 1000))
-    port_sched = TS.respace(port_sched, torch.from_numpy(kept)) if n else port_sched
-    port = TS.ddpm_step(port_sched, port_eps, torch.from_numpy(x), torch.full((2,), i), noise, variance=variance,
-                        clip_x0=clip)
+    want, ref, port, _ = _ddpm_step_both_ways(step_case, t, n, clip, variance, variance)
     for side in (ref, [a.numpy() for a in port]):
         assert rel_max_error(side[0], want.prev_sample.numpy()) <= TOL["cross64"]
         assert rel_max_error(side[1], want.pred_original_sample.numpy()) <= TOL["cross64"]
@@ -185,23 +194,10 @@ def test_one_learned_variance_ddpm_step_equals_diffusers_learned_range_step(lear
     """learned_range is V1: log sigma^2 = nu log beta_t + (1 - nu) log beta~_t, nu = (u + 1) / 2, on the output's
     last C channels; set_timesteps(10) interpolates between the respaced beta' and beta~' (V5), as ours does.
     Matched as the fixed-variance step above (the same noise draw; none at t = 0)."""
-    model, ck, kw, x = learned_case
-    sched = float64_scheduler(DDPMScheduler, beta_schedule="linear", variance_type="learned_range", clip_sample=clip)
-    if n:
-        sched.set_timesteps(n)
-    out = diffusers_output(model, x, np.full(2, t), torch.float64)
-    want = sched.step(torch.from_numpy(out), t, torch.from_numpy(x), generator=torch.Generator().manual_seed(7))
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    ref_out, port_out = _ours_eps(ck, kw, x, t)
+    want, ref, port, (step_sched, i, ref_out, noise) = _ddpm_step_both_ways(learned_case, t, n, clip,
+                                                                            "learned_range", "learned")
+    x = learned_case[3]
     assert ref_out.shape == (2, 6, 8, 8)
-    kept = RS.timesteps(1000, n, "leading") if n else None
-    ours = RSch.Schedule(RSch.make_betas("linear", 1000))
-    step_sched, i = (RS.respace(ours, kept), int(np.searchsorted(kept, t))) if n else (ours, t)
-    ref = RS.ddpm_step(step_sched, ref_out, x, np.full(2, i), noise.numpy(), variance="learned", clip_x0=clip)
-    port_sched = TSch.Schedule(TSch.make_betas("linear", 1000))
-    port_sched = TS.respace(port_sched, torch.from_numpy(kept)) if n else port_sched
-    port = TS.ddpm_step(port_sched, port_out, torch.from_numpy(x), torch.full((2,), i), noise, variance="learned",
-                        clip_x0=clip)
     # where beta_t and beta~_t (the interpolation's ends) differ by half, the variance channels must show: the
     # fixed_small step on the mean channels is another step (late in the full chain they nearly coincide)
     if t > 0 and step_sched.betas[i] > 1.5 * step_sched.posterior_variance[i]:

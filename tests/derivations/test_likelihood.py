@@ -17,6 +17,7 @@ from reference import losses, score, solvers
 from reference.oracle import GaussianMixtureOracle, GaussianOracle
 from reference.schedules import Schedule, make_betas
 from reference.unet import MLP, UNet
+from oracle_net import AffineNet
 from tolerances import TOL, mc_close
 
 W, MEANS = [0.3, 0.5, 0.2], [[-1.0, 0.5], [1.0, -0.5], [0.0, 1.2]]
@@ -32,22 +33,6 @@ def linear():
 def blurred(weights, means, covs, s):
     """The mixture whose density at abar = 1 is the ODE's density at sigma = s (E3): covariances + s^2 I."""
     return GaussianMixtureOracle(weights, means, cov=np.asarray(covs) + s**2 * np.eye(len(means[0])))
-
-
-class AffineNet:
-    """An oracle for Gaussian data as a network trained on discrete steps: out = fn(x, t) is affine in x at
-    every step, so its Jacobian is read off at the basis vectors and its backward is exact."""
-
-    def __init__(self, fn, T, d):
-        ts = np.arange(T)
-        self.fn, self.b = fn, fn(np.zeros((T, d)), ts)
-        self.J = np.stack([fn(np.tile(np.eye(d)[i], (T, 1)), ts) - self.b for i in range(d)], axis=1)
-
-    def forward(self, x, t):
-        return self.fn(x, t), t
-
-    def backward(self, dout, t):
-        return np.einsum("nio,no->ni", self.J[t], dout), {}
 
 
 def test_E1_E2_the_divergence_integral_is_the_log_determinant_of_the_exact_gaussian_flow(rng):

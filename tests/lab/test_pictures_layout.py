@@ -161,20 +161,20 @@ def test_an_image_trajectory_ends_on_the_final_sample_captioned_with_sigma_and_c
 
 def test_trajectory_pictures_name_the_classes_and_the_scale(tmp_path, rng, figures, pil_texts):
     """lab.pictures: a class-conditional draw's strip names the classes and guidance in its title, gives each
-    class a row (images: the first item of each) or a colour (points), and captions sigma from alpha_bar."""
+    class a row (images: the first item of each) or a colour (points), and captions each column's sigma_t."""
     cfg = type("Cfg", (), {"data": "moons"})()
-    abar = np.array([0.5, 0.2, 0.1])                              # sigma = sqrt((1 - a) / a): 1, 2, 3
+    sig = np.array([1.0, 2.0, 3.0])                               # the trained sigma_t of t = 0, 1, 2
     y = np.repeat(np.arange(3), 4)
     imgs = [(t, rng.uniform(-1, 1, (12, 1, 8, 8)), rng.uniform(-1, 1, (12, 1, 8, 8))) for t in (2, 1, 0)]
     trajectory_pictures(imgs, rng.uniform(-1, 1, (12, 1, 8, 8)), tmp_path / "i", cfg, "digits: ddim",
-                        labels=y, guidance=2.0, alpha_bar=abar)
+                        labels=y, guidance=2.0, sigmas=sig)
     assert "digits: ddim · classes 0..2, guidance s=2" in pil_texts
     assert [pil_texts.count(f"class {k}") for k in range(3)] == [1, 1, 1]   # one row per class
     assert [t for t in pil_texts if t.startswith("sigma=")] == ["sigma=3", "sigma=2", "sigma=1", "sigma=0"]
     assert "x_0 (final)" in pil_texts
     pts = [(t, rng.standard_normal((40, 2)), rng.standard_normal((40, 2))) for t in (2, 1, 0)]
     trajectory_pictures(pts, rng.standard_normal((40, 2)), tmp_path / "p", cfg, "moons: ddim",
-                        labels=np.repeat([0, 1], 20), guidance=1.0, alpha_bar=abar)
+                        labels=np.repeat([0, 1], 20), guidance=1.0, sigmas=sig)
     strip = figures[0]
     assert "moons: ddim · classes 0..1, guidance s=1" in strip.get_suptitle().replace("\n", " ")
     assert {"class 0", "class 1"} <= {t.get_text() for _, t in drawn_texts(strip)}
