@@ -1,0 +1,23 @@
+"""The choice lists both sides and the CLI share: names only, no math.
+
+Each tuple is the set of values a flag or an argument accepts; the first entry is the default where a
+default exists. The meaning of each name is derived in derivations/ and computed on each side.
+"""
+from __future__ import annotations
+
+# The training objectives of the design space (derivations/design_space.md): "ddpm" is the discrete chain
+# trained as before (L_simple and its relatives over integer steps; --prediction, --loss, --weighting apply);
+# "edm" is Karras et al. 2022's preconditioned denoiser on the process x = x0 + sigma eps; "flow" is flow
+# matching / rectified flow on x_t = (1 - t) x0 + t eps with the velocity u = eps - x0 as the network's output.
+OBJECTIVES = ("ddpm", "edm", "flow")
+CONTINUOUS_OBJECTIVES = ("edm", "flow")
+
+# The noise processes x_t = alpha(t) x0 + sigma(t) eps in continuous time t in [0, 1] (t = 0 data, t = 1 noise).
+PROCESSES = ("vp-linear", "vp-cosine", "ve", "edm", "flow")
+
+# How flow matching draws its t: uniform on (0, 1), or SD3's logit-normal (t = sigmoid(m + s z), z ~ N(0, 1)).
+T_SAMPLINGS = ("uniform", "logit-normal")
+
+# The defaults of each objective's settings, from the papers (Karras et al. 2022, Table 1; Esser et al. 2024).
+EDM_DEFAULTS = {"sigma_data": 0.5, "p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.002, "sigma_max": 80.0}
+FLOW_DEFAULTS = {"t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "shift": 1.0}
