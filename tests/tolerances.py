@@ -75,6 +75,17 @@ Why each value:
   snap_cost the relative change of a solver's global error when a Karras grid is snapped to the trained
             steps (K8) of the linear T = 1000 schedule, at n = 8..64 on 32 points: measured <= 0.35% for Euler
             and 1.2-1.4% for DPM-Solver++(2M) (1.33% at the K8 test's points, n = 16) over 3 draws, so 0.1.
+  invert64  a process's closed-form t(sigma~) against 200 bisection halvings, and the round trips t -> sigma~ -> t
+            and x -> x~ -> x (D3): an arccos, a log1p and a square root each cost a few ulps, amplified by the
+            inverse's slope (the cosine's arccos near 1): measured <= 2.2e-14 relative, so 1e-12.
+  equiv64   two exact routes to one float64 number through O(10) steps of arithmetic (D4, D6, D10-D13): DDIM on the
+            chain vs Euler on the flow path at equal lambda (12 steps), an objective's Bayes-optimal network through
+            its denoiser vs the oracle's D, a least-squares line through exactly collinear points: measured
+            <= 1e-13 absolute on values O(1), so 1e-12 (a wrong coefficient or level is O(1e-3) or more).
+  ks_p      a KS test of a sampler against its closed-form CDF (D7, D14, D15): fail when p < 1e-6 (a false
+            failure has probability 1e-6 at fixed seeds; a wrong mean or scale of 0.05 at 20 000 draws gives p ~ 0).
+  kg64      Kingma & Gao's closed forms for the cosine process at s = 0 (D16): w goes through t(sigma~) by an arccos
+            and dlambda/dt at that t: measured 5.6e-13 relative, so 1e-11.
 """
 import numpy as np
 
@@ -105,6 +116,10 @@ TOL = {
     "ode_cross": 1e-9,
     "ode_cross_net": 1e-3,
     "respace64": 1e-11,
+    "invert64": 1e-12,
+    "equiv64": 1e-12,
+    "ks_p": 1e-6,
+    "kg64": 1e-11,
 }
 
 

@@ -236,3 +236,72 @@ def test_C7_log_of_zero_first_variance_breaks_the_decoder_density():
     # the reference refuses the non-finite log-variance instead of returning NaN
     with pytest.raises(InputError, match="non-finite"):
         losses.normal_kl(0.0, wrong, 0.0, right)
+
+
+# ---- C9, C10 (derivations/design_space.md) -------------------------------------------------------
+
+def _mixture_velocity():
+    """The exact flow velocity u(x, t) = E[eps - x0 | x_t] of a 1-D mixture (oracle's posterior means, G4)."""
+    from reference.oracle import GaussianMixtureOracle
+
+    mix = GaussianMixtureOracle([0.4, 0.6], [[-1.0], [1.0]], var=[[0.04], [0.09]])
+
+    def u(x, t):
+        a = (1.0 - t) ** 2 / ((1.0 - t) ** 2 + t ** 2)        # the VP alpha_bar at sigma~ = t / (1 - t)
+        x_vp = x / (1.0 - t) * np.sqrt(a)
+        return mix.eps_mean(x_vp, a) - mix.x0_mean(x_vp, a)
+
+    return mix, u
+
+
+def test_C9_flow_time_reversed_with_v_negated_gives_identical_samples_the_sign_kept_fails():
+    from types import SimpleNamespace
+
+    from reference import objectives
+
+    mix, u = _mixture_velocity()
+    t_grid = np.linspace(1.0 - 1e-3, 0.0, 41)
+    z = np.random.default_rng(9).standard_normal((256, 1))
+    x = z * t_grid[0]                                         # the start at t = 1 - 1e-3: t eps (both loops share it)
+    for k in range(len(t_grid) - 1):                          # ours: t = 1 (noise) down to 0, u = eps - x0
+        x = x + (t_grid[k + 1] - t_grid[k]) * u(x, t_grid[k])
+
+    def lipman(sign):                                         # theirs: s = 0 (noise) up to 1, v(x, s) = sign u(x, 1 - s)
+        s_grid, y = 1.0 - t_grid, z * t_grid[0]
+        for k in range(len(s_grid) - 1):
+            y = y + (s_grid[k + 1] - s_grid[k]) * sign * u(y, 1.0 - s_grid[k])
+        return y
+
+    np.testing.assert_allclose(lipman(-1.0), x, rtol=0, atol=TOL["exact64"])        # right: both substituted
+    wrong = lipman(+1.0)                                                             # wrong: the sign kept
+    near = lambda y: np.min(np.abs(y - mix.m[:, 0][None, :]), axis=1).mean()         # distance to the nearer mode
+    assert near(x) < 0.3 and near(wrong) > 1.0
+    # the objective's target is the SD3 direction: dx_t/dt along the path (finite difference of x_t in t)
+    x0, eps, h = mix.sample(np.random.default_rng(1), 8)[0], z[:8], 1e-6
+    _, _, target, _ = objectives.training_target(SimpleNamespace(objective="flow"), x0, eps, np.full(8, 0.5))
+    dxdt = (((0.5 + h) * eps + (0.5 - h) * x0) - ((0.5 - h) * eps + (0.5 + h) * x0)) / (2 * h)
+    np.testing.assert_allclose(target, dxdt, rtol=TOL["fd64"], atol=TOL["fd64"])
+
+
+def test_C10_the_shift_applied_twice_translates_lambda_twice_as_far():
+    from types import SimpleNamespace
+
+    from reference import objectives, processes
+
+    flow, s = processes.make_process("flow"), 3.0
+    t = np.linspace(1.0, 0.0, 21)[:-1]                        # an unshifted grid, noise first
+    once = objectives.shift_t(t, s)
+    # the issue's route: record the shifted ends, rebuild the linspace between them, shift again
+    rebuilt = np.linspace(once[0], once[-1], len(t))
+    twice = objectives.shift_t(rebuilt, s)
+    lam = flow.log_snr(t[1:])
+    np.testing.assert_allclose(flow.log_snr(once[1:]), lam - 2 * math.log(s), rtol=TOL["exact64"], atol=TOL["exact64"] * 10)
+    err = np.abs(flow.log_snr(twice[1:]) - (lam - 2 * math.log(s)))
+    assert err.max() > 1.0                                    # rejected: not the one translation the model expects
+    np.testing.assert_allclose(objectives.shift_t(objectives.shift_t(t, s), s), objectives.shift_t(t, s * s),
+                               rtol=TOL["exact64"])           # composition: shift_s twice is shift_{s^2}
+    # and the trained levels: level() shifts once (its logit is the unshifted one plus ln s, exactly)
+    u = np.linspace(0.01, 0.99, 99)
+    got = objectives.level(SimpleNamespace(objective="flow", shift=s), u)
+    np.testing.assert_allclose(np.log(got / (1 - got)), np.log(u / (1 - u)) + math.log(s), rtol=TOL["exact64"],
+                               atol=TOL["exact64"] * 10)

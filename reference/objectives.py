@@ -1,0 +1,261 @@
+"""The continuous objectives of the design space: EDM's preconditioned denoiser and flow matching.
+
+Derivations: derivations/design_space.md (D1-D16). Both train a network ``net(net_in, time_in) -> output`` on
+a per-example noise level drawn from one uniform per example, and both become a denoiser D(x~, sigma~) for the
+existing ODE solvers (reference/solvers.py), whose state is x~ = x / alpha at the noise level sigma~ = sigma /
+alpha. The "level" of an example is the process's own time: EDM's sigma (alpha = 1, sigma = t, the one stated
+exception to t in [0, 1]), flow matching's t in (0, 1) with x_t = (1 - t) x0 + t eps (t = 0 data, t = 1 noise).
+
+``cfg`` is anything with the fields objective, sigma_data, p_mean, p_std, t_sampling, logit_mean, logit_std,
+shift (lab.config.TrainConfig); a field it lacks takes the default of common/choices.py. The objective "ddpm"
+is the discrete chain (reference/losses.py): these functions take "edm" and "flow" only, except ``weighting``.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from scipy.special import expit, ndtri
+
+from common.choices import CONTINUOUS_GRIDS, CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, T_SAMPLINGS, \
+    WEIGHTINGS
+from . import processes
+from .diffusion import _data
+from .errors import InputError, check_choice, check_int, check_number, check_same_shape
+from .solvers import karras_sigmas
+
+# The network's sinusoidal embedding (B6) has frequencies from 1 down to 1e-4 per unit of its input, chosen for
+# the DDPM index range 0..999: an input confined to a range of width ~1 (c_noise = ln(sigma) / 4 spans about
+# -1.6..1.1, flow's t 0..1) would leave all but the fastest features nearly constant, so both continuous
+# objectives hand the network 1000 times their own noise coordinate, a spread like the chain's integer steps.
+TIME_SCALE = 1000.0
+
+
+def settings(cfg):
+    """The objective's settings read from ``cfg`` (defaults from common/choices.py), checked; a namespace."""
+    d = {**EDM_DEFAULTS, **FLOW_DEFAULTS}
+    s = SimpleNamespace(objective=getattr(cfg, "objective", "ddpm"),
+                        **{k: getattr(cfg, k, d[k]) for k in
+                           ("sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift")})
+    check_choice(s.objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
+    s.sigma_data = check_number(s.sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
+    s.p_std = check_number(s.p_std, "--p-std (std of ln sigma)", lo_open=True)
+    s.p_mean = check_number(s.p_mean, "--p-mean (mean of ln sigma)", lo=-math.inf)
+    check_choice(s.t_sampling, T_SAMPLINGS, "--t-sampling")
+    s.logit_mean = check_number(s.logit_mean, "--logit-mean", lo=-math.inf)
+    s.logit_std = check_number(s.logit_std, "--logit-std", lo_open=True)
+    s.shift = check_number(s.shift, "--shift (SD3's timestep shift)", lo_open=True)
+    return s
+
+
+def _col(v, x):
+    """A per-example (N,) value as a column that broadcasts against x (N, ...)."""
+    return np.asarray(v).reshape((-1,) + (1,) * (np.ndim(x) - 1))
+
+
+def _levels(level, n=None):
+    a = np.asarray(level, dtype=np.float64)
+    if a.ndim > 1 or (n is not None and a.ndim == 1 and a.shape[0] != n) or not np.all(np.isfinite(a)):
+        raise InputError(f"level must be a finite number or an array (N,){'' if n is None else f' with N={n}'}, "
+                         f"got shape {a.shape}")
+    return a
+
+
+def edm_precond(sigma, sigma_data):
+    """(D6) Karras et al. 2022, Table 1: (c_skip, c_out, c_in, c_noise) at sigma > 0, float64 like sigma."""
+    sd = check_number(sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
+    s = _levels(sigma)
+    if np.any(s <= 0):
+        raise InputError(f"sigma must be > 0 for EDM's preconditioning (c_noise = ln(sigma) / 4), got {s.min()!r}")
+    # (D6)  c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(...)
+    r = np.sqrt(s * s + sd * sd)
+    return sd * sd / (r * r), s * sd / r, 1.0 / r, np.log(s) / 4.0
+
+
+def network_time(cfg, level):
+    """The float the network's time embedding receives: edm 1000 c_noise = 250 ln sigma; flow 1000 t. float64."""
+    s, lv = settings(cfg), _levels(level)
+    if s.objective == "edm":
+        return TIME_SCALE * edm_precond(lv, s.sigma_data)[3]
+    return TIME_SCALE * lv
+
+
+def shift_t(t, shift):
+    """(D15) SD3's shift t' = s t / (1 + (s - 1) t), applied once (s = 1 is the identity): lambda' = lambda - 2 ln s."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def level(cfg, u):
+    """(D7, D14, D15) The noise level of each example from uniforms u (N,) in (0, 1): float64 (N,).
+
+    edm: sigma = exp(P_mean + P_std ndtri(u)) (lognormal); flow: t = u ("uniform") or sigmoid(logit_mean +
+    logit_std ndtri(u)) ("logit-normal"), then the shift (once). One uniform per example on every objective.
+    """
+    s = settings(cfg)
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 1 or not np.all((u > 0) & (u < 1)):
+        raise InputError(f"u must be uniforms of shape (N,) strictly inside (0, 1), got shape {u.shape}"
+                         + (f", range {u.min():g}..{u.max():g}" if u.size else ""))
+    if s.objective == "edm":
+        # (D7)  ln sigma ~ N(P_mean, P_std^2) by the inverse CDF
+        return np.exp(s.p_mean + s.p_std * ndtri(u))
+    # (D14)  t = sigmoid(m + s z), z = ndtri(u): logit(t) ~ N(m, s^2)
+    t = u.copy() if s.t_sampling == "uniform" else expit(s.logit_mean + s.logit_std * ndtri(u))
+    return shift_t(t, s.shift)
+
+
+def training_target(cfg, x0, eps, level):
+    """(D5-D8, D10) One batch's (net_in, time_in, target, weight) at per-example levels (N,).
+
+    edm: x = x0 + sigma eps, net_in = c_in x, target = (x0 - c_skip x) / c_out, weight = lambda(sigma) c_out^2 (= 1).
+    flow: x_t = (1 - t) x0 + t eps, net_in = x_t, target = u = eps - x0, weight = 1.
+    net_in, target in x0's dtype (N, ...); time_in float64 (N,); weight (N,) in x0's dtype.
+    """
+    s = settings(cfg)
+    x0, eps = _data(x0, "x0"), _data(eps, "eps")
+    check_same_shape(x0, eps, "x0", "eps")
+    lv = _levels(level, x0.shape[0])
+    lv = np.broadcast_to(lv, (x0.shape[0],))
+    x064, e64, dt = x0.astype(np.float64), eps.astype(np.float64), x0.dtype
+    if s.objective == "edm":
+        c_skip, c_out, c_in, _ = edm_precond(lv, s.sigma_data)
+        x = x064 + _col(lv, x0) * e64                                          # (D5)  alpha = 1, sigma = t
+        target = (x064 - _col(c_skip, x0) * x) / _col(c_out, x0)               # (D6)  F's effective target
+        # (D8)  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, so that lambda c_out^2 = 1
+        weight = (lv * lv + s.sigma_data ** 2) / (lv * s.sigma_data) ** 2 * c_out ** 2
+        net_in = _col(c_in, x0) * x
+    else:
+        if np.any((lv <= 0) | (lv >= 1)):
+            raise InputError("flow matching's t must lie strictly inside (0, 1)")
+        t = _col(lv, x0)
+        net_in = (1.0 - t) * x064 + t * e64                                    # (D10)  x_t
+        target = e64 - x064                                                    # (D10)  u = dx_t/dt
+        weight = np.ones_like(lv)
+    return net_in.astype(dt), network_time(cfg, lv), target.astype(dt), weight.astype(dt)
+
+
+def loss_and_grad(out, target, weight):
+    """mean_n weight_n mean_d (out - target)^2 -> (float, dloss/dout in out's dtype)."""
+    out, target = _data(out, "out"), _data(target, "target")
+    check_same_shape(out, target, "out", "target")
+    w = _levels(weight, out.shape[0])
+    r = out.astype(np.float64) - target.astype(np.float64)
+    n, d = out.shape[0], max(1, out[0].size)
+    per = (r * r).reshape(n, -1).mean(axis=1)                                  # (N,)
+    grad = 2.0 * _col(np.broadcast_to(w, (n,)), r) * r / (n * d)
+    return float(np.mean(w * per)), grad.astype(out.dtype)
+
+
+def loss(out, target, weight):
+    """The value of loss_and_grad alone."""
+    return loss_and_grad(out, target, weight)[0]
+
+
+def denoiser(cfg, net, clip_x0=False):
+    """(D6, D12) D(x~, sigma~) -> x0_hat for the ODE solvers from ``net(net_in, time_in (N,)) -> output``.
+
+    edm: x = x~, D = c_skip x + c_out F(c_in x, 250 ln sigma); flow: t = sigma~ / (1 + sigma~), x_t = (1 - t) x~,
+    D = x_t - t u. sigma~ a Python float > 0; clipped to [-1, 1] with ``clip_x0`` (images). Output in x~'s dtype.
+    """
+    s = settings(cfg)
+
+    def D(x, sigma):
+        sg = check_number(sigma, "sigma~ (the denoiser's noise level)", lo_open=True)
+        n, dt = x.shape[0], x.dtype
+        if s.objective == "edm":
+            c_skip, c_out, c_in, _ = (float(c) for c in edm_precond(sg, s.sigma_data))
+            F = net((c_in * x).astype(dt), np.full(n, float(network_time(cfg, sg))))
+            x0 = c_skip * x + c_out * np.asarray(F)                            # (D6)
+        else:
+            t = processes.flow_t_of_sigma_tilde(sg)                            # (D12)  sigma~ = t / (1 - t)
+            xt = ((1.0 - t) * x).astype(dt)                                    # (D3)  x_t = alpha x~
+            x0 = xt - t * np.asarray(net(xt, np.full(n, TIME_SCALE * t)))      # (D10)  x0 = x_t - t u
+        return (np.clip(x0, -1.0, 1.0) if clip_x0 else x0).astype(dt, copy=False)
+
+    return D
+
+
+def sigma_range(cfg):
+    """(sigma~_min, sigma~_max) for sampling: EDM's (0.002, 80) for both (flow: t_max = 80 / 81, D12)."""
+    settings(cfg)
+    return float(EDM_DEFAULTS["sigma_min"]), float(EDM_DEFAULTS["sigma_max"])
+
+
+def sigma_grid(cfg, n, grid):
+    """(N5, D12) n levels of sigma~, strictly decreasing, then 0: (n + 1,) float64.
+
+    "karras": rho = 7 over sigma_range; "linspace": uniform in the process's own time (edm: sigma, flow: t)
+    between t(sigma~_max) and 0.
+    """
+    s = settings(cfg)
+    check_choice(grid, CONTINUOUS_GRIDS, "grid (a continuous model samples on)")
+    n = check_int(n, "n (number of sampling steps)", lo=1)
+    lo, hi = sigma_range(cfg)
+    if grid == "karras":
+        return karras_sigmas(n, lo, hi)
+    ramp = 1.0 - np.arange(n + 1, dtype=np.float64) / n                        # 1 .. 0
+    if s.objective == "edm":
+        out = hi * ramp
+    else:
+        t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)  own t, then sigma~
+        out = t / (1.0 - t)
+    out[0], out[-1] = hi, 0.0
+    return out
+
+
+def weighting(objective, lam, **kw):
+    """(D16) w(lambda): loss = 1/2 int w(lambda) E[mean_d (eps_hat - eps)^2] dlambda, float64 like lam.
+
+    w = 2 p(lambda) omega(lambda): p the density of the training lambda, omega the weight the loss puts on the
+    eps-MSE at that lambda. objective in common.choices.WEIGHTINGS:
+      "ddpm"  process "vp-cosine" | "vp-linear" (t uniform), prediction "eps" | "x0" | "v", loss_weighting
+              None | "snr" | "min_snr" (gamma, default 5) as reference/losses.py's snr_weights; other keywords
+              are the process's settings (make_process);
+      "edm"   sigma_data, p_mean, p_std;   "flow"  t_sampling, logit_mean, logit_std, shift.
+    """
+    check_choice(objective, WEIGHTINGS, "objective")
+    lam = np.asarray(lam, dtype=np.float64)
+    if objective == "ddpm":
+        return _ddpm_weighting(lam, **kw)
+    cfg = settings(SimpleNamespace(objective=objective, **kw))
+    if objective == "edm":
+        # (D7)  lambda = -2 ln sigma ~ N(-2 P_mean, (2 P_std)^2);  (D8)  omega = (e^-lambda + sd^2) / sd^2
+        m, sd = -2.0 * cfg.p_mean, 2.0 * cfg.p_std
+        p = np.exp(-0.5 * ((lam - m) / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
+        return 2.0 * p * (np.exp(-lam) + cfg.sigma_data ** 2) / cfg.sigma_data ** 2
+    # (D15)  the shift moves every lambda by -2 ln s: the density of lambda' is the base density at lambda' + 2 ln s
+    base = lam + 2.0 * math.log(cfg.shift)
+    if cfg.t_sampling == "uniform":
+        t = expit(-0.5 * base)                                                 # (D13)  t = sigmoid(-lambda / 2)
+        p = 0.5 * t * (1.0 - t)                                                # |dt/dlambda|
+    else:
+        # (D14)  logit t = -lambda / 2 ~ N(m, s^2)
+        z = (-0.5 * base - cfg.logit_mean) / cfg.logit_std
+        p = 0.5 * np.exp(-0.5 * z * z) / (cfg.logit_std * math.sqrt(2.0 * math.pi))
+    # (D13)  ||u_hat - u||^2 = ||eps_hat - eps||^2 / alpha^2, alpha = sigmoid(lambda / 2)
+    return 2.0 * p / expit(0.5 * lam) ** 2
+
+
+def _ddpm_weighting(lam, process="vp-cosine", prediction="eps", loss_weighting=None, gamma=5.0, **process_kw):
+    """(D16) L_simple and its weightings on a VP process with t uniform: 2 omega / |dlambda/dt| at t(lambda)."""
+    check_choice(process, ("vp-cosine", "vp-linear"), "process (of the ddpm weighting)")
+    check_choice(prediction, ("eps", "x0", "v"), "prediction")
+    if loss_weighting is not None:
+        check_choice(loss_weighting, ("snr", "min_snr"), "loss_weighting (None is L_simple)")
+    proc = processes.make_process(process, **process_kw)
+    # (D2)  sigma~ = e^{-lambda/2}; a lambda beyond the process's end (vp-linear's lambda(1) is finite) has density 0
+    s_end = float(proc.sigma_tilde(1.0))
+    s_tilde = np.exp(-0.5 * lam)
+    t = proc.t_of_sigma_tilde(np.minimum(s_tilde, s_end))
+    p = np.where(s_tilde <= s_end, 1.0 / np.abs(proc.dlambda_dt(t)), 0.0)
+    snr = np.exp(lam)
+    if loss_weighting == "min_snr":
+        g = check_number(gamma, "gamma (min-SNR clip)", lo_open=True)
+        omega = np.minimum(snr, g) / snr                                       # (L5, R6)  w_x0 min(snr, g) on x0-MSE
+    elif loss_weighting == "snr":
+        omega = np.ones_like(lam)                                              # (R6)  w_x0 = snr: the eps-MSE
+    else:
+        # (R6)  the parameterisation's own MSE in eps units: eps 1, x0 1/snr, v (snr + 1)/snr
+        omega = {"eps": np.ones_like(lam), "x0": 1.0 / snr, "v": 1.0 + 1.0 / snr}[prediction]
+    return 2.0 * p * omega
