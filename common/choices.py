@@ -21,3 +21,20 @@ T_SAMPLINGS = ("uniform", "logit-normal")
 # The defaults of each objective's settings, from the papers (Karras et al. 2022, Table 1; Esser et al. 2024).
 EDM_DEFAULTS = {"sigma_data": 0.5, "p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.002, "sigma_max": 80.0}
 FLOW_DEFAULTS = {"t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "shift": 1.0}
+
+# The objectives whose weighting w(lambda) over the log-SNR is computed (Kingma & Gao 2023's form; the
+# design_space page, D16): the chain's L_simple and its relatives, EDM, flow matching.
+WEIGHTINGS = ("ddpm", "edm", "flow")
+
+# The chain's training losses (reference/vlb.py: L_simple, L_hybrid, the bound) and a run's network variances
+# (C output channels, or 2C with the variance's interpolation, V1); the rules between them: common/rules.py.
+LOSSES = ("simple", "hybrid", "vlb")
+TRAIN_VARIANCES = ("fixed", "learned")
+
+# Which steps a shortened chain keeps (derivations/sampling.md A5), and the grids of noise levels the ODE samplers
+# run on: for a model of the trained chain, every grid is trained steps (the spacings' levels, or Karras et al.'s
+# rho = 7 spacing snapped to them, K8); a model of a continuous objective takes any level in its sigma range, on
+# Karras et al.'s grid or one uniform in the process's t (CONTINUOUS_GRIDS).
+SPACINGS = ("leading", "trailing", "linspace")
+GRIDS = SPACINGS + ("karras",)
+CONTINUOUS_GRIDS = ("karras", "linspace")

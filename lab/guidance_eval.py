@@ -28,7 +28,7 @@ from . import data as datasets
 from . import metrics
 from .pictures import guidance_tradeoff
 from .progress import bar
-from .sampling import draw, plan
+from .sampling import draw, plan_for
 
 KNN_K, KNN_POINTS = 5, 4000
 
@@ -125,8 +125,7 @@ def compute(B, trainer, judge, n, args, name, scales, k, res, plot=None):
     seconds_per_sample), the ceiling, chance and the picture's path."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     clf, ceiling, what = classifier(name, cfg, args.seed)
-    p = plan(B, trainer.sched, args.sampler, args.sample_steps, args.spacing or "leading", args.grid,
-             clip_x0=images, prediction=cfg.prediction)
+    p = plan_for(B, trainer, args.sampler, args.sample_steps, args.spacing or "leading", args.grid, clip_x0=images)
     y = balanced(n, k)
     rows = []
     for i, s in enumerate(scales):

@@ -9,12 +9,14 @@ import numpy as np
 
 from reference.errors import InputError
 
-from .sampling import _no_grad, ode_denoiser, plan
+from .sampling import _no_grad, continuous_plan, is_continuous, ode_denoiser, plan
 
 # The round trip's defaults: its error falls at about first order in the steps (N6), and the leading grid, which
-# starts below the cosine schedule's clipped last step, gave the smaller error on both digits and moons.
+# starts below the cosine schedule's clipped last step, gave the smaller error on both digits and moons. A model
+# of a continuous objective runs on its objective's default grid (common/sampler_table.py's DEFAULT_GRIDS).
 INVERT_DEFAULT_STEPS = 100
 INVERT_DEFAULT_GRID = "leading"
+INVERT_SAMPLER = "euler"   # the step run forwards (N6); ddim with eta 0 is the same step on the chain (K7)
 
 
 def load_items(path, item_shape):
@@ -60,11 +62,15 @@ class Inversion:
 
 def encode_decode(B, trainer, x0, steps, grid=None, progress=None, decode_progress=None):
     """(N6) x0 (NumPy, model space) -> Inversion: Euler up the grid of ``steps`` trained levels (``grid`` default
-    INVERT_DEFAULT_GRID), then Euler down it again (the decoding ``sample --sampler euler`` would run from those latents).
+    INVERT_DEFAULT_GRID; a continuous objective's model: its noise levels, its objective's grid by default), then
+    Euler down it again (the decoding ``sample --sampler euler`` would run from those latents).
     ``progress`` wraps the encoding's steps, ``decode_progress`` (default: ``progress``) the decoding's."""
-    sched, cfg = trainer.sched, trainer.cfg
-    images = len(trainer.item_shape) == 3
-    p = plan(B, sched, "euler", steps, grid=grid or INVERT_DEFAULT_GRID, clip_x0=images, prediction=cfg.prediction)
+    cfg, images = trainer.cfg, len(trainer.item_shape) == 3
+    if is_continuous(cfg):
+        p = continuous_plan(B, cfg, INVERT_SAMPLER, steps, grid)
+    else:
+        p = plan(B, trainer.sched, INVERT_SAMPLER, steps, grid=grid or INVERT_DEFAULT_GRID, clip_x0=images,
+                 prediction=cfg.prediction)
     grid, sigmas = p.where, p.sigmas
     D = ode_denoiser(B, trainer)
     x = B.from_numpy(x0.astype(np.float64 if cfg.dtype == "float64" else np.float32))
@@ -73,9 +79,9 @@ def encode_decode(B, trainer, x0, steps, grid=None, progress=None, decode_progre
     with _no_grad(B):
         z = B.solvers.invert(D, x, sigmas, progress=progress, item_shape=tuple(trainer.item_shape),
                              data_range=(-1.0, 1.0) if images else None).x
-        rec = B.solvers.sample(D, z, sigmas, "euler", progress=decode_progress or progress).x
+        rec = B.solvers.sample(D, z, sigmas, INVERT_SAMPLER, progress=decode_progress or progress).x
     z, rec = np.asarray(B.to_numpy(z), np.float64), np.asarray(B.to_numpy(rec), np.float64)
     err = rec - x0
-    nfe = int(B.solvers.nfe("euler", sigmas))
+    nfe = int(B.solvers.nfe(INVERT_SAMPLER, sigmas))
     return Inversion(z, rec, int(steps), grid, nfe, nfe - 1,
                      float(np.sqrt(np.mean(err ** 2))), float(np.abs(err).max()))

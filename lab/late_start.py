@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from common import sampler_table
 from reference.schedules import PRIOR_BPD_WARN
 
 LATE_START_PREFIX = "sampling starts at t="   # the start of reference.schedules.warn_late_start's message
@@ -62,7 +63,8 @@ def default_grid(alpha_bar, images, prediction="eps", sampler=None):
     the README's quality-against-NFE table has each grid's figures)."""
     if float(alpha_bar[-1]) == 0:
         return "leading"
-    if sampler == "heun" and amplification(alpha_bar, "eps") > AMPLIFY_OK:
+    if sampler is not None and sampler_table.row(sampler).evaluates_ahead and \
+            amplification(alpha_bar, "eps") > AMPLIFY_OK:   # heun: the table's samplers that evaluate ahead
         return "leading"
     return "trailing" if images or amplification(alpha_bar, prediction) <= AMPLIFY_OK else "leading"
 
@@ -72,7 +74,7 @@ def late_start_message(plan, alpha_bar, images, prediction="eps"):
     ``alpha_bar``: the schedule's (T,) float64 table; ``images``: x0_hat is clipped to [-1, 1]; ``prediction``
     what the network predicts (eps-models amplify their error at T-1, x0- and v-models do not)."""
     T, t = plan.T, plan.t_start
-    if not is_late(alpha_bar, t, T):
+    if T is None or not is_late(alpha_bar, t, T):   # T None: a continuous objective's model, no chain to start late
         return None
     a, last = float(alpha_bar[t]), float(alpha_bar[-1])
     n0 = steps_that_start_in_time(alpha_bar, T, plan.steps)
@@ -102,6 +104,8 @@ def amplified_start_message(plan, alpha_bar, images, prediction="eps"):
     amplified more than AMPLIFY_OK-fold (2-D data on the cosine schedule), or None. All T steps (ddpm, ddim)
     are not warned about: their first step is small, and ddpm's moves x_t by only sqrt(abar_{T-2}) beta/(1 - abar)."""
     T, t = plan.T, plan.t_start
+    if T is None:
+        return None
     amp = amplification(alpha_bar, prediction)
     if images or t != T - 1 or plan.steps >= T or amp <= AMPLIFY_OK:
         return None

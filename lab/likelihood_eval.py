@@ -12,11 +12,17 @@
          dequantised uniformly within its bin, its bits/dim the continuous ones plus log2((L - 1) / 2) (E7),
          an upper bound on the discrete data's bits/dim like the bound's figure, so the two compare.
 
-eval.py calls four hooks, in this order: ``configure(p)`` adds the flags, ``check(args)`` refuses bad ones
-before any work, ``compute(B, trainer, name, args, res)`` fills ``res`` (the JSON figures) and
-``report(res, args)`` prints them. The noise of both routes (the bound's eps per step, the probes and the
-dequantisation) is drawn by NumPy from ``--seed`` in the same order on both sides, so one checkpoint gives
-the same figures from ``python -m reference eval`` and ``python -m torch_port eval`` (to float32 rounding).
+A model of a continuous objective (edm, flow) has no trained chain, so no discrete bound; its ODE likelihood
+needs the Jacobian of the objective's denoiser, which reference/likelihood.py builds for the chain's networks
+only (network_field). So such a model is scored without a likelihood by default, and ``--nll`` is refused for
+it with the reason.
+
+eval.py calls five hooks, in this order: ``configure(p)`` adds the flags, ``check(args)`` refuses bad ones
+before any work, ``check_model(trainer, args)`` once the checkpoint is read, ``compute(B, trainer, name, args,
+res)`` fills ``res`` (the JSON figures) and ``report(res, args)`` prints them. The noise of both routes (the
+bound's eps per step, the probes and the dequantisation) is drawn by NumPy from ``--seed`` in the same order on
+both sides, so one checkpoint gives the same figures from ``python -m reference eval`` and
+``python -m torch_port eval`` (to float32 rounding).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from reference.likelihood import ATOL, MIN_RTOL, RTOL, bpd_offset
 
 from . import data as datasets
 from .progress import bar, progress
+from .sampling import is_continuous, objective_of
 
 NLL_ROUTES = ("bound", "ode", "both")
 BOUND_VARIANCES = ("fixed_small", "fixed_large", "learned")
@@ -42,10 +49,11 @@ ODE_BATCH = 64   # items per adaptive solve: the controller's error norm is an R
 def configure(p):
     p.add_argument("--bpd-n", type=int, default=64,
                    help="held-out items (test split) for the likelihood (0 skips it)")
-    p.add_argument("--nll", choices=NLL_ROUTES, default="bound",
-                   help="the likelihood route (default: %(default)s). bound: the variational bound (T network calls "
+    p.add_argument("--nll", choices=NLL_ROUTES, default=None,
+                   help="the likelihood route (default: bound). bound: the variational bound (T network calls "
                         "per item); ode: the exact likelihood of the probability-flow ODE (an adaptive solve, "
-                        "Hutchinson's divergence for images); both: the two, side by side")
+                        "Hutchinson's divergence for images); both: the two, side by side. A model of a continuous "
+                        "objective (edm, flow) has no trained chain: no likelihood by default, and --nll is refused")
     p.add_argument("--bpd-variance", default=None, metavar="LIST",
                    help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
                         "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "
@@ -83,14 +91,15 @@ def check(args):
     """Every likelihood flag checked before any work, in the flags' words."""
     if args.bpd_n < 0:
         raise InputError(f"--bpd-n must be >= 0 (0 skips the likelihood), got {args.bpd_n}")
-    ode = args.nll in ("ode", "both")
-    if args.bpd_n == 0 and args.nll != "bound":
-        raise InputError(f"--nll {args.nll} needs held-out items: --bpd-n 0 skips the likelihood")
-    if args.bpd_clip is not None and args.nll == "ode":
+    nll = args.nll or "bound"   # omitted: the bound (a continuous model's default, none, is set by check_model)
+    ode = nll in ("ode", "both")
+    if args.bpd_n == 0 and nll != "bound":
+        raise InputError(f"--nll {nll} needs held-out items: --bpd-n 0 skips the likelihood")
+    if args.bpd_clip is not None and nll == "ode":
         raise InputError(f"--{'' if args.bpd_clip else 'no-'}bpd-clip sets the bound's reverse means: it applies with "
                          "--nll bound or both (the ODE's likelihood clips nothing)")
     if args.bpd_variance is not None:
-        if args.nll == "ode":
+        if nll == "ode":
             raise InputError("--bpd-variance chooses the bound's variances: it applies with --nll bound or both "
                              "(the ODE reads the network's mean only)")
         parse_variances(args.bpd_variance)
@@ -98,7 +107,7 @@ def check(args):
         given = [f"--{f.replace('_', '-')}" for f in ODE_FLAGS if getattr(args, f) is not None]
         if given:
             raise InputError(f"{', '.join(given)} applies with --nll ode or both (the probability-flow ODE's "
-                             f"likelihood), not --nll {args.nll}")
+                             f"likelihood), not --nll {nll}")
         return
     for flag, v in (("--ode-rtol", args.ode_rtol), ("--ode-atol", args.ode_atol)):
         if v is not None and not (math.isfinite(v) and v > 0):
@@ -113,6 +122,26 @@ def check(args):
                              "vectors")
     if args.ode_batch is not None and args.ode_batch < 1:
         raise InputError(f"--ode-batch must be >= 1, got {args.ode_batch}")
+
+
+def check_model(trainer, args):
+    """The route for the checkpoint read: ``args.nll`` omitted is the bound for a model of the chain; a model of
+    a continuous objective has no likelihood route (none by default; --nll refused, naming why)."""
+    if not is_continuous(trainer.cfg):
+        args.nll = args.nll or "bound"
+        return
+    objective, given = objective_of(trainer.cfg), args.nll
+    if given is None:
+        args.bpd_n = 0   # no route: the likelihood is skipped, and report says nothing of it
+        return
+    if given in ("bound", "both"):
+        raise InputError(f"--nll {given}: the discrete bound needs the trained chain (its T steps, their posteriors "
+                         f"and the decoder L_0); this {objective} model was trained on continuous noise levels and "
+                         "has none. Drop --nll: eval then scores its samples only")
+    raise InputError(f"--nll ode: the probability-flow ODE's likelihood needs the Jacobian of the model's denoiser, "
+                     f"which is built for networks of the trained chain only (reference/likelihood.py's network_field)"
+                     f", not for this {objective} model's preconditioned one. Drop --nll: eval then scores its "
+                     "samples only")
 
 
 # ---- the figures --------------------------------------------------------------------------------

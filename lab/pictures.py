@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from common import sampler_table
+
 from . import data, plots
 from .plots.curves import quality_vs_nfe  # noqa: F401  (eval's picture; re-exported for the commands)
 from .plots.guidance import class_rows, class_scatter, guidance_tradeoff  # noqa: F401  (guidance_tradeoff: eval)
 from .plots.samples import inversion_picture
 
 PER_CLASS_IMAGES = 8   # a class-conditional run's picture: one row of 8 per class, the width of its unconditional grid
+# A run's pictures sample with DDIM (eta 0) on the run's sample_steps; a model of a continuous objective has no
+# chain, and takes the same step on its grid of noise levels: Euler (K7).
+RUN_SAMPLER, RUN_SAMPLER_CONTINUOUS = "ddim", "euler"
 _TARGET = {"eps": "eps_hat - eps", "x0": "x0_hat - x_0", "v": "v_hat - v"}
 _WEIGHT = {"none": "", "snr": "SNR-weighted ", "min_snr": "min-SNR-5-weighted "}
 
@@ -23,11 +28,14 @@ def loss_label(cfg):
 
 def sampler_label(sampler, steps, T, step=None, spacing=None, grid=None, nfe=None):
     """A picture's title part naming the sampler: e.g. "step 2800 · ddim, 50 of T=1000 steps (leading)", or
-    for the ODE samplers (``grid`` given) "step 2800 · dpm++2m, 20 steps on the karras grid of T=1000";
+    for the ODE samplers (``grid`` given) "step 2800 · dpm++2m, 20 steps on the karras grid of T=1000", or with
+    T None (a continuous objective's model) "... on the karras grid of noise levels";
     `` · NFE n`` is appended when ``nfe`` (network evaluations per sample) is given."""
-    n = T if not steps or steps >= T else steps
     where = f"step {step} · " if step is not None else ""
     cost = f" · NFE {nfe}" if nfe is not None else ""
+    if T is None:
+        return f"{where}{sampler}, {steps} steps on the {grid} grid of noise levels{cost}"
+    n = T if not steps or steps >= T else steps
     if grid:
         return f"{where}{sampler}, {n} steps on the {grid} grid of T={T}{cost}"
     how = f" ({spacing})" if spacing and n < T else ""
@@ -52,17 +60,22 @@ def run_samples_picture(B, trainer, path, step, n_images=64, n_points=2000):
     images as a grid or n_points points over real data. A class-conditional run: every class at guidance s = 1
     (the conditional model, one network call a step, what ``sample --class all`` draws): images one labelled
     row of PER_CLASS_IMAGES per class, points n_points // K per class coloured by class; the title says so."""
-    from .sampling import draw
+    from .sampling import draw, is_continuous, objective_of, plan_for
 
     cfg, points = trainer.cfg, len(trainer.item_shape) == 1
     k = getattr(trainer, "num_classes", None)
-    how = sampler_label("ddim", cfg.sample_steps, cfg.T, step=step)
+    sampler = RUN_SAMPLER if sampler_table.serves(RUN_SAMPLER, objective_of(cfg)) else RUN_SAMPLER_CONTINUOUS
+    if is_continuous(cfg):
+        p = plan_for(B, trainer, sampler, cfg.sample_steps)
+        how = sampler_label(sampler, p.steps, None, step=step, grid=p.where)
+    else:
+        how = sampler_label(sampler, cfg.sample_steps, cfg.T, step=step)
     if not k:
-        x = draw(B, trainer, n_points if points else n_images, seed=cfg.seed, sampler="ddim", steps=cfg.sample_steps)
+        x = draw(B, trainer, n_points if points else n_images, seed=cfg.seed, sampler=sampler, steps=cfg.sample_steps)
         return samples_picture(x, path, cfg, f"{cfg.data} samples (EMA), {how}")
     per = max(1, n_points // k) if points else PER_CLASS_IMAGES
     y = np.repeat(np.arange(k, dtype=np.int64), per)
-    x = draw(B, trainer, len(y), seed=cfg.seed, sampler="ddim", steps=cfg.sample_steps, y=y, guidance=1.0)
+    x = draw(B, trainer, len(y), seed=cfg.seed, sampler=sampler, steps=cfg.sample_steps, y=y, guidance=1.0)
     rows = "one colour" if points else "one row"
     title = (f"{cfg.data} samples (EMA), {rows} per class (0..{k - 1}), {per} each, guidance s=1 (the conditional "
              f"model), {how}")
@@ -91,13 +104,17 @@ def _one_per_class(labels, limit):
     return np.sort(first)
 
 
-def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, sigmas=None):
+def trajectory_pictures(traj, x, stem, cfg, title, labels=None, guidance=None, sigmas=None, by_sigma=False):
     """A strip (x_t above x0_hat at ~10 steps, then the final sample x, each column captioned with its t and,
     given ``sigmas`` (the trained sigma_t of every step: the backend's score.trained_sigmas), its sigma) and a
     GIF of x_t ending on x, for images (first 8 / 16, or one per class) or 2-D points (all, over real data,
     coloured by class). traj: (t, x_t, x0_hat) NumPy triples in sampling
     order; x the samples; ``labels`` (N,) the classes drawn and ``guidance`` the scale, named in the titles
-    and on the strip's rows."""
+    and on the strip's rows. ``by_sigma``: traj holds (sigma, x_t, x0_hat), a continuous objective's model
+    having no trained steps: each column is captioned with its step's index on the grid and its sigma."""
+    if by_sigma:
+        sigmas, traj = [s for s, _, _ in traj], [(i, xt, x0) for i, (_, xt, x0) in enumerate(traj)]
+        title = f"{title} · columns: step on the grid, sigma"
     keep = np.unique(np.linspace(0, len(traj) - 1, min(10, len(traj))).round().astype(int))
     points = x.ndim == 2
     y = None if labels is None else np.asarray(labels)

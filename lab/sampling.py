@@ -1,9 +1,12 @@
 """Loading a trained model and drawing samples from it: what `sample`, `eval` and the training pictures share.
 
-Two families of samplers, one entry (``draw``):
+Two families of samplers (common/sampler_table.py, the one table of them), one entry (``draw``):
   * the chain, ``ddpm`` | ``ddim`` (reference.samplers.sample_loop), shortened by ``spacing`` (A5);
   * the probability-flow ODE, ``euler`` | ``heun`` | ``dpm++2m`` (reference.solvers.sample), over a ``grid``
     of trained noise levels (K8, N5). ``euler`` on a grid equals ``ddim`` (eta 0) with that spacing (K7).
+A model of a continuous objective (cfg.objective "edm" or "flow") has no chain: the ODE samplers run on its
+objective's grid of noise levels (reference.objectives.sigma_grid; the default grid per objective is the table's
+DEFAULT_GRIDS) through its denoiser D(x~, sigma~) (objectives.denoiser), and ddpm/ddim are refused by name.
 The noise x_T is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
 checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
 ``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise), for every sampler.
@@ -12,19 +15,22 @@ Every sampler gets one denoiser (``network``): a class-conditional checkpoint as
 through guidance.guided (W2, W4) at the scale ``guidance``; a learned-variance checkpoint (2C output channels,
 V1) gives ddpm all 2C channels (variance "learned", respaced by V5 when shortened) and every other sampler
 (ddim, the ODE solvers) the C mean channels only; guided, only the mean channels are mixed (the variance is
-the conditional pass's).
+the conditional pass's). A continuous model's raw outputs are mixed the same way: D is affine in them with
+coefficients that do not depend on the class, so the mix of the outputs is the same mix of D.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from common import sampler_table as table
+from common.choices import CONTINUOUS_OBJECTIVES, GRIDS, SPACINGS  # noqa: F401  (GRIDS, SPACINGS: the commands')
 from reference import samplers as chain
-from reference import solvers as ode
 from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 from reference.schedules import PriorMismatchWarning
@@ -33,10 +39,9 @@ from . import checkpoint, data
 from .config import config_from_json
 from .late_start import LATE_START_PREFIX, amplified_start_message, default_grid, late_start_message
 
-CHAIN_SAMPLERS = chain.SAMPLERS             # ("ddpm", "ddim")
-ODE_SAMPLERS = ode.SAMPLERS                 # ("euler", "heun", "dpm++2m")
-SAMPLERS = CHAIN_SAMPLERS + ODE_SAMPLERS
-SPACINGS, GRIDS = chain.SPACINGS, ode.GRIDS
+CHAIN_SAMPLERS = table.names("chain")       # ("ddpm", "ddim")
+ODE_SAMPLERS = table.names("ode")           # ("euler", "heun", "dpm++2m")
+SAMPLERS = table.names()
 # What `sample` and `eval` run when --sampler and --sample-steps are omitted (resolve): DPM-Solver++(2M), and for
 # every sampler but ddpm (all T) the step count of the data's kind. 2-D points take more steps than images: at
 # 20, the modes of a mixture come out as wedges pointing at the centre, and an MLP's network call is cheap.
@@ -44,11 +49,26 @@ SPACINGS, GRIDS = chain.SPACINGS, ode.GRIDS
 DEFAULT_SAMPLER = "dpm++2m"
 DEFAULT_STEPS = {"images": 20, "points": 50}
 ODE_DEFAULT_STEPS = DEFAULT_STEPS["images"]   # plan's steps for the ODE samplers when none are given
-DEFAULT_GRID = "trailing"   # the ODE samplers' --grid when omitted, but leading where a start at T-1 is harmful:
-                            # lab.late_start.default_grid
-MIN_STEPS = {"heun": 2, "dpm++2m": 3}   # fewest steps with one second-order update on a grid ending at 0
+DEFAULT_GRID = table.DEFAULT_GRIDS["ddpm"]    # the ODE samplers' --grid when omitted, but leading where a start
+                                              # at T-1 is harmful: lab.late_start.default_grid
+MIN_STEPS = {r.name: r.min_steps for r in table.ROWS if r.min_steps > 1}   # the table's, for older callers
 DEFAULT_GUIDANCE = 1.0      # the guidance scale s when classes are asked for and no scale: the conditional model,
                             # the one scale whose target is the class's own distribution (W3)
+
+
+def objective_of(cfg):
+    """The objective a run trained: cfg.objective, "ddpm" for a configuration written before it existed."""
+    return getattr(cfg, "objective", None) or "ddpm"
+
+
+def is_continuous(cfg):
+    """Whether the run's model is of a continuous objective (no trained chain: edm, flow)."""
+    return objective_of(cfg) in CONTINUOUS_OBJECTIVES
+
+
+def objectives(B):
+    """The backend's objectives module (reference/objectives.py or torch_port/objectives.py)."""
+    return importlib.import_module(f"{B.package}.objectives")
 
 
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):
@@ -74,26 +94,33 @@ def load_trainer(B, ckpt_path, device="auto", use_ema=True):
 
 @dataclass(frozen=True)
 class Plan:
-    """What a sampler will do on a schedule: ``steps`` sampling steps (grid steps for the ODE), ``where``
-    the spacing (chain) or grid (ODE), ``nfe`` network evaluations, ``t_start`` the first (noisiest) trained
-    step the network sees, ``sigmas`` the ODE's grid (a backend array; None for the chain)."""
+    """What a sampler will do: ``steps`` sampling steps (grid steps for the ODE), ``where`` the spacing (chain)
+    or grid (ODE), ``nfe`` network evaluations, ``t_start`` the first (noisiest) trained step the network sees,
+    ``sigmas`` the ODE's grid (a backend array; None for the chain), ``objective`` the model's. A model of a
+    continuous objective has no trained steps: ``T`` and ``t_start`` are None."""
     sampler: str
     steps: int
-    T: int
+    T: int | None
     where: str
     nfe: int
-    t_start: int
+    t_start: int | None
     sigmas: object = None
+    objective: str = "ddpm"
 
     @property
     def ode(self):
-        return self.sampler in ODE_SAMPLERS
+        """Whether the sampler runs on a grid of noise levels (else on the chain's kept steps)."""
+        return "grid" in table.row(self.sampler).flags
+
+    @property
+    def continuous(self):
+        return self.objective in CONTINUOUS_OBJECTIVES
 
 
 def resolve_steps(sampler, steps, T):
     """--sample-steps as the sampler runs it: omitted (or >= T) is all T for ddpm/ddim and
     ODE_DEFAULT_STEPS (at most T) for the ODE samplers."""
-    if sampler in ODE_SAMPLERS:
+    if table.row(sampler).family != "chain":
         return min(T, steps or ODE_DEFAULT_STEPS)
     return T if not steps or steps >= T else steps
 
@@ -120,11 +147,33 @@ def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=Tr
     return Plan(sampler, n, sched.T, grid, int(B.solvers.nfe(sampler, sigmas)), int(ts[0]), sigmas)
 
 
+def continuous_plan(B, cfg, sampler, steps=None, grid=None):
+    """The Plan of an ODE sampler on a model of a continuous objective: ``steps`` (default ODE_DEFAULT_STEPS) on
+    the objective's ``grid`` of noise levels (default: the table's DEFAULT_GRIDS); the chain samplers refused."""
+    objective = objective_of(cfg)
+    table.check_serves(sampler, objective)
+    grid = grid or table.DEFAULT_GRIDS[objective]
+    table.check_flags(sampler, grid=grid, objective=objective)
+    n = steps or ODE_DEFAULT_STEPS
+    sigmas = objectives(B).sigma_grid(cfg, n, grid)
+    return Plan(sampler, n, None, grid, int(B.solvers.nfe(sampler, sigmas)), None, sigmas, objective)
+
+
+def plan_for(B, trainer, sampler, steps=None, spacing="leading", grid=None, clip_x0=None):
+    """The Plan of ``sampler`` for the trainer's model, of either kind (``clip_x0`` default: images clip)."""
+    if is_continuous(trainer.cfg):
+        return continuous_plan(B, trainer.cfg, sampler, steps, grid)
+    clip = len(trainer.item_shape) == 3 if clip_x0 is None else bool(clip_x0)
+    return plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction)
+
+
 def default_steps(sampler, T, images):
-    """--sample-steps when omitted: all T for ddpm, else DEFAULT_STEPS of the data's kind, at most T."""
-    if sampler == "ddpm":
+    """--sample-steps when omitted: all T for ddpm, else DEFAULT_STEPS of the data's kind, at most T (T None: a
+    continuous model, no cap)."""
+    if table.row(sampler).all_steps_default:
         return T
-    return min(T, DEFAULT_STEPS["images" if images else "points"])
+    n = DEFAULT_STEPS["images" if images else "points"]
+    return n if T is None else min(T, n)
 
 
 @dataclass(frozen=True)
@@ -162,10 +211,15 @@ def resolve(B, trainer, extra=None, sampler=None, steps=None, spacing=None, grid
     default (by the schedule, the prediction and the clipping); spacing (ddpm/ddim), variance (ddpm) and the
     clipping: the checkpoint's recorded settings (``extra``, see recorded_sampling) where it has them, else leading,
     resolve_variance's and on for images. The flags are checked against each other first (check_sampler_flags)."""
-    images, T = len(trainer.item_shape) == 3, trainer.cfg.T
+    images, continuous, objective = len(trainer.item_shape) == 3, is_continuous(trainer.cfg), objective_of(trainer.cfg)
+    T = None if continuous else trainer.cfg.T
     sampler = sampler or DEFAULT_SAMPLER
-    check_sampler_flags(T, sampler, steps, eta, variance, spacing, grid, images=images)
-    rec, used = recorded_sampling(extra), []
+    check_sampler_flags(T, sampler, steps, eta, variance, spacing, grid, images=images, objective=objective)
+    if continuous:   # no chain: no spacing, no variance, nothing a converted checkpoint records
+        n = default_steps(sampler, None, images) if steps is None else steps
+        return Settings(continuous_plan(B, trainer.cfg, sampler, n, grid), "leading", None,
+                        bool(images if clip_x0 is None else clip_x0))
+    rec, used, flags = recorded_sampling(extra), [], table.row(sampler).flags
 
     def pick(given, name, fallback, applies=True):
         if given is not None or not applies:
@@ -175,9 +229,8 @@ def resolve(B, trainer, extra=None, sampler=None, steps=None, spacing=None, grid
             return rec[name]
         return fallback
 
-    chain_sampler = sampler in CHAIN_SAMPLERS
-    spacing = pick(spacing, "spacing", "leading", applies=chain_sampler)
-    variance = resolve_variance(trainer, sampler, pick(variance, "variance", None, applies=sampler == "ddpm"))
+    spacing = pick(spacing, "spacing", "leading", applies="spacing" in flags)
+    variance = resolve_variance(trainer, sampler, pick(variance, "variance", None, applies="variance" in flags))
     clip = bool(pick(clip_x0, "clip_x0", images))
     n = default_steps(sampler, T, images) if steps is None else steps
     p = plan(B, trainer.sched, sampler, n, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction)
@@ -209,9 +262,12 @@ def _x_T(B, trainer, n, rng):
 
 def ode_denoiser(B, trainer, den=None, clip_x0=None):
     """D(x~, sigma) of the trainer's network (EMA weights; ``den`` a network(...) in its place, e.g. guided),
-    x0_hat clipped to [-1, 1] when ``clip_x0`` (default: for images) (K8)."""
+    x0_hat clipped to [-1, 1] when ``clip_x0`` (default: for images): on the trained steps (K8) for a model of the
+    chain, the objective's own denoiser (objectives.denoiser) for a model of a continuous objective."""
     cfg = trainer.cfg
     clip = len(trainer.item_shape) == 3 if clip_x0 is None else clip_x0
+    if is_continuous(cfg):
+        return objectives(B).denoiser(cfg, den or trainer.denoiser(), clip_x0=clip)
     return B.solvers.model_denoiser(trainer.sched, den or trainer.denoiser(), cfg.prediction, clip_x0=clip)
 
 
@@ -224,7 +280,7 @@ def resolve_variance(trainer, sampler, variance=None):
     if variance == LEARNED and not learned:
         raise InputError("--variance learned needs a checkpoint trained with --variance learned (a network with 2C "
                          "output channels); this one has fixed variances: use fixed_small or fixed_large")
-    if sampler != "ddpm":
+    if "variance" not in table.row(sampler).flags:
         return None
     return variance or (LEARNED if learned else "fixed_small")
 
@@ -235,7 +291,8 @@ def network(B, trainer, variance=None, y=None, guidance=None):
     guided at scale ``guidance`` (default DEFAULT_GUIDANCE; W2: only the mean channels are mixed); None: no
     labels (a conditional model's null class, the unconditional model), and ``guidance`` is refused."""
     learned = variance == LEARNED
-    den = trainer.denoiser(with_variance=learned)
+    # a continuous model's network(net_in, time_in, y=None) has no variance channels to choose between
+    den = trainer.denoiser() if is_continuous(trainer.cfg) else trainer.denoiser(with_variance=learned)
     if y is None:
         if guidance is not None:
             raise InputError("a guidance scale needs the classes to guide towards (--class K or all)")
@@ -249,14 +306,17 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
          record=False, progress=None, grid=None, warn=True, y=None, guidance=None, clip_x0=None):
     """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
     the trajectory as NumPy (t, x_t, x0_hat) triples, x_t in VP variables and t the trained step, for every
-    sampler). ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm;
-    default: resolve_variance); euler/heun/dpm++2m take ``grid`` (default: see plan). ``y``, ``guidance``:
-    the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint (``network``). ``clip_x0``:
-    x0_hat clipped to [-1, 1] (default: images are, 2-D points are not). ``trainer``: a backend Trainer (EMA
-    weights sample). ``warn``: the late-start warning, in the CLI's words (lab/late_start.py), when the first
-    step still holds signal."""
+    sampler; for a model of a continuous objective (sigma, x_t, x0_hat), sigma the step's noise level).
+    ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm; default:
+    resolve_variance); euler/heun/dpm++2m take ``grid`` (default: see plan, or the objective's). ``y``,
+    ``guidance``: the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint
+    (``network``). ``clip_x0``: x0_hat clipped to [-1, 1] (default: images are, 2-D points are not).
+    ``trainer``: a backend Trainer (EMA weights sample). ``warn``: the late-start warning, in the CLI's words
+    (lab/late_start.py), when the first step of the chain's model still holds signal."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     clip = images if clip_x0 is None else bool(clip_x0)
+    if is_continuous(cfg):
+        return _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip)
     p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction)
     variance = resolve_variance(trainer, sampler, variance)
     den = network(B, trainer, variance, y, guidance)
@@ -282,6 +342,20 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     return B.to_numpy(res.x)
 
 
+def _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip):
+    """draw for a model of a continuous objective: the ODE sampler on the objective's grid from x_T drawn as for
+    the chain (VP variables: solvers.sample starts at x~ = x_T sqrt(1 + sigma_max^2), K6). No late-start warning:
+    the grid starts at the objective's sigma_max, where the data is noise by construction."""
+    p = continuous_plan(B, trainer.cfg, sampler, steps, grid)
+    D = ode_denoiser(B, trainer, network(B, trainer, None, y, guidance), clip)
+    x_T = _x_T(B, trainer, n, np.random.default_rng(seed))
+    with _no_grad(B):
+        res = B.solvers.sample(D, x_T, p.sigmas, sampler, record=record, progress=progress)
+    if record:
+        return B.to_numpy(res.x), [(float(s), B.to_numpy(xt), B.to_numpy(x0)) for s, xt, x0 in res.trajectory]
+    return B.to_numpy(res.x)
+
+
 def _trajectory(B, sched, traj, from_ode):
     """(t, x_t, x0_hat) NumPy triples; the ODE's (sigma, ...) are named by their trained step t (K8)."""
     to_t = (lambda s: int(B.score.sigma_to_t(sched, float(s)))) if from_ode else int
@@ -295,26 +369,15 @@ def check_steps(T, steps, whose="the checkpoint's T", default=None):
         raise InputError(f"--sample-steps {steps} must lie in 1..T={T} ({whose}){omit}")
 
 
-def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None, images=True):
-    """The sampler's flags against each other and the checkpoint's T, in the CLI's words: a flag that
-    would be ignored, or a step count the schedule cannot give, is refused."""
+def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None, images=True,
+                        objective="ddpm"):
+    """The sampler's flags against each other, the model's objective and the checkpoint's T (None: a continuous
+    model, no cap), in the CLI's words: a sampler the model cannot use, a flag that would be ignored, a grid the
+    model does not take, or a step count the schedule or the sampler cannot give, is refused (the samplers'
+    table words every rule but T's)."""
     default = default_steps(sampler, T, images)
     n = default if steps is None else steps
-    check_steps(T, steps, default=f"{default} steps for --sampler {sampler}")
-    if eta is not None and sampler != "ddim":
-        raise InputError(f"--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler {sampler} "
-                         "would ignore it")
-    if variance is not None and sampler != "ddpm":
-        raise InputError(f"--variance applies to --sampler ddpm only (the ancestral step's variance); "
-                         f"--sampler {sampler} would ignore it")
-    if spacing is not None and sampler in ODE_SAMPLERS:
-        raise InputError(f"--spacing applies to --sampler ddpm/ddim (the chain's kept steps); --sampler {sampler} "
-                         f"runs on a --grid ({'/'.join(GRIDS)}): use --grid {spacing}")
-    if grid is not None and sampler in CHAIN_SAMPLERS:
-        raise InputError(f"--grid applies to the ODE samplers ({'/'.join(ODE_SAMPLERS)}); --sampler {sampler} "
-                         f"shortens with --spacing instead (--sampler ddim --spacing S is --sampler euler --grid S)")
-    if n < MIN_STEPS.get(sampler, 1):
-        k = MIN_STEPS[sampler]
-        raise InputError(f"--sample-steps {n} is too few for --sampler {sampler}: it takes a second-order step "
-                         f"only with --sample-steps {k} or more (NFE {2 * k - 1 if sampler == 'heun' else k}); "
-                         "use more steps or --sampler euler")
+    if T is not None:
+        check_steps(T, steps, default=f"{default} steps for --sampler {sampler}")
+    table.check_serves(sampler, objective)
+    table.check_flags(sampler, n, eta, variance, spacing, grid, objective)

@@ -1,14 +1,17 @@
-"""The layout is the architecture: three packages, imports one way (lab -> torch_port -> reference, and
-lab -> reference), the spec importing only math, and files and functions small enough to read.
+"""The layout is the architecture: four packages, imports one way (lab -> torch_port -> reference -> common,
+lab -> reference, lab -> common), the spec importing only math, and files and functions small enough to read.
 
-Rules (issue 14, DESIGN.md):
-  * reference/ (the spec) imports the standard library, numpy, scipy and itself; never lab, tqdm,
+Rules (issues 14 and 26, DESIGN.md):
+  * common/ (the vocabulary that is not math: errors, plans, choice lists, the samplers' table) imports the
+    standard library, numpy and itself only; never reference, torch_port or lab.
+  * reference/ (the spec) imports the standard library, numpy, scipy, common and itself; never lab, tqdm,
     matplotlib, PIL, torch. Exceptions: ``__main__.py`` (the command line's entry) and the deprecated
     ``data.py`` shim that re-exports lab.data.
-  * torch_port/ imports from reference/ only public names that are not math: the shared input checks
-    (reference.errors) and the shared diagnostics of reference.schedules; never an underscore name.
+  * torch_port/ imports common freely, and from reference/ only public names that are not math: the shared
+    input checks (reference.errors, a re-export of common.errors) and the shared diagnostics of
+    reference.schedules; never an underscore name.
   * nothing under reference/ or torch_port/ imports lab, except their ``__main__.py`` (and the shim).
-  * no file of the three packages is over 400 lines; no function in reference/ or torch_port/ is over 60.
+  * no file of the four packages is over 400 lines; no function in reference/ or torch_port/ is over 60.
 
 Pure ``ast`` work over the source: nothing is imported.
 """
@@ -21,10 +24,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("reference", "torch_port", "lab")
+PACKAGES = ("common", "reference", "torch_port", "lab")
 ENTRY_POINTS = {"reference/__main__.py", "torch_port/__main__.py"}
 SHIM = "reference/data.py"
 SPEC_THIRD_PARTY = {"numpy", "scipy"}
+COMMON_THIRD_PARTY = {"numpy"}
 # What the port may take from the reference: the shared input checks, and the schedule diagnostics
 # (scalar Python: the prior term, its warning and the late-start warning), none of it math it mirrors.
 PORT_MAY_IMPORT = {
@@ -71,9 +75,30 @@ def test_the_spec_imports_only_the_standard_library_numpy_scipy_and_itself():
             continue
         for mod, _, line in _imports(path):
             top = mod.split(".")[0]
-            if top not in STDLIB | SPEC_THIRD_PARTY | {"reference"}:
+            if top not in STDLIB | SPEC_THIRD_PARTY | {"reference", "common"}:
                 bad.append(f"{_rel(path)}:{line} imports {mod}")
     assert not bad, "reference/ is math only:\n  " + "\n  ".join(bad)
+
+
+def test_common_imports_only_the_standard_library_numpy_and_itself():
+    bad = [f"{_rel(path)}:{line} imports {mod}" for path in _files("common") for mod, _, line in _imports(path)
+           if mod.split(".")[0] not in STDLIB | COMMON_THIRD_PARTY | {"common"}]
+    assert not bad, "common/ sits below both sides and lab (no reference, torch_port, lab, scipy):\n  " + \
+        "\n  ".join(bad)
+
+
+def test_the_moved_vocabulary_is_the_same_object_from_every_old_home():
+    import common.errors
+    import common.plans
+    import reference.errors
+    import reference.plans
+    import torch_port.plans
+
+    for name in common.errors.__all__:
+        assert getattr(reference.errors, name) is getattr(common.errors, name), name
+    for side in (reference.plans, torch_port.plans):
+        for name in side.__all__:
+            assert getattr(side, name) is getattr(common.plans, name), (side.__name__, name)
 
 
 def test_the_port_takes_only_public_non_math_names_from_the_reference():
@@ -103,7 +128,7 @@ def test_imports_run_one_way_lab_is_never_imported_by_the_math():
     for path in _files("reference"):
         bad += [f"{_rel(path)}:{line} imports {mod}" for mod, _, line in _imports(path)
                 if mod.split(".")[0] == "torch_port"]
-    assert not bad, "arrows run lab -> torch_port -> reference only:\n  " + "\n  ".join(bad)
+    assert not bad, "arrows run lab -> torch_port -> reference -> common only:\n  " + "\n  ".join(bad)
 
 
 def test_the_entry_points_and_the_shim_are_thin():

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from common import sampler_table
+from common.choices import SPACINGS
 from reference.errors import InputError, check_choice, check_progress, check_T
 from reference.schedules import warn_late_start  # non-math: the shared diagnostic
 
@@ -26,8 +28,7 @@ from . import schedules
 from .diffusion import (ALL_VARIANCES, LEARNED, PREDICTIONS, _check_same_shape, _check_values, _col, _data,
                         _timesteps, p_mean_variance, predict_eps, predict_x0, split_output)
 
-SPACINGS = ("leading", "trailing", "linspace")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = sampler_table.names("chain")   # ("ddpm", "ddim"): the table's chain rows
 
 
 class Sampled(NamedTuple):
@@ -218,21 +219,39 @@ def sample_loop(sched, denoise, x_T, rng_or_noises, sampler="ddpm", steps=None, 
     n = len(kept_list)
     noise_at = _noises(rng_or_noises, n, x)
     warn_late_start(float(sched.alpha_bar_host[kept_list[-1]]), kept_list[-1], sched.T)
-    step_sched = respace(sched, kept, warn=False) if (sampler == "ddpm" and n < sched.T) else sched
+    step = CHAIN_STEPS[sampler](sched, kept, kept_list, eta, prediction, variance, clip_x0)
     N, trajectory = x.shape[0], []
     for k in check_progress(progress)(range(n)):
         i = n - 1 - k  # position in the kept list, from the last (noisiest) to the first
         t = torch.full((N,), kept_list[i], dtype=torch.long, device=x.device)
-        out = denoise(x, t)
-        if sampler == "ddpm":
-            t_step = torch.full_like(t, i) if step_sched is not sched else t
-            x_new, x0_hat = ddpm_step(step_sched, out, x, t_step, noise_at(k), prediction, variance, clip_x0)
-        else:
-            t_prev = torch.full_like(t, kept_list[i - 1] if i > 0 else -1)
-            if variance == LEARNED:  # (V5)  DDIM's sigma is its own (A3): it reads the mean channels only
-                out = split_output(out, variance)[0]
-            x_new, x0_hat = ddim_step(sched, out, x, t, t_prev, noise_at(k), eta, prediction, clip_x0)
+        x_new, x0_hat = step(i, denoise(x, t), x, t, noise_at(k))
         if record:
             trajectory.append((kept_list[i], x, x0_hat))
         x = x_new
     return Sampled(x, trajectory if record else None)
+
+
+# ---- the chain's samplers: one step maker per row of common/sampler_table.py's chain family ---------------
+
+def _ancestral(sched, kept, kept_list, eta, prediction, variance, clip_x0):
+    """(A1, A4) ddpm: ancestral steps on ``respace(sched, kept)`` (the schedule itself when all are kept),
+    indexed by the position i in the kept list. -> step(i, out, x, t, noise); as the reference."""
+    step_sched = respace(sched, kept, warn=False) if len(kept_list) < sched.T else sched
+
+    def step(i, out, x, t, noise):
+        t_step = torch.full_like(t, i) if step_sched is not sched else t
+        return ddpm_step(step_sched, out, x, t_step, noise, prediction, variance, clip_x0)
+    return step
+
+
+def _implicit(sched, kept, kept_list, eta, prediction, variance, clip_x0):
+    """(A2) ddim: steps between the kept indices, the last to t_prev = -1. -> step(i, out, x, t, noise)."""
+    def step(i, out, x, t, noise):
+        t_prev = torch.full_like(t, kept_list[i - 1] if i > 0 else -1)
+        if variance == LEARNED:  # (V5)  DDIM's sigma is its own (A3): it reads the mean channels only
+            out = split_output(out, variance)[0]
+        return ddim_step(sched, out, x, t, t_prev, noise, eta, prediction, clip_x0)
+    return step
+
+
+CHAIN_STEPS = {"ddpm": _ancestral, "ddim": _implicit}

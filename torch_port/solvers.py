@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from common import sampler_table
+from common.choices import GRIDS
 from reference.errors import InputError, check_choice, check_int, check_number, check_progress
 
 from . import samplers
@@ -24,8 +26,7 @@ from .diffusion import PREDICTIONS, _data, predict_x0
 from .samplers import Sampled
 from .score import sigma_to_t, trained_sigmas
 
-SAMPLERS = ("euler", "heun", "dpm++2m")
-GRIDS = ("leading", "trailing", "linspace", "karras")
+SAMPLERS = sampler_table.names("ode")   # ("euler", "heun", "dpm++2m"): the table's ODE rows
 RHO = 7.0
 
 __all__ = ["SAMPLERS", "GRIDS", "RHO", "check_sigmas", "karras_sigmas", "karras_levels", "snap_sigmas", "sigma_grid",
@@ -234,31 +235,22 @@ def nfe(sampler, sigmas):
     """Network evaluations of ``sampler`` on the grid: euler and dpm++2m n, heun 2n - 1 (2n if it ends above 0)."""
     check_choice(sampler, SAMPLERS, "sampler")
     s = check_sigmas(sigmas)
-    n = len(s) - 1
-    return 2 * n - (s[-1] == 0) if sampler == "heun" else n
-
-
-def _second_order_steps(sampler, s):
-    """How many of the grid's steps are second-order updates (0 for euler)."""
-    n, to_zero = len(s) - 1, s[-1] == 0
-    return {"euler": 0, "heun": n - to_zero, "dpm++2m": n - 1 - to_zero}[sampler]
+    return sampler_table.row(sampler).nfe(len(s) - 1, ends_at_zero=s[-1] == 0)   # the table's count
 
 
 def _check_order(sampler, s):
-    if sampler != "euler" and _second_order_steps(sampler, s) < 1:
-        need = 2 if sampler == "heun" else 3
+    """A second-order sampler needs one second-order update on the grid (the table's min_steps on one to 0)."""
+    r = sampler_table.row(sampler)
+    if r.order > 1 and r.second_order_steps(len(s) - 1, ends_at_zero=s[-1] == 0) < 1:
         raise InputError(f"{sampler} takes no second-order step on a grid of {len(s) - 1} step(s) ending at "
-                         f"sigma = {s[-1]:g} (NFE {nfe(sampler, s)}): it needs at least {need} steps (NFE >= 3); "
-                         "use more steps or sampler 'euler'")
+                         f"sigma = {s[-1]:g} (NFE {nfe(sampler, s)}): it needs at least {r.min_steps} steps "
+                         f"(NFE >= {r.nfe(r.min_steps)}); use more steps or sampler 'euler'")
 
 
 def steps_for_nfe(sampler, n_evals):
     """The number of steps n whose NFE is at most ``n_evals`` on a grid ending at 0 (heun: 2n - 1 <= NFE)."""
     check_choice(sampler, SAMPLERS, "sampler")
-    n_evals = check_int(n_evals, "NFE (network evaluations)", lo=1)
-    if sampler != "euler" and n_evals < 3:
-        raise InputError(f"NFE {n_evals} is too small for the second-order sampler {sampler!r}: it needs NFE >= 3")
-    return (n_evals + 1) // 2 if sampler == "heun" else n_evals
+    return sampler_table.steps_for_nfe(sampler, n_evals)
 
 
 def _recorder(record):

@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import cli
 from ..cli import add_command, add_demo_step, run_command
 from ..config import make_config
+from ..sampling import DEFAULT_SAMPLER
 
 # The demo trains the digits recipe for DEMO_STEPS of its steps, so that `make demo` takes at most 5 minutes
 # (the README gives the time and the quality this buys). The demo's other steps sample with the default 20-step
@@ -59,7 +60,7 @@ def _demo_train(args, B, out_dir):
         return []
     ckpt = str(run_dir / "ckpt.npz")
     # the default sampler of sample and eval, DPM-Solver++(2M) in 20 network calls, named so the demo says it
-    fast = ["--sampler", "dpm++2m", "--sample-steps", "5" if quick else "20"]
+    fast = ["--sampler", DEFAULT_SAMPLER, "--sample-steps", "5" if quick else "20"]
     run_command("sample", ["--ckpt", ckpt, "--n", "64", "--out", str(run_dir / "samples.npy"), "--trajectory"]
                 + fast, B)
     run_command("eval", ["--ckpt", ckpt, "--json", str(run_dir / "eval.json")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import sampler_table as table
 from reference.errors import InputError
 
 from .. import data as datasets
@@ -20,13 +21,15 @@ from ..cli import OUTPUT_RULE, add_command, check_output
 from ..pictures import quality_vs_nfe
 from ..progress import bar
 from ..quality import Quality
-from ..sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, GRIDS, ODE_SAMPLERS, SAMPLERS, SPACINGS, check_sampler_flags,
-                        Settings, draw, load_trainer, resolve)
+from ..sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, GRIDS, SAMPLERS, SPACINGS, Settings, check_sampler_flags,
+                        draw, is_continuous, load_trainer, objective_of, resolve)
 
 # The sampler and its steps when --sampler and --sample-steps are omitted: lab.sampling.resolve, as `sample`'s.
 # --repeats when omitted: one draw's sliced Wasserstein figure of 2-D points moves from seed to seed by more than
 # an image FD of 500 samples does, and 2-D draws are cheap, so 2-D data takes the mean of 4 draws.
 DEFAULT_REPEATS = {"points": 4, "images": 1}
+# --nfe's baseline: the chain's own sampler with all T steps, where the model has a chain (not a continuous one).
+BASELINE = "ddpm"
 
 
 def configure(p):
@@ -80,9 +83,11 @@ def parse_nfe(text, sampler):
             from None
     if not values or values[0] < 1:
         raise InputError(f"--nfe needs network-evaluation counts >= 1, got {text!r}")
-    if sampler in ("heun", "dpm++2m") and values[0] < 3:
+    r = table.row(sampler)
+    least = r.nfe(r.min_steps)
+    if values[0] < least:
         raise InputError(f"--nfe {values[0]} is too small for the second-order --sampler {sampler}: it needs "
-                         "NFE >= 3 (one second-order step); use --sampler euler or ddim for fewer")
+                         f"NFE >= {least} (one second-order step); use --sampler euler or ddim for fewer")
     return values
 
 
@@ -139,17 +144,15 @@ def score_sampler(B, trainer, judge, n, args, sampler, steps=None, spacing=None,
             "seconds_per_sample": seconds / args.repeats / n}
 
 
-def _steps_for(B, sampler, nfe):
-    return B.solvers.steps_for_nfe(sampler, nfe) if sampler in ODE_SAMPLERS else nfe
-
-
-def _check_nfe(B, T, args, nfes, images=True):
-    """The steps of each --nfe entry, refused naming --nfe where the checkpoint's T cannot give them."""
-    steps = [_steps_for(B, args.sampler, k) for k in nfes]
+def _check_nfe(B, T, args, nfes, images=True, objective="ddpm"):
+    """The steps of each --nfe entry (the samplers' table's steps_for_nfe), refused naming --nfe where the
+    checkpoint's T cannot give them (T None: a continuous objective's model, no cap)."""
+    steps = [table.steps_for_nfe(args.sampler, k) for k in nfes]
     for k, n in zip(nfes, steps):
-        if n > T:
+        if T is not None and n > T:
             raise InputError(f"--nfe {k} needs {n} steps of --sampler {args.sampler}, more than the checkpoint's T={T}")
-        check_sampler_flags(T, args.sampler, n, spacing=args.spacing, grid=args.grid, images=images)
+        check_sampler_flags(T, args.sampler, n, spacing=args.spacing, grid=args.grid, images=images,
+                            objective=objective)
     return steps
 
 
@@ -160,8 +163,9 @@ def _sweep(B, trainer, judge, n, args, nfes, steps, res, extra=None):
     for k, steps_k in zip(nfes, steps):
         st = resolve(B, trainer, extra, args.sampler, steps_k, args.spacing, args.grid)
         rows.append(dict(score_sampler(B, trainer, judge, n, args, st, tag=f"NFE {k}, "), nfe_asked=k))
-    base = (score_sampler(B, trainer, judge, n, args, resolve(B, trainer, extra, "ddpm", T), tag=f"ddpm-{T}, ")
-            if args.baseline else None)
+    has_base = args.baseline and table.serves(BASELINE, objective_of(trainer.cfg))   # a continuous model: none
+    base = (score_sampler(B, trainer, judge, n, args, resolve(B, trainer, extra, BASELINE, T),
+                          tag=f"{BASELINE}-{T}, ") if has_base else None)
     for row in rows:
         row["ratio_to_baseline"] = row["value"] / base["value"] if base else None
     where = rows[0]["where"]
@@ -169,7 +173,7 @@ def _sweep(B, trainer, judge, n, args, nfes, steps, res, extra=None):
     curves = {f"{args.sampler} ({where})": ([r["nfe"] for r in rows], [r["value"] for r in rows],
                                             [r["spread"] for r in rows] if args.repeats > 1 else None)}
     quality_vs_nfe(curves, plot, judge.floor, metric=judge.metric,
-                   baseline=(f"ddpm, all {T} steps", base["value"]) if base else None,
+                   baseline=(f"{BASELINE}, all {T} steps", base["value"]) if base else None,
                    title=f"{trainer.cfg.data}, step {res['step']}: {n} samples, mean of {args.repeats} draw(s)")
     res["sweep"] = {"sampler": args.sampler, "where": where, "rows": rows, "baseline": base, "plot": str(plot)}
 
@@ -179,9 +183,9 @@ def _print_sweep(res):
     base = sw["baseline"]
     print(f"  {res['metric']} of {res['n']} samples (mean of {res['repeats']} draw(s)); "
           f"real-vs-real floor {floor:.4g}")
-    print(f"    {'sampler':22s} {'NFE':>5s} {'value':>8s} {'/floor':>7s} {'/ddpm':>6s} {'ms/sample':>10s}")
+    print(f"    {'sampler':22s} {'NFE':>5s} {'value':>8s} {'/floor':>7s} {'/' + BASELINE:>6s} {'ms/sample':>10s}")
     for r in sw["rows"] + ([base] if base else []):
-        label = f"{r['sampler']} ({r['where']})" if r is not base else f"ddpm, all {r['steps']} steps"
+        label = f"{r['sampler']} ({r['where']})" if r is not base else f"{BASELINE}, all {r['steps']} steps"
         vs = f"{r['ratio_to_baseline']:6.2f}" if r.get("ratio_to_baseline") else "     -"
         print(f"    {label:22s} {r['nfe']:5d} {r['value']:8.4g} {r['ratio_to_floor']:7.2f} {vs} "
               f"{1e3 * r['seconds_per_sample']:10.3g}")
@@ -215,7 +219,8 @@ def run(args, B):
         st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid)
         args.sample_steps = st.plan.steps     # the guidance sweep draws with them too
     else:
-        sweep_steps = _check_nfe(B, cfg.T, args, nfes, images)
+        sweep_steps = _check_nfe(B, None if is_continuous(cfg) else cfg.T, args, nfes, images, objective_of(cfg))
+    likelihood_eval.check_model(trainer, args)
     name = _judged_name(args, cfg, trainer)
     classes = guidance_eval.check_model(trainer, args, name) if scales else None
     points = name in datasets.POINT_SETS
@@ -272,6 +277,9 @@ add_command(
     requested classes at each classifier-free guidance scale: the quality beside its floor and the share the
     dataset's classifier names as the requested class, beside its accuracy on real test items
     (guidance_tradeoff.png). --repeats defaults to 4 draws for 2-D data, 1 for images.
+    A model of a continuous objective (train --objective edm|flow) has no trained chain: it is scored with the
+    ODE samplers on its own grid of noise levels, --nfe has no ddpm baseline, and there is no likelihood (the
+    bound needs the chain, and the ODE's needs its denoiser's Jacobian, built for the chain's networks only).
     """,
     epilog="""
     examples:

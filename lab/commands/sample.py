@@ -12,15 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from common import sampler_table as table
+from common.choices import CONTINUOUS_OBJECTIVES
 from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 
 from ..cli import OUTPUT_RULE, add_command, check_output
-from ..inversion import INVERT_DEFAULT_GRID, INVERT_DEFAULT_STEPS, encode_decode, load_items
+from ..inversion import INVERT_DEFAULT_GRID, INVERT_DEFAULT_STEPS, INVERT_SAMPLER, encode_decode, load_items
 from ..pictures import class_rows_picture, inversion_pictures, sampler_label, samples_picture, trajectory_pictures
 from ..progress import bar
 from ..sampling import (DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, GRIDS, SAMPLERS, SPACINGS,
-                        check_sampler_flags, draw, load_trainer, resolve)
+                        check_sampler_flags, draw, is_continuous, load_trainer, objective_of, resolve)
 
 PER_CLASS = {"images": 8, "points": 256}   # --class all: samples per class (one row each) when --n is omitted
 
@@ -32,12 +34,12 @@ def configure(p):
                    help="float32 samples: (N, C, H, W) images in [-1, 1], or (N, 2) points in the data's own units; "
                         f"a PNG picture is written beside it ({OUTPUT_RULE}). With --invert: the latents x_T, with "
                         "FILE_reconstruction.npy and FILE.png beside it")
+    invertible = " or ".join(r.name for r in table.ROWS if r.invertible)
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help=f"ddpm: ancestral sampling (Ho et al. Algorithm 2), one network call a step; ddim: Song et "
-                        "al., deterministic at eta 0. The probability-flow ODE (derivations/solvers.md): euler "
-                        "(= ddim with eta 0, step for step), heun (Karras et al. 2022; 2 calls a step), dpm++2m "
-                        f"(DPM-Solver++(2M), Lu et al. 2022; 1 call a step). Default {DEFAULT_SAMPLER}, as eval's. "
-                        "With --invert: euler (default) or ddim")
+                   help=f"the discrete chain: {table.help_lines('chain')}. The probability-flow ODE "
+                        f"(derivations/solvers.md): {table.help_lines('ode')}. Default {DEFAULT_SAMPLER}, as "
+                        f"eval's. A model of a continuous objective (edm, flow) has no chain: the ODE samplers "
+                        f"only. With --invert: {invertible} ({INVERT_SAMPLER} by default)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"number of sampling steps (default: all T for ddpm; {DEFAULT_STEPS['images']} for every "
                         f"other sampler on images, {DEFAULT_STEPS['points']} on 2-D points, at most T; "
@@ -54,7 +56,10 @@ def configure(p):
                         "ddim --spacing S); karras: Karras et al.'s rho = 7 spacing in sigma from sigma_{T-1} down. "
                         f"Default {DEFAULT_GRID}, but leading where a start at T-1 is harmful: for an unclipped "
                         "eps-model (2-D data) on a schedule whose last step amplifies its error (the cosine's clipped "
-                        "step), for heun on such a schedule whatever the model, and at zero terminal SNR")
+                        "step), for heun on such a schedule whatever the model, and at zero terminal SNR. A model of "
+                        "a continuous objective takes "
+                        + "; ".join(f"{o}: {'/'.join(table.OBJECTIVE_GRIDS[o])} (default {table.DEFAULT_GRIDS[o]})"
+                                    for o in CONTINUOUS_OBJECTIVES))
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM only: the step's noise, 0 deterministic (default), 1 ancestral-like")
     p.add_argument("--variance", choices=VARIANCES + (LEARNED,), default=None,
@@ -115,7 +120,7 @@ def _check(args, B):
         if args.trajectory:
             raise InputError("--trajectory draws a sampling run; with --invert the picture FILE.png shows the data "
                              "beside its reconstruction")
-        if args.sampler not in (None, "euler", "ddim"):
+        if args.sampler is not None and not table.row(args.sampler).invertible:
             raise InputError(f"--invert runs the Euler step of the ODE forwards (DDIM inversion): --sampler "
                              f"{args.sampler} cannot be run backwards this way; use --sampler euler (or ddim)")
     return out
@@ -189,7 +194,7 @@ def _sample(args, B, out):
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
     nfe = p.nfe * (1 if guidance in (None, 0, 1) else 2)   # guided: two passes a step (one batch of 2N)
-    how = sampler_label(sampler, p.steps, cfg.T, step=ck.step, spacing=None if p.ode else spacing,
+    how = sampler_label(sampler, p.steps, p.T, step=ck.step, spacing=None if p.ode else spacing,
                         grid=p.where if p.ode else None, nfe=nfe)
     weights = "raw" if args.no_ema else "EMA"
     written = [str(out)]
@@ -207,12 +212,13 @@ def _sample(args, B, out):
                else samples_picture(x, out.with_suffix(".png"), cfg, title))
     written.append(str(png))
     if traj is not None:
+        sigmas = None if p.continuous else B.to_numpy(B.score.trained_sigmas(trainer.sched))
         written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{_data(trainer)}: {how}",
-                                                labels=y, guidance=guidance,
-                                                sigmas=B.to_numpy(B.score.trained_sigmas(trainer.sched))))
+                                                labels=y, guidance=guidance, sigmas=sigmas, by_sigma=p.continuous))
     which = "" if y is None else f" of class {args.klass}" if args.klass != "all" else f" of {k} classes"
     guided = "" if y is None else f", guidance s={guidance:g}"
-    print(f"{n} samples{which} from step {ck.step} of a {_data(trainer)} run ({sampler}, {p.steps} of T={cfg.T} steps, "
+    steps = f"{p.steps} steps of a {p.objective} model" if p.continuous else f"{p.steps} of T={cfg.T} steps"
+    print(f"{n} samples{which} from step {ck.step} of a {_data(trainer)} run ({sampler}, {steps}, "
           f"{st.describe()}{guided}; NFE {nfe} per sample): " + ", ".join(written))
     return 0
 
@@ -220,21 +226,22 @@ def _sample(args, B, out):
 def _invert(args, B, out):
     trainer, ck = load_trainer(B, args.ckpt, device=args.device, use_ema=not args.no_ema)
     cfg = trainer.cfg
-    sampler = args.sampler or "euler"
-    if sampler == "ddim" and args.grid is not None:
+    sampler, continuous = args.sampler or INVERT_SAMPLER, is_continuous(cfg)
+    on_chain = table.row(sampler).family == "chain"   # ddim: the Euler step on the chain's kept steps (K7)
+    if on_chain and args.grid is not None:
         raise InputError("--grid applies to --sampler euler; with --sampler ddim the steps follow --spacing")
-    if sampler == "euler" and args.spacing is not None:
+    if not on_chain and args.spacing is not None:
         raise InputError(f"--spacing applies to --sampler ddim; with --sampler euler use --grid {args.spacing}")
-    steps = args.sample_steps or min(cfg.T, INVERT_DEFAULT_STEPS)
-    check_sampler_flags(cfg.T, "euler", steps)
-    grid = (args.spacing or "leading") if sampler == "ddim" else args.grid
+    steps = args.sample_steps or (INVERT_DEFAULT_STEPS if continuous else min(cfg.T, INVERT_DEFAULT_STEPS))
+    check_sampler_flags(None if continuous else cfg.T, sampler, steps, objective=objective_of(cfg))
+    grid = (args.spacing or "leading") if on_chain else args.grid
     x0 = load_items(args.invert, trainer.item_shape)
     r = encode_decode(B, trainer, x0, steps, grid, progress=bar("encoding"), decode_progress=bar("decoding"))
     out.parent.mkdir(parents=True, exist_ok=True)
     rec_path = out.with_name(out.stem + "_reconstruction.npy")
     np.save(out, r.latents.astype(np.float32))
     np.save(rec_path, r.reconstruction.astype(np.float32))
-    how = sampler_label(sampler, r.steps, cfg.T, step=ck.step, grid=r.grid)
+    how = sampler_label(sampler, r.steps, None if continuous else cfg.T, step=ck.step, grid=r.grid)
     png = inversion_pictures(x0, r.latents, r.reconstruction, out.with_suffix(".png"),
                              f"{_data(trainer)}: inversion and decoding, {how} each way; RMSE {r.rmse:.3g}")
     print(f"inverted {len(x0)} items of {args.invert} with {how} each way (NFE {r.nfe_encode} to encode, "
@@ -258,7 +265,10 @@ add_command(
     for images and {DEFAULT_STEPS['points']} for 2-D points. ddpm is the ancestral sampler (noise at every step
     but the last, all T steps by default); ddim with --eta 0 is deterministic. euler, heun and dpm++2m solve
     the probability-flow ODE on a --grid of trained noise levels (default {DEFAULT_GRID}; leading for 2-D data on
-    the cosine schedule, and for heun on it whatever the data). A checkpoint converted from diffusers samples
+    the cosine schedule, and for heun on it whatever the data). A model of a continuous objective
+    (train --objective edm|flow) has no chain: the ODE samplers run on its own noise levels, by default
+    on the {table.DEFAULT_GRIDS['edm']} grid for edm and the {table.DEFAULT_GRIDS['flow']} grid for flow; ddpm and
+    ddim are refused (euler is DDIM with eta 0). A checkpoint converted from diffusers samples
     with the variance, clipping and spacing its scheduler config records unless a flag says otherwise.
     Prints the sampler, its steps, grid or spacing, variance and clipping, and the NFE (network calls per
     sample) it used. Writes FILE.npy (float32: images in [-1, 1], 2-D points in data units) and FILE.png;
