@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common.choices import CONTINUOUS_OBJECTIVES
 from reference.errors import InputError
 from reference.unet import UNet
 
@@ -53,6 +54,10 @@ IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0, 
 # the scheduler's variance_type -> the project's sampling variance; learned_range is V1's interpolation
 VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large", "learned_range": "learned"}
 _DOWN, _UP = {"DownBlock2D": False, "AttnDownBlock2D": True}, {False: "UpBlock2D", True: "AttnUpBlock2D"}
+# Why a continuous objective's model does not convert: the network is only part of the function it was trained as
+_NO_DIFFUSERS = {"edm": "EDM's preconditioning around the network (c_skip, c_out, c_in of sigma_data, the time input "
+                        "250 ln sigma) has no field in UNet2DModel",
+                 "flow": "the velocity at the time input 1000 t has no prediction type or time scale there"}
 
 
 def require_diffusers():
@@ -355,13 +360,16 @@ def to_diffusers(ckpt_path, folder, use_ema=True):
     beside model_index.json; DDPMPipeline.from_pretrained(folder) loads it -> the diffusers UNet2DModel. A
     class-conditional UNet needs class_labels (0..K-1, or K the null class), which DDPMPipeline's loop does not
     pass: call the unet in a loop of your own, or sample the checkpoint here."""
-    diffusers = require_diffusers()
-    import torch
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--to-diffusers {folder} is a file: give a folder to write the pipeline into")
     ck = checkpoint.load(ckpt_path)
     cfg, shape = config_from_json(json.dumps(ck.config)), item_shape(ck)
+    if cfg.objective in CONTINUOUS_OBJECTIVES:
+        raise InputError(f"{ckpt_path} is a model of --objective {cfg.objective}, which diffusers' UNet2DModel and "
+                         f"DDPMScheduler cannot hold: {_NO_DIFFUSERS[cfg.objective]}; sample it here instead")
+    diffusers = require_diffusers()
+    import torch
     if len(shape) != 3:
         raise InputError(f"{ckpt_path} holds an MLP for points of shape {shape}; only UNets convert to diffusers")
     kw, weights = full_kwargs(cfg.model, shape[0], cfg.variance), (ck.ema or ck.params) if use_ema else ck.params

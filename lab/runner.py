@@ -33,17 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
+from common import rules
 from reference.errors import InputError
 
 from . import checkpoint, data
 from .backend import Backend
-from .config import recipe_for, with_classes
+from .config import TrainConfig, recipe_for, with_classes
 from .progress import RunEstimate, step_bar
 from .threads import is_small, one_thread
 
 CKPT = "ckpt.npz"
 # Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
-RESUME_FIXED = ("data", "T", "schedule", "zero_terminal_snr", "prediction", "dtype", "seed", "batch_size")
+RESUME_FIXED = ("data", "T", "schedule", "zero_terminal_snr", "prediction", "dtype", "seed", "batch_size",
+                "objective", "sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift",
+                "reflow", "reflow_pairs", "teacher_steps")
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,25 +68,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 # ---- checks before step 1 --------------------------------------------------------------------------
 
 def validate_config(cfg):
-    """cfg.validate() plus the checks it lacks, so a bad setting fails before any work, not at the end.
-
-    (sample_steps is used only for the pictures after the last step; n_data < 0 would silently drop items.)
-    """
-    cfg.validate()
-    for name in ("lr", "grad_clip", "weight_decay"):
-        v = getattr(cfg, name)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
-    for name in ("sample_steps", "n_data", "image_size"):
-        v = getattr(cfg, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-    for k, v in (cfg.model or {}).items():
-        values = v if isinstance(v, (tuple, list)) else (v,)
-        ints = [x for x in values if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))]
-        if any(x < 1 for x in ints):
-            raise InputError(f"--{k.replace('_', '-')} must be positive integer(s), got {v!r}")
-    return cfg
+    """cfg.validate(): every check of lab.config.TrainConfig, so a bad setting fails before any work (kept for its
+    callers; the checks run once per configuration however many edges ask)."""
+    return cfg.validate()
 
 
 def check_data(x, what="training data"):
@@ -113,8 +100,10 @@ def _check_resumable(ck, cfg, trainer, path):
     if missing:
         raise InputError(f"--resume: {path} holds no {', '.join(missing)}: it was not written by `train` "
                          "and cannot be resumed (it can still be sampled from)")
-    # model fields are compared one by one so the message names the flag (--hidden), not the dict
-    have = {**{k: v for k, v in ck.config.items() if k != "model"}, **(ck.config.get("model") or {})}
+    # model fields are compared one by one so the message names the flag (--hidden), not the dict; a field the
+    # checkpoint's release did not have takes its default (what that run trained with)
+    full = {**json.loads(TrainConfig().to_json()), **ck.config}
+    have = {**{k: v for k, v in full.items() if k != "model"}, **(ck.config.get("model") or {})}
     want = json.loads(cfg.to_json())
     want = {**{k: v for k, v in want.items() if k != "model"}, **want["model"]}
     keys = RESUME_FIXED + tuple(sorted(set((ck.config.get("model") or {})) | set(cfg.model)))
@@ -123,13 +112,14 @@ def _check_resumable(ck, cfg, trainer, path):
 
 # ---- checkpoints and the log -----------------------------------------------------------------------
 
-def _save(trainer, path, step, data_rng):
+def _save(trainer, path, step, data_rng, extra=None):
     st = trainer.state_dict()
     rng_state = dict(st.get("rng_state", {}))
     rng_state["data"] = data_rng.bit_generator.state
     checkpoint.save(path, st["params"], ema=st["ema"], opt_state=st["opt_state"],
                     config=json.loads(trainer.cfg.to_json()), step=step, rng_state=rng_state,
-                    extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape)})
+                    extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape),
+                           "process": rules.process_of(trainer.cfg), **(extra or {})})
 
 
 def _restore(trainer, ck, path):
@@ -227,8 +217,9 @@ def pictures(trainer, out_dir, tag, step, n=64):
 
 # ---- the loop --------------------------------------------------------------------------------------
 
-def _start(trainer, out, resume, overwrite, data_rng, main):
-    """Restore a checkpoint (resume) or check that a fresh start overwrites nothing. Returns the first step."""
+def _start(trainer, out, resume, overwrite, data_rng, main, teacher=None):
+    """Restore a checkpoint (resume) or check that a fresh start overwrites nothing. Returns the first step.
+    ``teacher``: a reflow run's teacher record (lab.reflow), checked against the checkpoint's on resume."""
     cfg = trainer.cfg
     ckpt_path, log_path = out / CKPT, out / "log.jsonl"
     if main:
@@ -238,6 +229,9 @@ def _start(trainer, out, resume, overwrite, data_rng, main):
             raise InputError(f"--resume: no checkpoint at {ckpt_path} to resume from")
         ck = checkpoint.load(ckpt_path)
         _check_resumable(ck, cfg, trainer, ckpt_path)
+        if teacher is not None:
+            from .reflow import check_same_teacher
+            check_same_teacher(teacher, (ck.extra or {}).get("teacher"))
         _restore(trainer, ck, ckpt_path)
         data_rng.bit_generator.state = ck.rng_state["data"]
         if main:
@@ -255,7 +249,7 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     """Train on ``cfg.data`` with ``backend`` ("reference" or "torch"), writing ckpt.npz, log.jsonl and the
     pictures into ``out_dir``; returns ``run``'s dict. ``trainer_options`` go to the backend's Trainer (the
     port's device, compile, amp, channels_last, cuda_graphs)."""
-    validate_config(cfg)  # bad settings fail here, before the data is read
+    cfg.validate()  # bad settings fail here, before the data is read (a no-op for the CLI's, checked already)
     cfg = with_classes(cfg)  # --class-cond: the dataset's class count into cfg.model (refused without labels)
     x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size,
                   return_labels=cfg.class_cond)
@@ -263,14 +257,19 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     if cfg.n_data:
         x, y = x[: cfg.n_data], (None if y is None else y[: cfg.n_data])
     _check_fits_the_unet(cfg, x.shape[1:])
+    z, teacher = None, None
+    if cfg.reflow:  # (D11)  the coupling: the teacher's pairs (z, x0 = ODE(z)) replace the data, drawn once
+        from .reflow import teacher_pairs
+        x, z, teacher = teacher_pairs(Backend(backend), cfg, check_data(x), progress=progress,
+                                      device=trainer_options.get("device", "auto"))
     # the bound losses' decoder needs the data's levels (17 for the digits, 256 for 8-bit images, None for points)
     levels = data.info(cfg.data, image_size=cfg.image_size).levels if cfg.loss != "simple" else None
     trainer = Backend(backend).train.Trainer(cfg, x.shape[1:], levels=levels, **trainer_options)
     try:
         # a 2-D MLP on the CPU trains on one thread: its matrices are too small for a second to pay
         with one_thread(is_small(x.shape[1:]) and str(getattr(trainer, "device", "cpu")).startswith("cpu")):
-            return run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
-                       overwrite=overwrite, y=y)
+            return _run(trainer, x, out_dir, resume=resume, progress=progress and getattr(trainer, "is_main", True),
+                        overwrite=overwrite, y=y, z=z, teacher=teacher)
     finally:
         getattr(trainer, "close", lambda: None)()  # the port leaves its process group (torchrun)
 
@@ -296,7 +295,13 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=Non
     resumed checkpoint had already reached ``cfg.steps`` (nothing was trained).
     Raises InputError (bad settings, data or checkpoint: before step 1), TrainingDiverged, TrainingInterrupted.
     """
-    cfg = validate_config(trainer.cfg)
+    trainer.cfg.validate()
+    return _run(trainer, x, out_dir, resume, progress, overwrite, y)
+
+
+def _run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=None, z=None, teacher=None):
+    """run, its configuration checked; ``z`` a reflow run's noise ends (N, ...) beside x, ``teacher`` its record."""
+    cfg = trainer.cfg
     main = getattr(trainer, "is_main", True)  # under torchrun only rank 0 writes
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -309,19 +314,21 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=Non
     if hasattr(trainer, "prepare_data"):
         x = trainer.prepare_data(x)  # e.g. the whole dataset resident on the GPU
         y = None if y is None else trainer.prepare_labels(y)  # the labels too
+        z = None if z is None else trainer.prepare_data(z)    # a reflow run's pairs' other end too
     ckpt_path, log_path = out / CKPT, out / "log.jsonl"
     data_rng = np.random.default_rng([cfg.seed, 0])
-    start = _start(trainer, out, resume, overwrite, data_rng, main)
+    start = _start(trainer, out, resume, overwrite, data_rng, main, teacher)
+    extra = {} if teacher is None else {"teacher": teacher}
     if start >= cfg.steps:
         return {"step": start, "ckpt": str(ckpt_path), "resumed": True, "done": True}
     if main:
         (out / "config.json").write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
     graceful = getattr(trainer, "world", 1) == 1   # under torchrun the launcher handles signals
     with _stop_requests(graceful) as stop:
-        _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y)
+        _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y, z, extra)
     if not main:
         return {"step": cfg.steps}
-    _save(trainer, ckpt_path, cfg.steps, data_rng)
+    _save(trainer, ckpt_path, cfg.steps, data_rng, extra)
     from . import plots
     from .pictures import loss_label
 
@@ -332,7 +339,7 @@ def run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=Non
     return res
 
 
-def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y=None):
+def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop, y=None, z=None, extra=None):
     cfg, out = trainer.cfg, ckpt_path.parent
     bar = step_bar(cfg.steps, start, progress)
     estimate = RunEstimate(trainer, start, show=progress and main)
@@ -342,7 +349,9 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
             for step in range(start, cfg.steps):
                 idx = data_rng.integers(0, x.shape[0], size=cfg.batch_size)
                 try:
-                    loss, gnorm = trainer.step(x[idx], step) if y is None else trainer.step(x[idx], step, y=y[idx])
+                    pair = {} if z is None else {"z": z[idx]}  # a reflow batch: its pairs' noise ends
+                    loss, gnorm = (trainer.step(x[idx], step, **pair) if y is None
+                                   else trainer.step(x[idx], step, y=y[idx], **pair))
                 except FloatingPointError as e:
                     raise diverged(cfg, f"training stopped at step {step + 1}: {e}", ckpt_path,
                                    last_saved) from None
@@ -373,7 +382,7 @@ def _loop(trainer, x, start, data_rng, ckpt_path, log_path, main, progress, stop
                 periodic = cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps
                 if main and (periodic or (stop["signum"] is not None and done != cfg.steps)):
                     _read_rows(pending, ckpt_path, last_saved, cfg)  # never checkpoint a non-finite step
-                    _save(trainer, ckpt_path, done, data_rng)
+                    _save(trainer, ckpt_path, done, data_rng, extra)
                     last_saved = done
                 if stop["signum"] is not None and done != cfg.steps:
                     name = signal.Signals(stop["signum"]).name

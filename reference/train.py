@@ -12,6 +12,11 @@ The default (fixed, simple) step is the one above, unchanged. cfg.class_cond: th
 (cfg.model["num_classes"] = K, W1), each step takes the batch's labels y and replaces each by the null class
 K with probability cfg.p_uncond, drawn after t and eps from the same stream (derivations/guidance.md).
 
+cfg.objective "edm" | "flow" (reference/objectives.py, derivations/design_space.md): one uniform u per example
+gives its noise level (D7, D14, D15), the objective gives the network's input, float time input, target and
+weight (D5-D8, D10), and the step minimises the weighted MSE; the clipping, AdamW and EMA are the chain's.
+``objective_step``; with a reflow coupling the pair's z stands in for eps (D11).
+
 The loop itself (data order, progress, JSONL log, checkpoints, pictures, resume) is not math and is
 shared with torch_port: see lab/runner.py, which drives a ``Trainer``. ``cfg`` is a run configuration
 (lab.config.TrainConfig, or anything with its fields).
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.choices import CONTINUOUS_OBJECTIVES
+
+from . import objectives
 from .diffusion import LEARNED, q_sample
 from .errors import check_class_cond, check_run_labels
 from .losses import simple_loss_and_grad
@@ -41,10 +49,16 @@ def build_schedule(cfg):
     return Schedule(betas)
 
 
+def is_continuous(cfg):
+    """A continuous objective's run (edm, flow): a float time input, no chain to train."""
+    return getattr(cfg, "objective", "ddpm") in CONTINUOUS_OBJECTIVES
+
+
 def build_model(cfg, item_shape):
-    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)); 2C outputs for learned variances."""
+    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)); 2C outputs for learned variances;
+    a float time input for a continuous objective (the same parameters)."""
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
-    kw = dict(cfg.model)
+    kw = dict(cfg.model, **({"continuous_time": True} if is_continuous(cfg) else {}))
     if getattr(cfg, "variance", "fixed") == LEARNED:  # (V1)  the mean's C channels, then the variance's C
         kw["out_dim" if len(item_shape) == 1 else "out_channels"] = 2 * item_shape[0]
     if len(item_shape) == 1:
@@ -64,34 +78,74 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     ``y``: the class labels (N,) of a conditional model (W1; the null class K where dropped), None otherwise.
     Returns (loss, grad_norm) as floats; grad_norm is measured before clipping. Raises
     NonFiniteError before touching the parameters if the model output, the loss or the norm is NaN or inf.
+    torch_port.train.train_step takes the same parameters in the same order (its own last, keyword-only).
     """
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
     # Weights that blew up overflow inside the network: the NonFiniteError below says so, once, instead of
     # NumPy's warnings from every layer.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        out, cache = model.forward(xt, t) if y is None else model.forward(xt, t, y)
-        if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
-            raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))}"
-                                 " values NaN or inf)")
+        out, cache = _forward(model, xt, t, y)
         # (L4)  loss = mean ||target - model(x_t, t)||^2 and its gradient with respect to the output
         #       (V4)  or L_hybrid / L_vlb with the bound's hand-written gradient
         value, dout, terms = training_loss_and_grad(sched, out, x0, xt, t, eps, prediction, loss, variance,
                                                     hybrid_lambda, weights,
                                                     None if weighting == "none" else weighting, levels=levels)
-        _, grads = model.backward(dout, cache, input_grad=False)
-        # (O3)  g <- g * min(1, c / ||g||)
-        grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
+        grads, value, norm = _backward(model, cache, dout, value, grad_clip)
+    if record_terms is not None and terms is not None:
+        record_terms(t, terms)
+    return _update(model, opt, ema, grads, lr, value, norm)
+
+
+def objective_step(model, opt, ema, cfg, x0, u, eps, lr=None, grad_clip=1.0, y=None):
+    """One optimisation step of a continuous objective (cfg.objective "edm" | "flow") on the batch x0 (N, ...):
+    the levels from the uniforms u (N,) in (0, 1), eps like x0 (a reflow pair's z in its place, D11), ``y`` as
+    train_step's. The model takes a float time input (build_model). Returns (loss, grad_norm) as floats, as
+    train_step, with the same clipping, AdamW, EMA and NonFiniteError."""
+    # (D7, D14, D15)  edm: ln sigma ~ N(P_mean, P_std^2); flow: t uniform or logit-normal, shifted once
+    level = objectives.level(cfg, u)
+    # (D5, D6, D8)  edm: net_in = c_in (x0 + sigma eps), target = (x0 - c_skip x) / c_out, weight lambda c_out^2 = 1
+    # (D10)         flow: net_in = x_t = (1 - t) x0 + t eps, target = eps - x0, weight 1
+    net_in, time_in, target, weight = objectives.training_target(cfg, x0, eps, level)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out, cache = _forward(model, net_in, time_in, y)
+        # loss = mean_n weight_n mean_d (F(net_in, time_in) - target)^2 and its gradient
+        value, dout = objectives.loss_and_grad(out, target, weight)
+        grads, value, norm = _backward(model, cache, dout, value, grad_clip)
+    return _update(model, opt, ema, grads, lr, value, norm)
+
+
+def _forward(model, x, t, y):
+    out, cache = model.forward(x, t) if y is None else model.forward(x, t, y)
+    if not np.all(np.isfinite(out)):  # weights blown up: say so here, not as a bad input of the loss
+        raise NonFiniteError(f"non-finite model output ({int(np.size(out) - np.count_nonzero(np.isfinite(out)))}"
+                             " values NaN or inf)")
+    return out, cache
+
+
+def _backward(model, cache, dout, value, grad_clip):
+    """The parameters' gradients, clipped, and the step's (loss, norm before clipping) as floats, checked finite."""
+    _, grads = model.backward(dout, cache, input_grad=False)
+    # (O3)  g <- g * min(1, c / ||g||)
+    grads, norm = clip_grad_norm(grads, grad_clip if grad_clip else np.inf)
     value, norm = float(value), float(norm)
     if not (np.isfinite(value) and np.isfinite(norm)):
         raise NonFiniteError(f"non-finite {'loss' if not np.isfinite(value) else 'gradient norm'} "
                              f"(loss={value}, grad_norm={norm})")
-    if record_terms is not None and terms is not None:
-        record_terms(t, terms)
+    return grads, value, norm
+
+
+def _update(model, opt, ema, grads, lr, value, norm):
     # (O1)  AdamW;  (O2)  EMA
     opt.step(grads, lr=lr)
     ema.update(model.params)
     return value, norm
+
+
+def uniforms(rng, n):
+    """n uniforms strictly inside (0, 1) from ``rng``: (k + 1/2) / 2^52 for a 52-bit integer k, exact in float64 (the
+    port draws the same integers' form), so that the inverse CDFs of the levels stay finite."""
+    return (rng.integers(0, 2 ** 52, size=n).astype(np.float64) + 0.5) / 2.0 ** 52
 
 
 class Trainer:
@@ -114,24 +168,35 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.seed, 1])   # t and eps; the data order has its own stream
         self.dtype = np.float64 if cfg.dtype == "float64" else np.float32
         self.num_classes = check_class_cond(cfg)
+        self.continuous = is_continuous(cfg)
 
-    def step(self, x0, step, y=None):
+    def step(self, x0, step, y=None, z=None):
         """Draw t and eps, take one step. ``step`` is the 0-based index of this update (for the LR); ``y`` the
-        batch's labels (N,) when cfg.class_cond (each dropped to the null class with probability p_uncond)."""
+        batch's labels (N,) when cfg.class_cond (each dropped to the null class with probability p_uncond).
+        A continuous objective draws u (N,), then eps, then the labels' drops; ``z``: a reflow batch's noise ends
+        (like x0), used in place of eps (D11)."""
         n = x0.shape[0]
+        if self.continuous:
+            u = uniforms(self.rng, n)
+            eps = self.rng.standard_normal(x0.shape).astype(self.dtype) if z is None else np.asarray(z, self.dtype)
+            y = self._drop_labels(y, n)
+            return objective_step(self.model, self.opt, self.ema, self.cfg, x0.astype(self.dtype), u, eps,
+                                  self._lr(step), self.cfg.grad_clip, y=y)
         if self.resampler is None:
             t, w = self.rng.integers(0, self.cfg.T, size=n), None
         else:  # (I1, I2)  t ~ p_t with weights 1/(T p_t); uniform (the same draw) until warmed up
             t, w = self.resampler.sample(self.rng, n)
         eps = self.rng.standard_normal(x0.shape).astype(self.dtype)
         y = self._drop_labels(y, n)
+        return train_step(self.model, self.opt, self.ema, self.sched, x0.astype(self.dtype), t, eps,
+                          self.cfg.prediction, self._lr(step), self.cfg.grad_clip, self.cfg.weighting, self.loss,
+                          self.variance, self.hybrid_lambda, w, self.levels,
+                          None if self.resampler is None else self.resampler.update, y=y)
+
+    def _lr(self, step):
         # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
         schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
-        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
-        return train_step(self.model, self.opt, self.ema, self.sched, x0.astype(self.dtype), t, eps,
-                          self.cfg.prediction, lr, self.cfg.grad_clip, self.cfg.weighting, self.loss, self.variance,
-                          self.hybrid_lambda, w, self.levels, None if self.resampler is None else self.resampler.update,
-                          y=y)
+        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
 
     def _drop_labels(self, y, n):
         """(W1) The labels, each replaced by the null class K with probability p_uncond; None unconditional."""
@@ -142,7 +207,8 @@ class Trainer:
         return np.where(self.rng.random(n) < self.cfg.p_uncond, self.num_classes, y)
 
     def denoiser(self, use_ema=True, with_variance=False):
-        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers.
+        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers. A continuous
+        objective's: net(net_in, time_in (N,) float, y=None) -> output, which objectives.denoiser makes a D.
 
         With learned variances the network outputs 2C channels: the denoiser returns the C mean channels
         (what DDIM, the ODE solvers and fixed-variance sampling read; diffusion.split_output), or all 2C with

@@ -3,6 +3,7 @@ from the layers in layers.py, backward written by hand — derivations/backprop.
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
     out, cache = model.forward(x, t, y)    # num_classes=K: y int (N,) in 0..K-1, or K / None (the null class)
+    # continuous_time=True: t is a float (N,), the noise-level input of a continuous objective (edm, flow)
     dx, grads = model.backward(dout, cache) # grads keyed like model.params
     _, grads = model.backward(dout, cache, input_grad=False)  # dx is None; training needs no more
 
@@ -193,13 +194,21 @@ class _Model:
         return int(sum(p.size for p in self.params.values()))
 
     def _time_embedding(self, t, n):
-        """0-based integer t (int or (N,)) -> float64 sinusoidal embedding (N, emb_dim) in model dtype."""
+        """t (int or (N,)) -> float64 sinusoidal embedding (N, emb_dim) in model dtype: the 0-based integer index of
+        the chain, or, built with continuous_time=True, any finite real (a continuous objective's noise level)."""
         ta = np.asarray(t)
-        if ta.dtype == bool or not np.issubdtype(ta.dtype, np.integer):
+        if self.continuous_time:
+            # EDM's 250 ln sigma is negative below sigma = 1: no sign check; the sinusoid takes any real (B6)
+            if ta.dtype == bool or ta.dtype.kind not in "fiu":
+                raise InputError(f"t must be a real noise-level input (continuous time), got dtype {ta.dtype}")
+        elif ta.dtype == bool or not np.issubdtype(ta.dtype, np.integer):
             raise InputError(f"t must be an integer time index (0-based), got dtype {ta.dtype}")
         if ta.ndim > 1 or (ta.ndim == 1 and ta.shape[0] != n):
-            raise InputError(f"t must be an int or an int array of shape ({n},), got shape {ta.shape}")
-        if ta.size and ta.min() < 0:
+            kind = "a number or an array" if self.continuous_time else "an int or an int array"
+            raise InputError(f"t must be {kind} of shape ({n},), got shape {ta.shape}")
+        if self.continuous_time:
+            check_finite(ta, "t")
+        elif ta.size and ta.min() < 0:
             raise InputError(f"t must be >= 0 (0-based time index), got {int(ta.min())}")
         return L.timestep_embedding(np.broadcast_to(ta, (n,)), self.emb_dim).astype(self.dtype)  # (B6) (N, emb_dim)
 
@@ -253,7 +262,8 @@ class UNet(_Model):
     diffusion_tf/models/unet.py (and diffusers' UNet2DModel), so DDPM's CIFAR-10 arguments give its
     35.7M parameters. Time: sinusoidal embedding of dim base_channels (B6) -> Linear, SiLU, Linear to
     time_dim (default 4 base_channels); each residual block adds Linear(SiLU(temb)). ``self.plan`` is
-    this layout step by step (unet_plan), ``self.time_plan`` the time MLP.
+    this layout step by step (unet_plan), ``self.time_plan`` the time MLP. ``continuous_time=True``: the
+    embedding takes a float t (a continuous objective's noise level); the parameters are the same.
 
     For published checkpoints (lab/convert.py): ``downsample_padding`` "symmetric" (default) pads the
     stride-2 conv by 1 on every side (B9); "same" pads one zero row and column at the bottom and right and
@@ -263,10 +273,10 @@ class UNet(_Model):
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, num_classes=None,
-                 dtype=np.float32, seed=0):
+                 continuous_time=False, dtype=np.float32, seed=0):
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
-        self.num_classes = check_num_classes(num_classes)
+        self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels or in_channels, groups
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.norm_eps = float(norm_eps)
@@ -274,14 +284,16 @@ class UNet(_Model):
                            num_res_blocks=num_res_blocks, attention=attention, groups=groups,
                            out_channels=self.out_channels, time_dim=self.time_dim, mid_attention=bool(mid_attention),
                            downsample_padding=downsample_padding, norm_eps=self.norm_eps, dtype=np.dtype(dtype).name,
-                           **({} if num_classes is None else {"num_classes": self.num_classes}))
+                           **({} if num_classes is None else {"num_classes": self.num_classes}),
+                           **({"continuous_time": True} if continuous_time else {}))
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention),
                               downsample_padding)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
     def forward(self, x, t, y=None):
-        """x (N, in_channels, H, W), t int (N,) 0-based -> out (N, out_channels, H, W), cache (the tapes).
+        """x (N, in_channels, H, W), t int (N,) 0-based (float with continuous_time) -> out (N, out_channels, H, W),
+        cache (the tapes).
 
         y: class labels (N,) of a model with num_classes=K (W1): 0..K-1, or K or None for the null class."""
         x = self._input(x, 4, "(N, C, H, W)")
@@ -299,7 +311,7 @@ class UNet(_Model):
         gradient then reads the windows of the few-channel input, not those of its many-channel dout."""
         g, d = {}, np.ascontiguousarray(np.asarray(dout, dtype=self.dtype).transpose(0, 2, 3, 1))  # NHWC
         d, dtemb_act = self._backprop(cache["tape"], d, g, input_grad)
-        self._backprop(cache["time_tape"], dtemb_act, g, input_grad=False)  # t is an integer: no gradient
+        self._backprop(cache["time_tape"], dtemb_act, g, input_grad=False)  # t: an index, or a level no one trains
         return (np.ascontiguousarray(d.transpose(0, 3, 1, 2)) if input_grad else None), {k: g[k] for k in self.params}
 
 
@@ -308,12 +320,14 @@ class MLP(_Model):
     sinusoidal embedding of dim time_dim (B6). ``out_dim`` outputs (default in_dim), as the UNet's out_channels."""
 
     def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, num_classes=None,
-                 dtype=np.float32, seed=0):
+                 continuous_time=False, dtype=np.float32, seed=0):
         self.in_dim, self.hidden, self.num_layers, self.emb_dim = in_dim, hidden, num_layers, time_dim
         self.out_dim, self.num_classes = out_dim or in_dim, check_num_classes(num_classes)
+        self.continuous_time = bool(continuous_time)
         self.config = dict(in_dim=in_dim, hidden=hidden, num_layers=num_layers, time_dim=time_dim,
                            out_dim=self.out_dim, dtype=np.dtype(dtype).name,
-                           **({} if num_classes is None else {"num_classes": self.num_classes}))
+                           **({} if num_classes is None else {"num_classes": self.num_classes}),
+                           **({"continuous_time": True} if continuous_time else {}))
         self.time_plan = time_plan(time_dim, hidden, act=False, num_classes=self.num_classes)
         self.plan = mlp_plan(in_dim, hidden, num_layers, self.out_dim)
         self._make_params(self.time_plan + self.plan, dtype, seed)

@@ -20,14 +20,14 @@ import math
 import numpy as np
 from scipy.special import erfcx, log_ndtr
 
+from common import rules
+from common.choices import LOSSES, TRAIN_VARIANCES  # noqa: F401  (reference.vlb's names)
+from common.rules import HYBRID_LAMBDA, loss_settings  # noqa: F401  (the rule, written once; reference.vlb's names)
+
 from .diffusion import ALL_VARIANCES, LEARNED, PREDICTIONS, _col, _data, p_mean_variance, q_posterior, split_output
 from .errors import InputError, check_choice, check_same_shape, check_timesteps
 from .losses import (LEVELS, LN2, _log_phi_diff, _per_dim, bin_edges, gaussian_log_likelihood, normal_kl,
                      simple_loss_and_grad)
-
-LOSSES = ("simple", "hybrid", "vlb")
-TRAIN_VARIANCES = ("fixed", "learned")   # a run's network: C output channels, or 2C with the variance's (V1)
-HYBRID_LAMBDA = 1e-3   # Nichol & Dhariwal's lambda (V4): at T = 1000 the per-draw weight lambda T is 1
 
 
 # ---- derivatives of the KL and the decoders with respect to the reverse step's moments -------------
@@ -151,19 +151,10 @@ def vlb_term_and_grad(sched, model_output, x0, xt, t, prediction="eps", variance
 # ---- the training losses -------------------------------------------------------------------------
 
 def check_loss(loss, variance, hybrid_lambda=HYBRID_LAMBDA):
-    """The loss against the variance: "hybrid" needs learned variances (else its bound term trains nothing),
-    learned variances need "hybrid" or "vlb" (L_simple gives the variance channels no gradient)."""
-    check_choice(loss, LOSSES, "loss")
+    """The loss against the variance (common.rules.check_loss, in the arguments' words): "hybrid" needs learned
+    variances, learned variances need "hybrid" or "vlb"; ``variance`` one of diffusion.ALL_VARIANCES."""
     check_choice(variance, ALL_VARIANCES, "variance")
-    if loss == "hybrid" and variance != LEARNED:
-        raise InputError("loss 'hybrid' trains learned variances (its bound term, with the mean frozen, has no "
-                         "parameter to train with a fixed variance): use variance='learned', or loss 'simple'")
-    if loss == "simple" and variance == LEARNED:
-        raise InputError("learned variances are trained by the bound: use loss 'hybrid' (L_simple + lambda L_vlb) "
-                         "or 'vlb'; L_simple gives the variance channels no gradient")
-    if not (isinstance(hybrid_lambda, (int, float)) and not isinstance(hybrid_lambda, bool)
-            and math.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
-        raise InputError(f"hybrid_lambda must be a finite number >= 0, got {hybrid_lambda!r}")
+    rules.check_loss(loss, variance, hybrid_lambda)
 
 
 def _weights(weights, n):
@@ -238,17 +229,3 @@ def best_step_variance(sched, small_terms):
     terms = np.concatenate([small[:1], 0.5 * np.log1p(ratio) / LN2])
     variances = np.concatenate([[np.nan], sched.posterior_variance[1:] * (1.0 + ratio)])
     return terms, variances
-
-
-def loss_settings(cfg):
-    """(loss, p_mean_variance's variance, hybrid_lambda, importance_sampling) of a run configuration; configs
-    written before these fields existed mean (simple, fixed). cfg.variance "fixed" is "fixed_small" in the bound."""
-    variance = getattr(cfg, "variance", "fixed")
-    check_choice(variance, TRAIN_VARIANCES, "variance")
-    loss, lam = getattr(cfg, "loss", "simple"), getattr(cfg, "hybrid_lambda", HYBRID_LAMBDA)
-    importance = bool(getattr(cfg, "importance_sampling", False))
-    var = LEARNED if variance == LEARNED else "fixed_small"
-    check_loss(loss, var, lam)
-    if importance and loss != "vlb":
-        raise InputError(f"importance sampling of t applies to loss 'vlb' (the bound's sum over t), not {loss!r}")
-    return loss, var, lam, importance

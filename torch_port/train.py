@@ -6,6 +6,8 @@ The same step as reference/train.py (Ho et al. Algorithm 1):
   grads by autograd, global-norm clip, AdamW, EMA of the weights.                   (O1-O3)
 cfg.class_cond: the labels travel with the data (``prepare_labels``) and each is dropped to the null class
 with probability cfg.p_uncond, drawn on the device after t and eps from the step's generator (W1).
+cfg.objective "edm" | "flow": ``objective_step``, the reference's (u, then eps, then the drops; D5-D8, D10,
+D14, D15), the loss by autograd.
 
 What makes it quick on a GPU (each is a Trainer option, on by default on CUDA, off on the CPU):
   - bf16 autocast around the network only; master weights, loss, optimiser and EMA stay fp32;
@@ -33,14 +35,17 @@ logs, draws progress, writes pictures and checkpoints (from the unwrapped module
 from __future__ import annotations
 
 import gc
-import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.choices import CONTINUOUS_OBJECTIVES
 from reference.errors import InputError, check_class_cond, check_labels, check_run_labels
 
+from . import objectives
+from .device import (RESIDENT_FRACTION, DeviceData, fits_on_device, init_distributed,  # noqa: F401  (re-exported)
+                     resolve_device, unwrap)
 from .diffusion import LEARNED, q_sample
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
 from .resample import ImportanceSampler
@@ -48,30 +53,11 @@ from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
 from .vlb import HYBRID_LAMBDA, loss_settings, training_loss
 
-# A dataset larger than this fraction of the free device memory stays on the host (pinned) instead.
-RESIDENT_FRACTION = 0.25
-
-
 class NonFiniteError(FloatingPointError):
     """The loss or the gradient norm is NaN or inf: the update is refused, the parameters are untouched."""
 
 
 # ---- setup (not math) ---------------------------------------------------------------------------
-
-def resolve_device(device="auto"):
-    """"auto": cuda:LOCAL_RANK when CUDA is there, else the CPU. "cuda" means cuda:LOCAL_RANK too."""
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type != "cuda":
-        return dev
-    if not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but torch sees no CUDA device (torch.cuda.is_available() "
-                         "is False)")
-    index = dev.index if dev.index is not None else int(os.environ.get("LOCAL_RANK", 0))
-    if index >= torch.cuda.device_count():
-        raise InputError(f"this process wants cuda:{index} (LOCAL_RANK) but only {torch.cuda.device_count()} "
-                         "CUDA device(s) are visible: start at most that many processes per node")
-    return torch.device("cuda", index)
-
 
 def build_schedule(cfg, device="cpu"):
     betas = make_betas(cfg.schedule, cfg.T)
@@ -80,10 +66,16 @@ def build_schedule(cfg, device="cpu"):
     return Schedule(betas).to(device)
 
 
+def is_continuous(cfg):
+    """A continuous objective's run (edm, flow): a float time input, no chain to train."""
+    return getattr(cfg, "objective", "ddpm") in CONTINUOUS_OBJECTIVES
+
+
 def build_model(cfg, item_shape):
-    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)), in cfg.dtype."""
+    """UNet for images (item_shape (C, H, W)), MLP for points (item_shape (D,)), in cfg.dtype; a float time input
+    for a continuous objective (the same parameters)."""
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    kw = dict(cfg.model)
+    kw = dict(cfg.model, **({"continuous_time": True} if is_continuous(cfg) else {}))
     if getattr(cfg, "variance", "fixed") == LEARNED:  # (V1)  the mean's C channels, then the variance's C
         kw["out_dim" if len(item_shape) == 1 else "out_channels"] = 2 * item_shape[0]
     if len(item_shape) == 1:
@@ -91,24 +83,6 @@ def build_model(cfg, item_shape):
     else:
         model = UNet(in_channels=item_shape[0], seed=cfg.seed, **kw)
     return model.to(dtype)
-
-
-def _init_distributed(device):
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=device)
-        else:
-            dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _unwrap(model):
-    """The plain module under torch.compile (``_orig_mod``) and DDP (``module``)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
 
 
 def noise_seed(seed, rank, step):
@@ -125,11 +99,12 @@ def _refuse_on_device(opt, loss, norm):
 
 
 def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, grad_clip=1.0, weighting="none",
-               amp=False, check_finite=True, loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA,
-               weights=None, levels=256, record_terms=None, y=None):
+               loss="simple", variance="fixed_small", hybrid_lambda=HYBRID_LAMBDA, weights=None, levels=256,
+               record_terms=None, y=None, *, amp=False, check_finite=True):
     """One optimisation step on the batch x0 (N, ...) with the given t (N,) (0-based) and eps (like x0).
 
-    loss / variance / hybrid_lambda / weights / levels: as reference.train.train_step (torch_port/vlb.py);
+    The reference's parameters in the reference's order (reference.train.train_step; torch_port/vlb.py), then the
+    port's own, keyword-only: ``amp`` (bf16 autocast around the network) and ``check_finite``.
     ``record_terms(t, terms)`` gets the per-example L_t of a bound loss after the finiteness check.
     ``model`` may be wrapped (DDP, torch.compile); ``ema`` tracks the plain module's parameters. ``y``: the class
     labels (N,) of a conditional model (W1), on x0's device; None otherwise.
@@ -139,14 +114,43 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
     """
     # (F3)  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     xt = q_sample(sched, x0, t, eps)
-    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(xt, t) if y is None else model(xt, t, y)              # bf16 under autocast
-    if check_finite and not bool(torch.isfinite(out).all()):  # a diverged network, not bad input
-        raise NonFiniteError("non-finite model output (the network has diverged)")
+    out = _forward(model, xt, t, y, amp, check_finite)
     # (L4)  loss = mean ||target - model(x_t, t)||^2, in x0's precision whatever the autocast dtype
     #       (V4)  or L_hybrid / L_vlb
     loss, terms = training_loss(sched, out.to(x0.dtype), x0, xt, t, eps, prediction, loss, variance, hybrid_lambda,
                                 weights, None if weighting == "none" else weighting, levels=levels)
+    norm = _backward(model, opt, loss, grad_clip, check_finite)
+    if record_terms is not None and terms is not None:
+        record_terms(t, terms)
+    return _update(model, opt, ema, lr, loss, norm)
+
+
+def objective_step(model, opt, ema, cfg, x0, u, eps, lr=None, grad_clip=1.0, y=None, *, amp=False,
+                   check_finite=True):
+    """One optimisation step of a continuous objective (cfg.objective "edm" | "flow"): reference.train's
+    objective_step (u (N,) in (0, 1), eps or a reflow pair's z like x0), the port's own keyword-only options as
+    train_step's. Returns (loss, grad_norm) as 0-d tensors."""
+    # (D7, D14, D15)  edm: ln sigma ~ N(P_mean, P_std^2); flow: t uniform or logit-normal, shifted once
+    level = objectives.level(cfg, u)
+    # (D5, D6, D8) edm: c_in x, (x0 - c_skip x) / c_out, lambda c_out^2;  (D10) flow: x_t, eps - x0, 1
+    net_in, time_in, target, weight = objectives.training_target(cfg, x0, eps, level)
+    out = _forward(model, net_in, time_in, y, amp, check_finite)
+    # loss = mean_n weight_n mean_d (F(net_in, time_in) - target)^2, in x0's precision
+    loss = objectives.loss(out.to(x0.dtype), target, weight)
+    norm = _backward(model, opt, loss, grad_clip, check_finite)
+    return _update(model, opt, ema, lr, loss, norm)
+
+
+def _forward(model, x, t, y, amp, check_finite):
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x, t) if y is None else model(x, t, y)              # bf16 under autocast
+    if check_finite and not bool(torch.isfinite(out).all()):  # a diverged network, not bad input
+        raise NonFiniteError("non-finite model output (the network has diverged)")
+    return out
+
+
+def _backward(model, opt, loss, grad_clip, check_finite):
+    """Gradients by autograd, clipped; the norm before clipping; a non-finite step refused (host or device)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     # (O3)  g <- g * min(1, c / (||g|| + 1e-6))
@@ -158,59 +162,23 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
         opt.__dict__.pop("found_inf", None)  # no stale flag from an earlier unchecked step
     else:
         _refuse_on_device(opt, loss.detach(), norm)
-    if record_terms is not None and terms is not None:
-        record_terms(t, terms)
+    return norm
+
+
+def _update(model, opt, ema, lr, loss, norm):
     if lr is not None:  # a Python float in the group: a kernel argument, never a compiled constant
         for group in opt.param_groups:
             group["lr"] = lr
     # (O1)  AdamW (fused on CUDA);  (O2)  EMA on the device
     opt.step()
-    ema.update(_unwrap(model))
+    ema.update(unwrap(model))
     return loss.detach(), norm.detach()
 
 
-# ---- data on the device ---------------------------------------------------------------------------
-
-class DeviceData:
-    """The dataset as one tensor on the device (or pinned on the host when it is too large).
-
-    ``data[idx]`` takes the runner's GLOBAL batch of indices (a NumPy int array of batch_size) and
-    returns this rank's contiguous slice of it, gathered on the device: the indices travel
-    host-to-device from pinned memory without blocking, so indexing costs no host sync.
-    """
-
-    def __init__(self, x, device, rank=0, world=1, channels_last=False, resident=True):
-        self.device, self.rank, self.world, self.channels_last = device, rank, world, channels_last
-        self.shape = tuple(x.shape)
-        self.pin = device.type == "cuda"
-        self.x = x.to(device) if resident else (x.pin_memory() if self.pin else x)
-
-    def __len__(self):
-        return self.shape[0]
-
-    def _to(self, a):
-        return a.pin_memory().to(self.device, non_blocking=True) if self.pin else a.to(self.device)
-
-    def __getitem__(self, idx):
-        idx = np.asarray(idx)
-        if idx.ndim != 1 or idx.shape[0] % self.world:
-            raise InputError(f"a global batch of {idx.shape[0]} indices does not split over {self.world} processes")
-        b = idx.shape[0] // self.world
-        local = torch.from_numpy(np.ascontiguousarray(idx[self.rank * b:(self.rank + 1) * b], dtype=np.int64))
-        if self.x.device == self.device:
-            x0 = self.x.index_select(0, self._to(local))                 # (b, ...) gathered on the device
-        else:
-            x0 = self._to(self.x.index_select(0, local))                 # (b, ...) gathered on the host
-        if self.channels_last and x0.ndim == 4:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        return x0
-
-
-def _fits_on_device(nbytes, device):
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)  # setup time only
-    return nbytes <= RESIDENT_FRACTION * free
+def uniforms(gen, n, device):
+    """n uniforms strictly inside (0, 1), (k + 1/2) / 2^52 for a 52-bit integer k (reference.train.uniforms' form)."""
+    k = torch.randint(0, 2 ** 52, (n,), device=device, generator=gen, dtype=torch.int64)
+    return (k.to(torch.float64) + 0.5) / 2.0 ** 52
 
 
 # ---- the Trainer ----------------------------------------------------------------------------------
@@ -239,7 +207,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
-        self.rank, self.world = _init_distributed(self.device)
+        self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
         if cfg.batch_size % self.world:
             raise InputError(f"--batch-size {cfg.batch_size} (the global batch) must divide by the number of "
@@ -258,6 +226,7 @@ class Trainer:
         self.gen = torch.Generator(self.device)
         self.check_finite = not cuda  # a per-step check is a host sync on the GPU; there the device refuses
         self.num_classes = check_class_cond(cfg)
+        self.continuous = is_continuous(cfg)
 
     @staticmethod
     def _check_flags(cuda, compile, cuda_graphs):
@@ -278,7 +247,7 @@ class Trainer:
     def prepare_data(self, x):
         """The dataset (N, ...) as a DeviceData: resident on the device when it fits (small datasets)."""
         xt = torch.as_tensor(np.ascontiguousarray(x), dtype=self.dtype)
-        resident = _fits_on_device(xt.numel() * xt.element_size(), self.device)
+        resident = fits_on_device(xt.numel() * xt.element_size(), self.device)
         return DeviceData(xt, self.device, self.rank, self.world, self.channels_last, resident)
 
     def prepare_labels(self, y):
@@ -298,35 +267,54 @@ class Trainer:
         drop = torch.rand((n,), device=self.device, generator=self.gen) < self.cfg.p_uncond
         return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
-    def step(self, x0, step, y=None):
+    def step(self, x0, step, y=None, z=None):
         """One update on THIS rank's batch x0 (what DeviceData[idx] returns; or any array, copied over).
 
         ``step`` is the 0-based index of the update: it sets the learning rate (O4) and the noise seed. ``y``: the
-        batch's labels when cfg.class_cond (``prepare_labels``' [idx], or any int array).
+        batch's labels when cfg.class_cond (``prepare_labels``' [idx], or any int array). A continuous objective
+        draws u (N,), then eps, then the labels' drops (the reference's order); ``z``: a reflow batch's noise ends
+        (like x0), used in place of eps (D11).
         """
-        if not torch.is_tensor(x0):
-            x0 = torch.as_tensor(np.asarray(x0), dtype=self.dtype).to(self.device)
-        x0 = x0.to(device=self.device, dtype=self.dtype)
-        if self.channels_last and x0.ndim == 4:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = self._on_device(x0)
+        n = x0.shape[0]
         self.gen.manual_seed(noise_seed(self.cfg.seed, self.rank, step))  # host-side only, no sync
+        if self.continuous:
+            u = uniforms(self.gen, n, self.device)
+            eps = self._noise(x0) if z is None else self._on_device(z)
+            y = self._drop_labels(y, n)
+            self._mark_step()
+            return objective_step(self.net, self.opt, self.ema, self.cfg, x0, u, eps, self._lr(step),
+                                  self.cfg.grad_clip, y=y, amp=self.amp, check_finite=self.check_finite)
         if self.resampler is None:
-            t, w = torch.randint(0, self.cfg.T, (x0.shape[0],), device=self.device, generator=self.gen), None
+            t, w = torch.randint(0, self.cfg.T, (n,), device=self.device, generator=self.gen), None
         else:  # (I1, I2)  t ~ p_t, weights 1/(T p_t); the same randint (weight 1) until warmed up
-            t, w = self.resampler.sample(self.gen, x0.shape[0], self.device)
+            t, w = self.resampler.sample(self.gen, n, self.device)
+        eps = self._noise(x0)
+        y = self._drop_labels(y, n)
+        self._mark_step()
+        return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, self._lr(step),
+                          self.cfg.grad_clip, self.cfg.weighting, self.loss, self.variance, self.hybrid_lambda, w,
+                          self.levels, None if self.resampler is None else self._record, y, amp=self.amp,
+                          check_finite=self.check_finite)
+
+    def _on_device(self, a):
+        if not torch.is_tensor(a):
+            a = torch.as_tensor(np.asarray(a), dtype=self.dtype)
+        a = a.to(device=self.device, dtype=self.dtype)
+        return a.contiguous(memory_format=torch.channels_last) if self.channels_last and a.ndim == 4 else a
+
+    def _noise(self, x0):
         eps = torch.randn(x0.shape, device=self.device, dtype=self.dtype, generator=self.gen)
-        if self.channels_last and x0.ndim == 4:
-            eps = eps.contiguous(memory_format=torch.channels_last)
-        y = self._drop_labels(y, x0.shape[0])
+        return eps.contiguous(memory_format=torch.channels_last) if self.channels_last and x0.ndim == 4 else eps
+
+    def _mark_step(self):
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
+
+    def _lr(self, step):
         # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
         schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
-        lr = lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
-        return train_step(self.net, self.opt, self.ema, self.sched, x0, t, eps, self.cfg.prediction, lr,
-                          self.cfg.grad_clip, self.cfg.weighting, amp=self.amp, check_finite=self.check_finite,
-                          loss=self.loss, variance=self.variance, hybrid_lambda=self.hybrid_lambda, weights=w,
-                          levels=self.levels, record_terms=None if self.resampler is None else self._record, y=y)
+        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
 
     def _record(self, t, terms):
         """The importance sampler's history gets every rank's (t, L_t), in rank order (as improved-diffusion)."""
@@ -339,7 +327,8 @@ class Trainer:
         self.resampler.update(t, terms)
 
     def denoiser(self, use_ema=True, with_variance=False):
-        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers.
+        """A function (x_t, t) -> model output with the EMA (or raw) weights, for the samplers; a continuous
+        objective's net(net_in, time_in (N,) float, y=None) -> output, which objectives.denoiser makes a D.
 
         Learned variances: the C mean channels (DDIM, the ODE solvers, fixed-variance sampling), or all 2C with
         ``with_variance=True`` (sample_loop / vlb_terms with variance="learned"); as the reference's.

@@ -3,8 +3,9 @@ plans (plans.py, the reference's code) built the same way, ``state_dict()`` keys
 reference's ``params`` names.
 
 ``forward(x, t, y=None) -> out`` with x (N, C, H, W) (any memory format; channels_last works) or
-(N, in_dim), t an int tensor (N,) of 0-based time indices, and, for a model with num_classes=K, y the
-class labels (N,): 0..K-1, or K or None for the null class (W1); an unconditional model takes no y.
+(N, in_dim), t an int tensor (N,) of 0-based time indices (a float (N,), the noise-level input of a
+continuous objective, for a model built with ``continuous_time=True``: not a parameter), and, for a model with
+num_classes=K, y the class labels (N,): 0..K-1, or K or None for the null class (W1); an unconditional model takes no y.
 forward walks the plan, step by step, and autograd records the tape. The plan is fixed at construction
 (no data-dependent Python control flow), so the models compile with torch.compile.
 
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from reference.errors import InputError, check_labels
+from reference.errors import InputError, check_finite, check_labels
 
 from .layers import (GN_EPS, Conv2d, Embedding, GroupNorm, Linear, attention, pad, silu, timestep_embedding,
                      torch_dtype, upsample_nearest2x)
@@ -145,8 +147,29 @@ class _Model(nn.Module):
     def _time(self, t, y, n):
         """What the time MLP gives the steps: temb (the MLP) or SiLU(temb) (the UNet), from the (B6) embedding,
         plus the class's row (W1) for a conditional model."""
+        if self.continuous_time:
+            t = self._continuous(t, n)
         emb = timestep_embedding(t, self.emb_dim).to(self.time_mlp.fc1.weight.dtype)  # (N, emb_dim)
         return self._run(self._time_steps, emb, y=self._labels(y, n, emb.device))
+
+    def _continuous(self, t, n):
+        """A continuous objective's noise-level input as a float64 tensor (n,), checked as the reference checks it:
+        dtype and shape always (no sync), finiteness where the values are on the host and not under compile."""
+        device = self.time_mlp.fc1.weight.device
+        if not torch.is_tensor(t):
+            ta = np.asarray(t)
+            if ta.dtype == bool or ta.dtype.kind not in "fiu":
+                raise InputError(f"t must be a real noise-level input (continuous time), got dtype {ta.dtype}")
+            t = torch.from_numpy(np.array(ta, dtype=np.float64))
+        elif t.dtype == torch.bool or t.is_complex():
+            raise InputError("t must be a real noise-level input (continuous time), got dtype "
+                             f"{str(t.dtype).replace('torch.', '')}")
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
+            raise InputError(f"t must be a number or an array of shape ({n},), got shape {tuple(t.shape)}")
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_finite(t.detach().numpy(), "t")
+        # EDM's 250 ln sigma is negative below sigma = 1: no sign check; the sinusoid takes any real (B6)
+        return t.to(device=device, dtype=torch.float64).expand(n)
 
     def _labels(self, y, n, device):
         """(W1) The labels as a long tensor (n,): None -> the null class K. Values are checked where they are on
@@ -176,11 +199,11 @@ class UNet(_Model):
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=GN_EPS, num_classes=None,
-                 dtype=torch.float32, seed=0):
+                 continuous_time=False, dtype=torch.float32, seed=0):
         super().__init__()
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
-        self.num_classes = check_num_classes(num_classes)
+        self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, out_channels or in_channels, chans, attention, nrb, bool(mid_attention),
@@ -196,9 +219,10 @@ class MLP(_Model):
     """Residual MLP denoiser for (N, in_dim) points; see reference.unet.MLP."""
 
     def __init__(self, in_dim=2, hidden=128, num_layers=3, time_dim=64, out_dim=None, num_classes=None,
-                 dtype=torch.float32, seed=0):
+                 continuous_time=False, dtype=torch.float32, seed=0):
         super().__init__()
         self.emb_dim, self.num_classes = time_dim, check_num_classes(num_classes)
+        self.continuous_time = bool(continuous_time)
         self.time_plan = time_plan(time_dim, hidden, act=False, num_classes=self.num_classes)
         self.plan = mlp_plan(in_dim, hidden, num_layers, out_dim or in_dim)
         self._make_layers(self.time_plan + self.plan, None, torch_dtype(dtype), seed)

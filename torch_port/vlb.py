@@ -14,32 +14,22 @@ import math
 
 import torch
 
+from common import rules
+from common.choices import LOSSES, TRAIN_VARIANCES  # noqa: F401  (torch_port.vlb's names)
+from common.rules import HYBRID_LAMBDA, loss_settings  # noqa: F401  (the rule, written once; torch_port.vlb's names)
 from reference.errors import InputError, check_choice
 
 from .diffusion import ALL_VARIANCES, LEARNED, PREDICTIONS, _data, split_output
 from .losses import LEVELS, LN2, simple_loss, vlb_term
-
-LOSSES = ("simple", "hybrid", "vlb")
-TRAIN_VARIANCES = ("fixed", "learned")   # a run's network: C output channels, or 2C with the variance's (V1)
-HYBRID_LAMBDA = 1e-3   # Nichol & Dhariwal's lambda (V4): at T = 1000 the per-draw weight lambda T is 1
 
 __all__ = ["LOSSES", "TRAIN_VARIANCES", "HYBRID_LAMBDA", "check_loss", "loss_settings", "vlb_term_and_grad",
            "training_loss", "training_loss_and_grad", "best_step_variance"]
 
 
 def check_loss(loss, variance, hybrid_lambda=HYBRID_LAMBDA):
-    """The loss against the variance, with the reference's messages (reference.vlb.check_loss)."""
-    check_choice(loss, LOSSES, "loss")
+    """The loss against the variance (common.rules.check_loss, in the arguments' words), as the reference's."""
     check_choice(variance, ALL_VARIANCES, "variance")
-    if loss == "hybrid" and variance != LEARNED:
-        raise InputError("loss 'hybrid' trains learned variances (its bound term, with the mean frozen, has no "
-                         "parameter to train with a fixed variance): use variance='learned', or loss 'simple'")
-    if loss == "simple" and variance == LEARNED:
-        raise InputError("learned variances are trained by the bound: use loss 'hybrid' (L_simple + lambda L_vlb) "
-                         "or 'vlb'; L_simple gives the variance channels no gradient")
-    if not (isinstance(hybrid_lambda, (int, float)) and not isinstance(hybrid_lambda, bool)
-            and math.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
-        raise InputError(f"hybrid_lambda must be a finite number >= 0, got {hybrid_lambda!r}")
+    rules.check_loss(loss, variance, hybrid_lambda)
 
 
 def _term(sched, model_output, x0, xt, t, prediction, variance, levels):
@@ -130,17 +120,3 @@ def best_step_variance(sched, small_terms):
     beta_tilde = torch.as_tensor(sched.posterior_variance, dtype=torch.float64, device=small.device)
     variances = torch.cat([small.new_full((1,), math.nan), beta_tilde[1:] * (1.0 + ratio)])
     return terms, variances
-
-
-def loss_settings(cfg):
-    """(loss, p_mean_variance's variance, hybrid_lambda, importance_sampling) of a run configuration, as the
-    reference's: configs without these fields mean (simple, fixed); "fixed" is "fixed_small" in the bound."""
-    variance = getattr(cfg, "variance", "fixed")
-    check_choice(variance, TRAIN_VARIANCES, "variance")
-    loss, lam = getattr(cfg, "loss", "simple"), getattr(cfg, "hybrid_lambda", HYBRID_LAMBDA)
-    importance = bool(getattr(cfg, "importance_sampling", False))
-    var = LEARNED if variance == LEARNED else "fixed_small"
-    check_loss(loss, var, lam)
-    if importance and loss != "vlb":
-        raise InputError(f"importance sampling of t applies to loss 'vlb' (the bound's sum over t), not {loss!r}")
-    return loss, var, lam, importance

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import rules
+from common.choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, OBJECTIVES, T_SAMPLINGS
 from reference.errors import InputError
 from reference.optim import LR_SCHEDULES
 from reference.schedules import SCHEDULES
@@ -14,7 +16,7 @@ from reference.schedules import SCHEDULES
 from .. import checkpoint, data, runner
 from ..cli import OUTPUT_RULE, add_command, check_output
 from ..sampling import check_steps
-from ..config import (LOSSES, PREDICTIONS, TRAIN_VARIANCES, WEIGHTINGS, TrainConfig, config_from_json, make_config,
+from ..config import (LOSSES, PREDICTIONS, TRAIN_VARIANCES, WEIGHTINGS, TrainConfig, config_from_json, recipe_dict,
                       recipe_for)
 
 def _positive_int(text):
@@ -66,7 +68,24 @@ _FIELDS = {
     "log_every": (int, "write a line to log.jsonl every N steps (the loss is read from the device only then)"),
     "sample_every": (int, "write a sample picture every N steps (0: only at the end)"),
     "save_every": (int, "checkpoint DIR/ckpt.npz every N steps (and always at the end)"),
-    "sample_steps": (_positive_int, "DDIM steps (1..T) for the pictures written during training"),
+    "sample_steps": (_positive_int, "sampler steps for the pictures written during training (DDIM's 1..T for "
+                                    "--objective ddpm, DPM-Solver++(2M)'s for edm and flow)"),
+}
+# The continuous objectives' own settings (common/rules.py says which objective reads which).
+_OBJECTIVE_FIELDS = {
+    "sigma_data": (float, f"edm: the data's standard deviation in the preconditioning c_skip, c_out, c_in (the "
+                          f"paper's {EDM_DEFAULTS['sigma_data']}; default: the dataset's recipe, its own std)"),
+    "p_mean": (float, f"edm: the mean of ln sigma in training, ln sigma ~ N(P_mean, P_std^2) (default "
+                      f"{EDM_DEFAULTS['p_mean']})"),
+    "p_std": (float, f"edm: the std of ln sigma in training (default {EDM_DEFAULTS['p_std']})"),
+    "logit_mean": (float, f"flow, --t-sampling logit-normal: t = sigmoid(m + s z), the m (default "
+                          f"{FLOW_DEFAULTS['logit_mean']})"),
+    "logit_std": (float, f"flow, --t-sampling logit-normal: the s (default {FLOW_DEFAULTS['logit_std']})"),
+    "shift": (float, f"flow: SD3's shift of the training t, t' = s t / (1 + (s - 1) t), applied once (default "
+                     f"{FLOW_DEFAULTS['shift']}: none; s > 1 trains more at high noise)"),
+    "teacher": (str, "--reflow: the checkpoint that draws the pairs (z, x0 = ODE(z)) once at the start"),
+    "reflow_pairs": (_positive_int, "--reflow: how many pairs the teacher draws (default: the dataset's size)"),
+    "teacher_steps": (_positive_int, "--reflow: the teacher's sampler steps per pair (default 50)"),
 }
 RECIPE_DEFAULT = " (default: the dataset's recipe; --show-recipe lists it)"
 _MODEL = {
@@ -127,6 +146,18 @@ def configure(p):
                         "network is also the unconditional one that classifier-free guidance needs")
     p.add_argument("--p-uncond", dest="p_uncond", type=float, default=None,
                    help="--class-cond: the probability each label is replaced by the null class (default 0.1)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="ddpm (default): the discrete chain, integer t (--prediction, --loss, --weighting apply); edm: "
+                        "Karras et al.'s preconditioned denoiser, ln sigma lognormal; flow: flow matching, the "
+                        "velocity on x_t = (1 - t) x0 + t eps. edm and flow take a float time input and sample with "
+                        "the ODE solvers")
+    p.add_argument("--t-sampling", dest="t_sampling", choices=T_SAMPLINGS, default=None,
+                   help="flow: how t is drawn: uniform (default) or logit-normal (SD3)")
+    p.add_argument("--reflow", action="store_true", default=None,
+                   help="flow: rectified flow's second round: train on the pairs (z, x0 = ODE(z)) that --teacher "
+                        "draws once at the start, x_t = (1 - t) x0 + t z with the target z - x0")
+    for name, (typ, hlp) in _OBJECTIVE_FIELDS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=hlp)
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
     p.add_argument("--final-samples", dest="final_samples", action=argparse.BooleanOptionalAction, default=None,
                    help="write samples_final.png after the last step (default: yes; --no-final-samples skips "
@@ -150,11 +181,10 @@ def configure(p):
 
 def config_from_args(args):
     """The run's TrainConfig: recipe defaults, or the checkpoint's config on --resume, plus the flags given."""
-    given = {k: getattr(args, k) for k in list(_FIELDS) + ["schedule", "zero_terminal_snr", "prediction",
-                                                             "weighting", "dtype", "final_samples", "variance",
-                                                             "loss", "hybrid_lambda", "importance_sampling",
-                                                             "class_cond", "p_uncond", "lr_schedule"]
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in list(_FIELDS) + list(_OBJECTIVE_FIELDS) + [
+        "schedule", "zero_terminal_snr", "prediction", "weighting", "dtype", "final_samples", "variance", "loss",
+        "hybrid_lambda", "importance_sampling", "class_cond", "p_uncond", "lr_schedule", "objective", "t_sampling",
+        "reflow"] if getattr(args, k) is not None}
     if given.get("variance") == "learned" and "loss" not in given:
         given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
     model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
@@ -163,26 +193,32 @@ def config_from_args(args):
         cfg = config_from_json(json.dumps(checkpoint.load(ckpt).config))
         if cfg.data != args.data:
             raise InputError(f"--resume: the checkpoint in {args.out} was trained on {cfg.data!r}, not {args.data!r}")
+        rules.check_objective(given.get("objective", cfg.objective), _without_objective(given), given=True)
         d = dataclasses.asdict(cfg)
         d.update(given)
         d["model"] = {**d["model"], **model}
-        return _check_p_uncond(runner.validate_config(TrainConfig.from_dict(d)), given)
-    base_model = recipe_for(args.data)["model"]
-    unknown = [k for k in model if k not in base_model]
-    if unknown:
-        kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
-        raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
-    return _check_p_uncond(runner.validate_config(make_config(args.data, model=model, **given)), given)
-
-
-def _check_p_uncond(cfg, given):
+    else:
+        rules.check_objective(given.get("objective", "ddpm"), _without_objective(given), given=True)
+        base_model = recipe_for(args.data)["model"]
+        unknown = [k for k in model if k not in base_model]
+        if unknown:
+            kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
+            raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
+        d = recipe_dict(args.data, model=model, **given)
+    continuous = d.get("objective", "ddpm") in CONTINUOUS_OBJECTIVES   # no chain: T does not bound the ODE's steps
+    T, picture_steps = d.get("T", TrainConfig.T), d.get("sample_steps", TrainConfig.sample_steps)
+    if not continuous and "sample_steps" not in given and isinstance(T, int) and 1 <= T < picture_steps:
+        d["sample_steps"] = T   # the recipe's picture steps on a run with a small --T: all of them
+    cfg = TrainConfig.from_dict(d).validate()   # the run's one validation (runner.train and run find it done)
     if "p_uncond" in given and not cfg.class_cond:
         raise InputError("--p-uncond applies to a class-conditional run: add --class-cond (it would be ignored)")
-    if "sample_steps" in given:   # the rule sample applies to the same flag, in the same words
+    if "sample_steps" in given and not continuous:   # the rule sample applies to the same flag, in the same words
         check_steps(cfg.T, cfg.sample_steps, whose="the run's --T")
-    elif cfg.sample_steps > cfg.T:   # the recipe's picture steps on a run with a small --T: all of them
-        cfg = dataclasses.replace(cfg, sample_steps=cfg.T)
     return cfg
+
+
+def _without_objective(given):
+    return {k: v for k, v in given.items() if k != "objective"}
 
 
 def show_recipe(cfg):
@@ -235,7 +271,11 @@ add_command(
     with L_hybrid = L_simple + lambda L_vlb (--hybrid-lambda, 0.001), or with the bound itself (--loss vlb,
     optionally --importance-sampling). --class-cond trains a class-conditional network on the dataset's labels
     (each dropped to a null class with probability --p-uncond, so the network also learns the unconditional
-    model classifier-free guidance needs). With only --data and --out it uses the dataset's tuned recipe
+    model classifier-free guidance needs). --objective edm | flow trains the design space's continuous objectives
+    instead (derivations/design_space.md): EDM's preconditioned denoiser with ln sigma ~ N(--p-mean, --p-std^2)
+    and the data's --sigma-data, or flow matching's velocity (--t-sampling, --shift), on the same network with a
+    float time input; they sample with the ODE solvers. --reflow --teacher CKPT trains rectified flow's second
+    round on the pairs the teacher draws. With only --data and --out it uses the dataset's tuned recipe
     (lab/config.py): `--data NAME --show-recipe` prints it, every setting and its value. It writes into DIR
     (created if missing):
     ckpt.npz (parameters, EMA, optimiser and RNG state, the configuration), log.jsonl, loss.png and
@@ -250,5 +290,8 @@ add_command(
       python -m torch_port train --data digits --out runs/digits-cond --class-cond
       python -m torch_port train --data digits --out runs/digits-hybrid --variance learned
       python -m torch_port train --data digits --out runs/digits-vlb --variance learned --loss vlb --importance-sampling
+      python -m torch_port train --data digits --out runs/digits-edm --objective edm
+      python -m torch_port train --data checkerboard --out runs/cb-flow --objective flow
+      python -m torch_port train --data checkerboard --out runs/cb2 --objective flow --reflow --teacher runs/cb-flow/ckpt.npz
       torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar
     """)

@@ -35,7 +35,7 @@ def test_O1_O2_reference_checkpoint_holds_config_step_params_ema_optimiser_and_r
     arrays, meta = _raw(tmp_path / "ckpt.npz")
     assert meta["format"] == checkpoint.FORMAT and meta["step"] == 30
     assert TrainConfig.from_dict({**meta["config"], "model": meta["config"]["model"]}).to_json() == cfg.to_json()
-    assert meta["extra"] == {"backend": "reference", "item_shape": [2]}
+    assert meta["extra"] == {"backend": "reference", "item_shape": [2], "process": "chain"}
 
     names = Trainer(cfg, (2,)).model.params                    # a fresh model: the names and shapes to expect
     for group in ("params", "ema", "opt/m", "opt/v"):
@@ -68,7 +68,7 @@ def test_torch_checkpoint_has_the_same_layout_and_the_same_data_stream(tmp_path)
     (ta, tm), (ra, rm) = _raw(tmp_path / "t" / "ckpt.npz"), _raw(tmp_path / "r" / "ckpt.npz")
     assert {k: (v.shape, v.dtype) for k, v in ta.items()} == {k: (v.shape, v.dtype) for k, v in ra.items()}
     assert tm["step"] == rm["step"] == 30 and tm["config"] == rm["config"]
-    assert tm["extra"] == {"backend": "torch", "item_shape": [2]}
+    assert tm["extra"] == {"backend": "torch", "item_shape": [2], "process": "chain"}
     assert tm["rng_state"]["data"] == rm["rng_state"]["data"]
     assert int(ta["opt/step"]) == 30 and all(np.isfinite(v).all() for v in ta.values())
 
