@@ -6,8 +6,8 @@
 
 Each model is `train --data digits --objective ...` with its recipe and nothing else (the same 2800 steps for
 every objective), on one side (--side, the port by default). Then, per model, benchmarks/bench_solvers.py
-sweeps the three ODE samplers on the model's own default grid (DDPM: trailing; EDM: karras; flow: linspace) at
-each NFE of --nfe: the Frechet distance of 500 samples in the digits judge's features, the mean of --repeats
+sweeps the three ODE samplers, each on the grid `sample` gives it for that model (DDPM: trailing, Heun leading;
+EDM: karras; flow: linspace), at each NFE of --nfe: the Frechet distance of 500 samples in the digits judge's features, the mean of --repeats
 draws (the same seeds, so the same x_T, in every row), beside the real-vs-real floor. Printed: one table of
 FD/floor with its standard error, each model's training time and, with --nll, its ODE bits/dim on held-out
 digits (`eval --nll ode`). The target checked on the last line: at NFE 5 the best new objective with its best
@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# model name -> (train flags, its natural sampler, its default grid)
+# model name -> (train flags, its natural sampler, each sampler's grid: the model's default grid for that sampler,
+# as `sample` picks it when --grid is omitted; Heun on the trained cosine chain starts on leading, because from
+# the clipped sigma_{T-1} its trapezoid diverges: derivations/solvers.md)
 MODELS = {
-    "ddpm-eps": ([], "dpm++2m", "trailing"),
-    "ddpm-v": (["--prediction", "v"], "dpm++2m", "trailing"),
-    "edm": (["--objective", "edm"], "heun", "karras"),
-    "flow": (["--objective", "flow"], "euler", "linspace"),
+    "ddpm-eps": ([], "dpm++2m", {"dpm++2m": "trailing", "heun": "leading", "euler": "trailing"}),
+    "ddpm-v": (["--prediction", "v"], "dpm++2m", {"dpm++2m": "trailing", "heun": "leading", "euler": "trailing"}),
+    "edm": (["--objective", "edm"], "heun", {"dpm++2m": "karras", "heun": "karras", "euler": "karras"}),
+    "flow": (["--objective", "flow"], "euler", {"dpm++2m": "linspace", "heun": "linspace", "euler": "linspace"}),
 }
 SAMPLERS = ("dpm++2m", "heun", "euler")
 
@@ -52,20 +54,32 @@ def train(pkg, name, out, reuse, steps=None):
     return ckpt, (time.perf_counter() - t0) / 60
 
 
-def sweep(side, name, ckpt, out, nfe, repeats):
-    """bench_solvers.py on one checkpoint, its three samplers on its grid -> the JSON it writes."""
-    grid = MODELS[name][2]
-    settings = ",".join(f"{s}:{grid}" for s in SAMPLERS)
-    folder = out / f"{name}.sweep"
-    _run([sys.executable, str(ROOT / "benchmarks" / "bench_solvers.py"), "--ckpt", str(ckpt), "--side", side,
-          "--settings", settings, "--nfe", nfe, "--repeats", str(repeats), "--no-baseline", "--quiet",
-          "--out", str(folder)], out / f"{name}.sweep.log")
-    return json.loads((folder / "bench_solvers.json").read_text())
+def sweep(side, name, ckpt, out, nfe, repeats, reuse):
+    """bench_solvers.py on one checkpoint, each sampler on its grid -> {"floor", "rows"}. With --reuse, rows already
+    in a sweep folder of this model (any earlier run's bench_solvers.json) are taken instead of measured again."""
+    want = [f"{s}:{g}" for s, g in MODELS[name][2].items()]
+    have, floor = {}, None
+    if reuse:
+        for js in sorted(out.glob(f"{name}.*sweep/bench_solvers.json")):
+            d = json.loads(js.read_text())
+            floor = d["floor"]
+            for r in d["rows"]:
+                have.setdefault(r["setting"], []).append(r)
+    for setting in [w for w in want if w not in have]:
+        folder = out / f"{name}.{setting.replace(':', '-')}.sweep"
+        _run([sys.executable, str(ROOT / "benchmarks" / "bench_solvers.py"), "--ckpt", str(ckpt), "--side", side,
+              "--settings", setting, "--nfe", nfe, "--repeats", str(repeats), "--no-baseline", "--quiet",
+              "--out", str(folder)], out / f"{name}.{setting.replace(':', '-')}.sweep.log")
+        d = json.loads((folder / "bench_solvers.json").read_text())
+        floor, have[setting] = d["floor"], d["rows"]
+    return {"floor": floor, "rows": [r for w in want for r in have[w]]}
 
 
-def nll(pkg, ckpt, out, name):
-    """`eval --nll ode` -> the bits/dim line it prints (or why it could not)."""
+def nll(pkg, ckpt, out, name, reuse=False):
+    """`eval --nll ode` -> the bits/dim line it prints (or why it could not); --reuse takes an earlier run's."""
     log = out / f"{name}.nll.log"
+    if reuse and log.exists() and "bits/dim" in log.read_text():
+        return [ln for ln in log.read_text().splitlines() if "bits/dim" in ln][-1].strip()
     try:
         _run([sys.executable, "-m", pkg, "eval", "--ckpt", str(ckpt), "--nll", "ode", "--n", "64"], log)
     except subprocess.CalledProcessError:
@@ -93,7 +107,7 @@ def table(results, nfes):
                 best[(name, k)] = min(best.get((name, k), math.inf), m)
                 natural = "**" if s == MODELS[name][1] else ""
                 cells.append(f"{natural}{m:.2f} ± {se:.2f}{natural}")
-            rows.append(f"| {name} | {s}:{MODELS[name][2]} | " + " | ".join(cells) + " |")
+            rows.append(f"| {name} | {s}:{MODELS[name][2][s]} | " + " | ".join(cells) + " |")
     return "\n".join(rows), best
 
 
@@ -111,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--nfe", default="5,10,20,50")
     ap.add_argument("--repeats", type=int, default=4)
-    ap.add_argument("--reuse", action="store_true", help="sweep checkpoints already in --out instead of training")
+    ap.add_argument("--reuse", action="store_true", help="reuse the checkpoints (and sweeps) already in --out")
     ap.add_argument("--train-steps", type=int, default=None, help="override the recipe's steps (a smoke run)")
     ap.add_argument("--nll", action="store_true", help="also each model's ODE bits/dim (eval --nll ode, 64 digits)")
     args = ap.parse_args(argv)
@@ -126,9 +140,9 @@ def main(argv=None):
     results, minutes, bpd = {}, {}, {}
     for name in names:
         ckpt, minutes[name] = train(pkg, name, out, args.reuse, args.train_steps)
-        results[name] = sweep(args.side, name, ckpt, out, args.nfe, args.repeats)
+        results[name] = sweep(args.side, name, ckpt, out, args.nfe, args.repeats, args.reuse)
         if args.nll:
-            bpd[name] = nll(pkg, ckpt, out, name)
+            bpd[name] = nll(pkg, ckpt, out, name, args.reuse)
         (out / "design_space.json").write_text(json.dumps(
             {"results": results, "train_minutes": minutes, "nll": bpd}, indent=2) + "\n")
     md, best = table(results, nfes)

@@ -5,12 +5,15 @@ default exists. The meaning of each name is derived in derivations/ and computed
 """
 from __future__ import annotations
 
+from . import objective_table as _objectives
+
 # The training objectives of the design space (derivations/design_space.md): "ddpm" is the discrete chain
 # trained as before (L_simple and its relatives over integer steps; --prediction, --loss, --weighting apply);
 # "edm" is Karras et al. 2022's preconditioned denoiser on the process x = x0 + sigma eps; "flow" is flow
 # matching / rectified flow on x_t = (1 - t) x0 + t eps with the velocity u = eps - x0 as the network's output.
-OBJECTIVES = ("ddpm", "edm", "flow")
-CONTINUOUS_OBJECTIVES = ("edm", "flow")
+# The names and defaults are read from common/objective_table.py, the one place that states them.
+OBJECTIVES = _objectives.names()
+CONTINUOUS_OBJECTIVES = _objectives.names(continuous=True)
 
 # The noise processes x_t = alpha(t) x0 + sigma(t) eps in continuous time t in [0, 1] (t = 0 data, t = 1 noise).
 PROCESSES = ("vp-linear", "vp-cosine", "ve", "edm", "flow")
@@ -19,8 +22,8 @@ PROCESSES = ("vp-linear", "vp-cosine", "ve", "edm", "flow")
 T_SAMPLINGS = ("uniform", "logit-normal")
 
 # The defaults of each objective's settings, from the papers (Karras et al. 2022, Table 1; Esser et al. 2024).
-EDM_DEFAULTS = {"sigma_data": 0.5, "p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.002, "sigma_max": 80.0}
-FLOW_DEFAULTS = {"t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "shift": 1.0}
+EDM_DEFAULTS = _objectives.row("edm").defaults()
+FLOW_DEFAULTS = _objectives.row("flow").defaults()
 
 # The objectives whose weighting w(lambda) over the log-SNR is computed (Kingma & Gao 2023's form; the
 # design_space page, D16): the chain's L_simple and its relatives, EDM, flow matching.

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from .errors import InputError, check_choice, check_int, check_number
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "same")  # (B9) pad 1 on every side; (B11) pad bottom and right by 1
+NORMS = ("additive", "scale-shift")  # (B8) h + proj(temb) before norm2; (B13) ADM's GN(h) (1 + scale) + shift
 
 
 class Step(NamedTuple):
@@ -19,7 +20,8 @@ class Step(NamedTuple):
     (k x k, stride, zero padding ``padding`` on every side, None meaning k // 2), linear, norm (GroupNorm),
     silu, up2x (nearest), pad (one zero row below and one zero column to the right, B11), embed (+ a row of
     the table, the class label's, W1; c_in the rows, c_out the width), attend
-    (attention over [q | k | v] channels), temb (+ Linear(temb) at every position; + temb when unnamed),
+    (attention over [q | k | v] channels, ``heads`` heads, B14), temb (+ Linear(temb) at every position; + temb
+    when unnamed), scaleshift (B13: h (1 + scale) + shift, [scale | shift] = Linear(temb), 2 c_out rows),
     and the joins: keep (h is also kept for a later join), concat ([h | the newest kept]) and add
     (skip(x) + h, x the newest kept, of c_in channels; skip a 1x1 conv or none)."""
     op: str
@@ -29,6 +31,18 @@ class Step(NamedTuple):
     k: int = 3
     stride: int = 1
     padding: int | None = None
+    heads: int = 1
+
+
+def check_adm_args(chans, attention, mid_attention, norm="additive", num_heads=1):
+    """ADM's options (Dhariwal & Nichol): -> (norm, num_heads); InputError names a bad argument. num_heads must
+    divide the channels of every level that has attention (and of the middle's, where it has attention)."""
+    check_choice(norm, NORMS, "norm")
+    num_heads = check_int(num_heads, "num_heads", lo=1)
+    attended = [c for c, a in zip(chans, attention) if a] + ([chans[-1]] if mid_attention else [])
+    if any(c % num_heads for c in attended):
+        raise InputError(f"num_heads={num_heads} must divide the channels {attended} of every attention layer")
+    return norm, num_heads
 
 
 def check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups, downsample_padding, norm_eps):
@@ -44,11 +58,13 @@ def check_unet_args(base_channels, channel_mults, num_res_blocks, attention, gro
     return chans, attention, check_int(num_res_blocks, "num_res_blocks", lo=1)
 
 
-def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_attention, downsample_padding):
-    """The UNet in forward order, a list of Step (the layout in words: unet.UNet's docstring)."""
+def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_attention, downsample_padding,
+              norm="additive", num_heads=1):
+    """The UNet in forward order, a list of Step (the layout in words: unet.UNet's docstring); ``norm`` and
+    ``num_heads`` as checked by check_adm_args."""
     plan, kept = [Step("conv", "conv_in", in_channels, chans[0])], []  # kept: channels of the kept outputs
 
-    def step(op, name="", c_out=None, k=3, stride=1, padding=None):  # the next step, tracking channels as forward
+    def step(op, name="", c_out=None, k=3, stride=1, padding=None, heads=1):  # the next step, tracking channels
         c_in = c = plan[-1].c_out
         if op == "keep":
             kept.append(c)
@@ -57,18 +73,23 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
         elif op == "add":  # (B8) skip(x) + h: skip a 1x1 conv where the channels change, else the identity
             c_in, k = kept.pop(), 1
             name = name if c_in != c else ""
-        plan.append(Step(op, name, c_in, c if c_out is None else c_out, k, stride, padding))
+        plan.append(Step(op, name, c_in, c if c_out is None else c_out, k, stride, padding, heads))
 
-    def res(pre, c_out):  # skip(x) + conv3x3(SiLU(GN(conv3x3(SiLU(GN(x))) + proj(SiLU(temb)))))
-        for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), ("conv", "conv1"), ("temb", "temb_proj"),
-                         ("norm", "norm2"), ("silu", ""), ("conv", "conv2"), ("add", "skip")]:
+    # additive: skip(x) + conv3x3(SiLU(GN(conv3x3(SiLU(GN(x))) + proj(SiLU(temb)))))
+    # (B13) scale-shift: the same with GN(h) (1 + scale) + shift, [scale | shift] = proj(SiLU(temb)), for norm2
+    mid = [("temb", "temb_proj"), ("norm", "norm2")] if norm == "additive" else [("norm", "norm2"),
+                                                                                ("scaleshift", "temb_proj")]
+
+    def res(pre, c_out):
+        for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), ("conv", "conv1"), *mid,
+                         ("silu", ""), ("conv", "conv2"), ("add", "skip")]:
             step(op, name and f"{pre}.{name}", c_out if op == "conv" else None)
 
     def attn(pre):  # x + proj(attention(q, k, v)), [q | k | v] = qkv(GN(x)); 1x1 convs
         c = plan[-1].c_out
         for op, name, c_out, k in [("keep", "", c, 3), ("norm", "norm", c, 3), ("conv", "qkv", 3 * c, 1),
                                    ("attend", "", c, 3), ("conv", "proj", c, 1), ("add", "", c, 3)]:
-            step(op, name and f"{pre}.{name}", c_out, k)
+            step(op, name and f"{pre}.{name}", c_out, k, heads=num_heads if op == "attend" else 1)  # (B14)
 
     def block(side, l, r):  # a residual block, then self-attention where the level has it
         res(f"{side}.{l}.res.{r}", chans[l])
@@ -138,6 +159,11 @@ def state_dict_order(plan):
             first.setdefault(path[:k], i)  # each prefix: its first use
     key = lambda i: [int(p) if p.isdigit() else first[paths[i][:k + 1]] for k, p in enumerate(paths[i])]  # noqa: E731
     return [named[i] for i in sorted(range(len(named)), key=key)]
+
+
+def param_rows(step):
+    """The output rows of a named step's weight: 2 c_out for scaleshift's [scale | shift] (B13), else c_out."""
+    return 2 * step.c_out if step.op == "scaleshift" else step.c_out
 
 
 def conv_padding(step):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 
-from .choices import (CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, T_SAMPLINGS,
-                      TRAIN_VARIANCES)
+from . import objective_table as _objective_table
+from .choices import CONTINUOUS_OBJECTIVES, LOSSES, OBJECTIVES, TRAIN_VARIANCES
 from .errors import InputError, check_choice
 
 FLAGS, ARGS = "flags", "args"
 LEARNED = "learned"
-HYBRID_LAMBDA = 1e-3   # Nichol & Dhariwal's lambda (V4): at T = 1000 the per-draw weight lambda T is 1
+HYBRID_LAMBDA = _objective_table._HYBRID_LAMBDA   # Nichol & Dhariwal's lambda (V4): at T = 1000 the per-draw weight lambda T is 1
 # How an argument reads where its field name would not (the bound's functions call it so)
 _ARG_WORDS = {"importance_sampling": "importance sampling of t"}
 
@@ -88,25 +88,12 @@ def check_zero_terminal_snr(zero_terminal_snr, prediction, words=FLAGS):
 
 # ---- the objectives ------------------------------------------------------------------------------------
 
-# The settings that belong to one objective, and the value each takes when unused (the field's default).
-# NEUTRAL None: no neutral value (every recipe sets one), so only a flag the user gave is refused.
-OBJECTIVE_SETTINGS = {
-    "ddpm": ("prediction", "weighting", "variance", "loss", "hybrid_lambda", "importance_sampling",
-             "zero_terminal_snr", "schedule", "T"),
-    "edm": ("sigma_data", "p_mean", "p_std"),
-    "flow": ("t_sampling", "logit_mean", "logit_std", "shift", "reflow", "teacher", "reflow_pairs", "teacher_steps"),
-}
-NEUTRAL = {"prediction": "eps", "weighting": "none", "variance": "fixed", "loss": "simple",
-           "hybrid_lambda": HYBRID_LAMBDA, "importance_sampling": False, "zero_terminal_snr": False,
-           "schedule": None, "T": None,
-           **{k: EDM_DEFAULTS[k] for k in OBJECTIVE_SETTINGS["edm"]}, **FLOW_DEFAULTS,
-           "reflow": False, "teacher": None, "reflow_pairs": None, "teacher_steps": 50}
-_WHY = {
-    "ddpm": "the continuous objectives fix what the network predicts and how the loss weighs each noise level "
-            "(EDM's preconditioned denoiser, flow matching's velocity), and train no discrete chain",
-    "edm": "it is a setting of EDM's noise levels and preconditioning (--objective edm)",
-    "flow": "it is a setting of flow matching (--objective flow)",
-}
+# The settings that belong to one objective, and the value each takes when unused (the field's default), read
+# from common/objective_table.py. NEUTRAL None: no neutral value (every recipe sets one), so only a flag the user
+# gave is refused.
+OBJECTIVE_SETTINGS = {r.name: tuple(r.settings) for r in _objective_table.ROWS}
+NEUTRAL = {k: v for r in _objective_table.ROWS for k, v in r.settings.items()}
+_WHY = {r.name: r.why for r in _objective_table.ROWS}
 
 
 def objective_settings(objective):
@@ -132,21 +119,17 @@ def check_objective(objective, settings, given=False, words=FLAGS):
 
 
 def check_objective_values(cfg, words=FLAGS):
-    """The objective and its own settings: choices, positivity, and what reflow needs."""
-    objective = check_choice(getattr(cfg, "objective", "ddpm"), OBJECTIVES, say("objective", words=words))
-    if objective == "edm":
-        for name, open_lo in (("sigma_data", True), ("p_std", True), ("p_mean", None)):
-            v = getattr(cfg, name, EDM_DEFAULTS[name])
-            if not (_finite_at_least(v, 0, True) if open_lo else _finite_at_least(v, -math.inf, False)):
-                raise InputError(f"{say(name, words=words)} must be a finite number{' > 0' if open_lo else ''}, "
-                                 f"got {v!r}")
-    if objective == "flow":
-        check_choice(getattr(cfg, "t_sampling", "uniform"), T_SAMPLINGS, say("t_sampling", words=words))
-        for name, open_lo in (("shift", True), ("logit_std", True), ("logit_mean", None)):
-            v = getattr(cfg, name, FLOW_DEFAULTS[name])
-            if not (_finite_at_least(v, 0, True) if open_lo else _finite_at_least(v, -math.inf, False)):
-                raise InputError(f"{say(name, words=words)} must be a finite number{' > 0' if open_lo else ''}, "
-                                 f"got {v!r}")
+    """The objective and its own settings: the row's value checks (choices, positivity), and what reflow needs."""
+    objective = check_choice(getattr(cfg, "objective", OBJECTIVES[0]), OBJECTIVES, say("objective", words=words))
+    r = _objective_table.row(objective)
+    for name, kind, choices in r.checks:
+        v = getattr(cfg, name, NEUTRAL[name])
+        if kind == "choice":
+            check_choice(v, choices, say(name, words=words))
+        elif not (_finite_at_least(v, 0, True) if kind == "positive" else _finite_at_least(v, -math.inf, False)):
+            raise InputError(f"{say(name, words=words)} must be a finite number{' > 0' if kind == 'positive' else ''}"
+                             f", got {v!r}")
+    if r.reflow:
         _check_reflow(cfg, words)
     return objective
 
@@ -168,15 +151,15 @@ def _check_reflow(cfg, words):
             raise InputError(f"{say(name, words=words)} must be a positive integer, got {v!r}")
 
 
-PROCESS_OF = {"ddpm": "chain", "edm": "edm", "flow": "flow"}   # the noise process each objective trains on
+PROCESS_OF = {r.name: r.process for r in _objective_table.ROWS}   # the noise process each objective trains on
 
 
 def process_of(cfg):
     """The name of the process a run trains (a checkpoint's extra["process"]): "chain" (the trained discrete
     chain of cfg.schedule and cfg.T), "edm" or "flow" (common.choices.PROCESSES)."""
-    return PROCESS_OF[getattr(cfg, "objective", "ddpm")]
+    return PROCESS_OF[getattr(cfg, "objective", OBJECTIVES[0])]
 
 
 def is_continuous(cfg):
     """Whether the run's objective is one of the continuous ones (a float time input, no trained chain)."""
-    return getattr(cfg, "objective", "ddpm") in CONTINUOUS_OBJECTIVES
+    return getattr(cfg, "objective", OBJECTIVES[0]) in CONTINUOUS_OBJECTIVES

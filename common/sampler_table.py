@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import objective_table as _objective_table
 from .choices import CONTINUOUS_GRIDS, GRIDS, OBJECTIVES
 from .errors import InputError, check_choice, check_int
 
 FAMILIES = ("chain", "ode", "sde")
+CLASSIFIER_ROUTES = ("ancestral", "eps", "denoiser")   # Sampler.classifier_route's values
 FLAGS = ("eta", "variance", "spacing", "grid")
 # What each flag sets, in the words of the flag checks' messages.
 FLAG_WORDS = {"eta": "the noise of the DDIM step", "variance": "the ancestral step's variance",
@@ -26,9 +28,9 @@ FLAG_WORDS = {"eta": "the noise of the DDIM step", "variance": "the ancestral st
 # The grid an ODE sampler runs on when --grid is omitted, per objective (the one place that says it): a model of
 # the trained chain starts on "trailing" (lab.late_start.default_grid turns it to leading where a start at T-1
 # is harmful); EDM's own grid is Karras et al.'s; flow matching's is uniform in its t (its training density).
-DEFAULT_GRIDS = {"ddpm": "trailing", "edm": "karras", "flow": "linspace"}
+DEFAULT_GRIDS = {r.name: r.default_grid for r in _objective_table.ROWS}   # common/objective_table.py's rows
 # The grids each objective's models take: the trained chain's steps, or any level of a continuous sigma range.
-OBJECTIVE_GRIDS = {"ddpm": GRIDS, "edm": CONTINUOUS_GRIDS, "flow": CONTINUOUS_GRIDS}
+OBJECTIVE_GRIDS = {r.name: r.grids for r in _objective_table.ROWS}
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class Sampler:
     (ode, on the trained chain; DEFAULT_GRIDS has every objective's); ``objectives`` the models it serves;
     ``all_steps_default``: all T steps when --sample-steps is omitted; ``evaluates_ahead``: a step calls the
     network again at the next level (a trapezoid correction); ``invertible``: run forwards, it encodes data to
-    latents (the Euler step, DDIM inversion N6)."""
+    latents (the Euler step, DDIM inversion N6); ``classifier_route``: how classifier guidance enters it
+    (derivations/classifier_guidance.md): "ancestral", Algorithm 1's shifted mean (H1); "eps", Algorithm 2's
+    guided eps (H3); "denoiser", D + s sigma^2 grad log p(y | x~) (H4)."""
     name: str
     family: str
     help: str
@@ -57,6 +61,7 @@ class Sampler:
     all_steps_default: bool = False
     evaluates_ahead: bool = False
     invertible: bool = False
+    classifier_route: str = "denoiser"
 
     def nfe(self, n, ends_at_zero=True):
         """Network evaluations for n steps: calls_per_step n, less calls_saved_at_zero on a grid ending at 0."""
@@ -71,9 +76,11 @@ class Sampler:
 _ODE = frozenset({"grid"})
 ROWS = (
     Sampler("ddpm", "chain", "ancestral sampling (Ho et al. 2020, Algorithm 2), one network call a step",
-            frozenset({"variance", "spacing"}), True, "leading", objectives=("ddpm",), all_steps_default=True),
+            frozenset({"variance", "spacing"}), True, "leading", objectives=("ddpm",), all_steps_default=True,
+            classifier_route="ancestral"),
     Sampler("ddim", "chain", "Song et al. 2021, deterministic at eta 0, one network call a step",
-            frozenset({"eta", "spacing"}), True, "leading", objectives=("ddpm",), invertible=True),
+            frozenset({"eta", "spacing"}), True, "leading", objectives=("ddpm",), invertible=True,
+            classifier_route="eps"),
     Sampler("euler", "ode", "Euler steps (= ddim with eta 0, step for step), one call a step", _ODE, False,
             "trailing", invertible=True),
     Sampler("heun", "ode", "Heun's steps (Karras et al. 2022), 2 calls a step, the last one to sigma = 0 an Euler "

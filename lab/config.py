@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common import rules
+from common.plans import NORMS
 from common.choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, TRAIN_VARIANCES
 from reference.diffusion import PREDICTIONS
 from reference.errors import InputError, check_choice
@@ -65,6 +66,8 @@ class TrainConfig:
     teacher: str | None = None       # reflow: the teacher checkpoint
     reflow_pairs: int | None = None  # reflow: how many pairs (None: the dataset's size)
     teacher_steps: int = 50          # reflow: the teacher's ODE steps per pair
+    classifier: bool = False         # a noise-conditional classifier's run (lab/classifier_run.py): model holds its
+                                     # constructor arguments, num_classes the dataset's; no denoiser, no samples
     seed: int = 0
     model: dict = field(default_factory=dict)   # constructor arguments of UNet / MLP
     image_size: int | None = None    # digits only: upsample 8x8 to this size
@@ -151,7 +154,7 @@ def _check_classes(c):
         raise InputError(f"--p-uncond must be a probability in [0, 1) (the share of labels dropped to the null "
                          f"class, so that the same network also learns the unconditional model), got {p!r}")
     k = (c.model or {}).get("num_classes")
-    if k is not None and not c.class_cond:
+    if k is not None and not c.class_cond and not c.classifier:
         raise InputError(f"model num_classes={k} is set but class_cond is off: "
                          "pass --class-cond (a conditional network) or drop num_classes")
 
@@ -187,6 +190,11 @@ def _check_unet(m):
     if any(c % groups for c in chans):
         raise InputError(f"--groups {groups} must divide every level's channels {chans} "
                          f"(--base-channels {m['base_channels']} times --channel-mults)")
+    check_choice(m.get("norm", "additive"), NORMS, "norm")  # ADM's options (common/plans.py)
+    heads, attended = m.get("num_heads", 1), [c for c, a in zip(chans, attn) if a] + [chans[-1]] * m.get(
+        "mid_attention", True)
+    if any(c % heads for c in attended):
+        raise InputError(f"--num-heads {heads} must divide the channels {attended} of every attention layer")
 
 
 def fit_unet(model, given):

@@ -4,17 +4,14 @@
     checkpoint.save(path, ck.params, config=ck.config, extra=ck.extra)
     to_diffusers(ckpt_path, folder)            # DDPMPipeline.save_pretrained: model_index.json, unet/, scheduler/
 
-DDPM's layout (ResNet blocks, one-head attention at chosen levels, the positional embedding [sin | cos] with
-freq_shift 1) maps weight for weight: diffusers numbers its up path from the coarsest level (up_blocks.0 is
-our up.{L-1}) and keeps q, k, v as three linear layers, stacked here into one 1x1 conv ``qkv``. Our UNet's
-``downsample_padding="same"`` is diffusers' downsample_padding=0; ``norm_eps`` its norm_eps. A class-conditional
-UNet's table of K + 1 rows (W1: the last row the null class) is diffusers' ``class_embedding`` with
-num_class_embeds = K + 1, so diffusers' label K is our null class; learned variances (V1: 2C output channels,
-the mean's C then the interpolation's C) are out_channels = 2C with the scheduler's variance_type
-"learned_range", whose log-variance interpolation is V1's (for t > 0; at t = 0 neither step adds noise). A
-model whose item shape no dataset has converts with no dataset recorded (``config["data"]`` None; the shape is
-in ``extra["item_shape"]``). Any other configuration, and any missing or unexpected weight, is refused naming
-it. diffusers is imported lazily.
+Our UNet maps weight for weight (lab/diffusers_names.py). ``downsample_padding="same"`` is diffusers'
+downsample_padding=0; ``norm_eps`` its norm_eps; ``norm="scale-shift"`` (B13) its resnet_time_scale_shift=
+"scale_shift"; ``num_heads`` its attention_head_dim = channels / num_heads where that width is one for every
+attention layer. A class-conditional UNet's table of K + 1 rows (W1: the last the null class) is class_embedding
+with num_class_embeds = K + 1; learned variances (V1: 2C outputs, the mean's C then the interpolation's C) are
+out_channels = 2C with the scheduler's variance_type "learned_range" (V1's interpolation for t > 0). A model
+whose item shape no dataset has converts with ``config["data"]`` None (the shape in ``extra["item_shape"]``).
+Any other configuration, and any missing or unexpected weight, is refused naming it. diffusers is imported lazily.
 """
 from __future__ import annotations
 
@@ -34,7 +31,8 @@ from reference.unet import UNet
 from . import checkpoint
 from . import data as datasets
 from .config import config_from_json
-from .diffusers_names import params_from_diffusers, params_to_diffusers  # noqa: F401  (lab.convert's names)
+from .diffusers_names import (NORMS_TO_DIFFUSERS, attn_norm_groups, head_dim_for, norm_from,  # noqa: F401
+                              num_heads_from, params_from_diffusers, params_to_diffusers)  # lab.convert's names
 
 INSTALL_HINT = ('diffusers is an optional extra of this project: pip install -e ".[interop]" in the clone '
                 '(or pip install "diffusers>=0.30")')
@@ -47,10 +45,10 @@ BETA_RANGE = {"beta_start": 1e-4, "beta_end": 0.02}  # the only range TrainConfi
 # UNet2DModel arguments that must have these values: each is part of the function our UNet computes
 REQUIRED = {"center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1,
             "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
-            "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "resnet_time_scale_shift": "default",
-            "class_embed_type": None}
+            "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "class_embed_type": None}
 # what no such argument means (an older diffusers lacks some)
-IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0, "num_class_embeds": None}
+IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0, "num_class_embeds": None,
+           "resnet_time_scale_shift": "default"}
 # the scheduler's variance_type -> the project's sampling variance; learned_range is V1's interpolation
 VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large", "learned_range": "learned"}
 _DOWN, _UP = {"DownBlock2D": False, "AttnDownBlock2D": True}, {False: "UpBlock2D", True: "AttnUpBlock2D"}
@@ -113,10 +111,7 @@ def unet_kwargs(dcfg, defaults):
         raise InputError(f"config.json has up_block_types={ups}; with down_block_types={downs} the project's UNet "
                          f"(attention on the same levels up and down) needs {want_up}")
     mid_attention = bool(c.get("add_attention", True))
-    heads = [b for b, a in zip(boc, attention) if a] + ([boc[-1]] if mid_attention else [])
-    if c.get("attention_head_dim") is not None and any(c["attention_head_dim"] != b for b in heads):
-        raise InputError(f"config.json has attention_head_dim={c['attention_head_dim']}: several heads at channels "
-                         f"{heads}; the project's attention has one head (attention_head_dim null)")
+    num_heads = num_heads_from(c.get("attention_head_dim"), boc, attention, mid_attention)
     if c.get("attn_norm_num_groups") not in (None, c["norm_num_groups"]):
         raise InputError(f"config.json has attn_norm_num_groups={c['attn_norm_num_groups']}; the project's "
                          f"attention normalises with the UNet's groups ({c['norm_num_groups']})")
@@ -132,7 +127,8 @@ def unet_kwargs(dcfg, defaults):
                 attention=tuple(attention), groups=c["norm_num_groups"], mid_attention=mid_attention,
                 time_dim=c.get("time_embedding_dim") or 4 * base, norm_eps=float(c["norm_eps"]),
                 downsample_padding="symmetric" if c["downsample_padding"] == 1 else "same",
-                num_classes=None if embeds is None else embeds - 1)
+                num_classes=None if embeds is None else embeds - 1, num_heads=num_heads,
+                norm=norm_from(c))
 
 
 def _outputs(in_channels, variance):
@@ -159,15 +155,19 @@ def model_dict(kw, variance="fixed"):
 
 
 def diffusers_unet_config(kw, sample_size):
-    """Our full keyword arguments -> UNet2DModel's constructor arguments (every one that matters, stated)."""
+    """Our full keyword arguments -> UNet2DModel's constructor arguments (every one that matters, stated);
+    InputError names what UNet2DModel cannot hold."""
     boc = [kw["base_channels"] * m for m in kw["channel_mults"]]
-    return dict(REQUIRED, sample_size=sample_size, in_channels=kw["in_channels"], out_channels=kw["out_channels"],
+    return dict(REQUIRED, resnet_time_scale_shift=NORMS_TO_DIFFUSERS[kw["norm"]], sample_size=sample_size,
+                in_channels=kw["in_channels"], out_channels=kw["out_channels"],
                 time_embedding_dim=None if kw["time_dim"] == 4 * boc[0] else kw["time_dim"], block_out_channels=boc,
                 layers_per_block=kw["num_res_blocks"],
                 down_block_types=[next(t for t, a in _DOWN.items() if a == x) for x in kw["attention"]],
                 up_block_types=[_UP[x] for x in reversed(kw["attention"])], add_attention=kw["mid_attention"],
-                downsample_padding=1 if kw["downsample_padding"] == "symmetric" else 0, attention_head_dim=None,
-                norm_num_groups=kw["groups"], attn_norm_num_groups=None, norm_eps=kw["norm_eps"], dropout=0.0,
+                downsample_padding=1 if kw["downsample_padding"] == "symmetric" else 0,
+                attention_head_dim=head_dim_for(kw["num_heads"], boc, kw["attention"], kw["mid_attention"]),
+                norm_num_groups=kw["groups"], attn_norm_num_groups=attn_norm_groups(kw), norm_eps=kw["norm_eps"],
+                dropout=0.0,
                 num_class_embeds=None if kw["num_classes"] is None else kw["num_classes"] + 1)
 
 

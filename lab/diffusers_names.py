@@ -1,7 +1,9 @@
 """The weight names of this project's UNet and of diffusers' UNet2DModel, both ways (tooling: written once).
 
 diffusers numbers its up path from the coarsest level (up_blocks.0 is our up.{L-1}) and keeps q, k, v as three
-linear layers, stacked here into one 1x1 conv ``qkv``; everything else maps name for name. Used by lab.convert.
+linear layers, stacked here into one 1x1 conv ``qkv``; everything else maps name for name (scale-shift's temb_proj of
+2C rows [scale | shift] is time_emb_proj, chunked in that order there). Used by lab.convert, with the two ADM options
+that change no names: the norm and the number of heads.
 """
 from __future__ import annotations
 
@@ -18,6 +20,57 @@ _RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2
         "skip": "conv_shortcut"}
 _ATTN = {"norm": "group_norm", "qkv": ("to_q", "to_k", "to_v"), "proj": "to_out.0"}
 _DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # old AttentionBlock names
+
+
+NORMS_TO_DIFFUSERS = {"additive": "default", "scale-shift": "scale_shift"}  # our norm -> resnet_time_scale_shift
+
+
+def norm_from(c):
+    """A UNet2DModel config's resnet_time_scale_shift -> our UNet's norm (B8 additive, B13 scale-shift); InputError
+    otherwise. With "scale_shift" and no attn_norm_num_groups diffusers' middle attention has no GroupNorm (its
+    UNetMidBlock2D gives it one only for "default"), which ours always has: refused, naming the field to set."""
+    shift, ours = c.get("resnet_time_scale_shift", "default"), {v: k for k, v in NORMS_TO_DIFFUSERS.items()}
+    if shift not in ours:
+        raise InputError(f"config.json has resnet_time_scale_shift={shift!r}; the project's UNet computes "
+                         f"{list(ours)} (its norm additive or scale-shift)")
+    if shift != "default" and c.get("add_attention", True) and c.get("attn_norm_num_groups") is None:
+        raise InputError(f"config.json has resnet_time_scale_shift={shift!r} and attn_norm_num_groups=None: its "
+                         "middle attention has no GroupNorm, which the project's UNet has (attn_norm_num_groups="
+                         f"{c['norm_num_groups']} would give it one)")
+    return ours[shift]
+
+
+def attn_norm_groups(kw):
+    """UNet2DModel's attn_norm_num_groups for our keyword arguments: None (the resnets' groups) where diffusers
+    then normalises the middle attention, our groups where it would not (scale-shift, see norm_from)."""
+    return None if kw["norm"] == "additive" else kw["groups"]
+
+
+def _attended(channels, attention, mid_attention):  # the channels of every attention layer
+    return [c for c, a in zip(channels, attention) if a] + ([channels[-1]] if mid_attention else [])
+
+
+def num_heads_from(head_dim, channels, attention, mid_attention):
+    """diffusers' attention_head_dim (None: one head of all channels) -> our num_heads (B14), one count for every
+    attention layer of ``channels`` (block_out_channels); InputError where the layers' counts C / d differ."""
+    attended = _attended(channels, attention, mid_attention)
+    heads = {1} if head_dim is None else {c // head_dim if c % head_dim == 0 else None for c in attended} or {1}
+    if len(heads) != 1 or None in heads:
+        raise InputError(f"config.json has attention_head_dim={head_dim}: attention at channels {attended} would "
+                         "have different numbers of heads; the project's UNet has one num_heads for every layer")
+    return heads.pop()
+
+
+def head_dim_for(num_heads, channels, attention, mid_attention):
+    """Our num_heads -> diffusers' attention_head_dim (None for one head); InputError where the heads' widths differ
+    between attention layers, since UNet2DModel has one attention_head_dim for all of them."""
+    widths = {c // num_heads for c in _attended(channels, attention, mid_attention)}
+    if num_heads == 1 or not widths:
+        return None
+    if len(widths) > 1:
+        raise InputError(f"num_heads={num_heads} gives heads of widths {sorted(widths)} at the attention layers; "
+                         "diffusers' UNet2DModel has one attention_head_dim for all of them: it cannot hold this UNet")
+    return widths.pop()
 
 
 def _diffusers_module(module, levels):

@@ -62,19 +62,38 @@ def configure(p):
                         "Frechet distance's own feature classifier; 2-D data: 5 nearest labelled real points), "
                         "beside its accuracy on real test items (the ceiling); s = 0 is the unconditional model "
                         "(accuracy: chance). Writes guidance_tradeoff.png (--plot)")
+    p.add_argument("--classifier", metavar="CKPT", default=None,
+                   help="classifier guidance's sweep with this classifier (train --classifier on the model's "
+                        "schedule and T; the model runs unconditionally): for each --classifier-scale, the same "
+                        "quality and accuracy as --guidance reports. Writes classifier_tradeoff.png (--plot when "
+                        "--guidance is not asked for too)")
+    p.add_argument("--classifier-scale", dest="classifier_scale", default=None, metavar="LIST",
+                   help="--classifier: the scales s of its gradient, e.g. 0,1,2,4 (the default); 0 is unguided")
 
 
-def parse_scales(text):
+def parse_scales(text, flag="--guidance"):
     """--guidance "0,1,2,4" -> sorted unique floats, each finite and >= 0; refused naming the flag otherwise."""
     try:
         values = sorted({float(v) for v in text.split(",") if v.strip()})
     except ValueError:
-        raise InputError(f"--guidance must be a comma-separated list of scales such as 0,1,2,4, got {text!r}") \
+        raise InputError(f"{flag} must be a comma-separated list of scales such as 0,1,2,4, got {text!r}") \
             from None
     if not values or not all(math.isfinite(v) for v in values) or values[0] < 0:
-        raise InputError(f"--guidance needs finite scales >= 0 (0: unconditional, 1: the class-conditional model, "
-                         f"> 1: guided), got {text!r}")
+        what = "0: unguided, 1: the exact conditional for an exact classifier" if flag != "--guidance" else \
+            "0: unconditional, 1: the class-conditional model"
+        raise InputError(f"{flag} needs finite scales >= 0 ({what}, > 1: guided), got {text!r}")
     return values
+
+
+def check_classifier(args):
+    """--classifier's scales (default 0,1,2,4), or None without --classifier; refused with --nfe."""
+    if args.classifier is None:
+        if args.classifier_scale is not None:
+            raise InputError("--classifier-scale needs --classifier CKPT, the classifier whose gradient it scales")
+        return None
+    if args.nfe is not None:
+        raise InputError("--classifier and --nfe are two sweeps: run one at a time")
+    return parse_scales(args.classifier_scale or "0,1,2,4", "--classifier-scale")
 
 
 def check(args):
@@ -120,21 +139,28 @@ def balanced(n, k):
     return np.arange(n, dtype=np.int64) % k
 
 
-def compute(B, trainer, judge, n, args, name, scales, k, res, plot=None):
-    """res gains "guidance": one row per scale (value, values, ratio_to_floor, accuracy, accuracies, nfe,
-    seconds_per_sample), the ceiling, chance and the picture's path."""
+def compute(B, trainer, judge, n, args, name, scales, k, res, plot=None, grad_fn=None):
+    """res gains "guidance" (classifier-free; or "classifier_guidance" with ``grad_fn``, a classifier's chain
+    gradient, lab.classifier_sampling): one row per scale (value, values, ratio_to_floor, accuracy, accuracies,
+    nfe, seconds_per_sample), the ceiling, chance and the picture's path."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     clf, ceiling, what = classifier(name, cfg, args.seed)
     p = plan_for(B, trainer, args.sampler, args.sample_steps, args.spacing or "leading", args.grid, clip_x0=images)
     y = balanced(n, k)
-    rows = []
+    rows, key = [], "guidance" if grad_fn is None else "classifier_guidance"
     for i, s in enumerate(scales):
         values, accs, seconds = [], [], 0.0
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            x = draw(B, trainer, n, args.seed + r, args.sampler, p.steps, args.spacing or "leading", grid=args.grid,
-                     y=y, guidance=s, progress=bar(f"guidance s={s:g}, draw {r + 1}/{args.repeats}"),
-                     warn=i == 0 and r == 0)
+            kw = dict(progress=bar(f"{key.replace('_', ' ')} s={s:g}, draw {r + 1}/{args.repeats}"),
+                      warn=i == 0 and r == 0)
+            if grad_fn is None:
+                x = draw(B, trainer, n, args.seed + r, args.sampler, p.steps, args.spacing or "leading",
+                         grid=args.grid, y=y, guidance=s, **kw)
+            else:
+                from .classifier_sampling import guided_draw
+                x = guided_draw(B, trainer, n, grad_fn, y, s, args.seed + r, args.sampler, p.steps,
+                                args.spacing or "leading", grid=args.grid, **kw)
             seconds += time.perf_counter() - t0
             values.append(judge.score(x))
             accs.append(clf.accuracy(x, y))
@@ -143,9 +169,10 @@ def compute(B, trainer, judge, n, args, name, scales, k, res, plot=None):
                      "spread": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                      "accuracy": float(np.mean(accs)), "accuracies": accs,
                      "accuracy_spread": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
-                     "nfe": p.nfe * (1 if s in (0.0, 1.0) else 2),
+                     "nfe": p.nfe * (1 if s in (0.0, 1.0) or grad_fn is not None else 2),
                      "seconds_per_sample": seconds / args.repeats / n})
-    plot = Path(plot) if plot else Path(args.ckpt).parent / "guidance_tradeoff.png"
+    plot = Path(plot) if plot else Path(args.ckpt).parent / f"{'guidance' if grad_fn is None else 'classifier'}" \
+                                                            "_tradeoff.png"
     spread = args.repeats > 1
     guidance_tradeoff([r["scale"] for r in rows], [r["ratio_to_floor"] for r in rows],
                       [r["accuracy"] for r in rows], plot, ceiling=ceiling, chance=1.0 / k,
@@ -153,15 +180,18 @@ def compute(B, trainer, judge, n, args, name, scales, k, res, plot=None):
                       ratio_spread=[r["spread"] / judge.floor for r in rows] if spread else None,
                       accuracy_spread=[r["accuracy_spread"] for r in rows] if spread else None,
                       title=f"{name}, step {res['step']}: {n} samples of balanced classes, {args.sampler} "
-                            f"{p.steps} steps, mean of {args.repeats} draw(s)")
-    res["guidance"] = {"scales": list(scales), "rows": rows, "classes": k, "ceiling": ceiling, "chance": 1.0 / k,
+                            f"{p.steps} steps, mean of {args.repeats} draw(s)"
+                            + ("" if grad_fn is None else "; classifier guidance (the scale of the classifier's "
+                                                          "gradient)"))
+    res[key] = {"scales": list(scales), "rows": rows, "classes": k, "ceiling": ceiling, "chance": 1.0 / k,
                        "classifier": what, "sampler": args.sampler, "steps": p.steps, "where": p.where,
                        "plot": str(plot)}
 
 
-def report(res):
-    g, floor = res["guidance"], res["floor"]
-    print(f"  classifier-free guidance: {res['n']} samples of {g['classes']} balanced classes ({g['sampler']}, "
+def report(res, key="guidance"):
+    g, floor = res[key], res["floor"]
+    kind = "classifier-free guidance" if key == "guidance" else "classifier guidance"
+    print(f"  {kind}: {res['n']} samples of {g['classes']} balanced classes ({g['sampler']}, "
           f"{g['steps']} steps, {g['where']}; mean of {res['repeats']} draw(s)); {res['metric']} floor {floor:.4g}")
     print(f"    {'s':>5s} {'value':>8s} {'/floor':>7s} {'accuracy':>9s} {'NFE':>5s} {'ms/sample':>10s}")
     for r in g["rows"]:

@@ -6,16 +6,17 @@
          17 for the digits) is scored by the discretised decoder on its L levels (L6, L9), in bits/dim of the
          discrete data; continuous 2-D points by a Gaussian decoder density, in nats per point (and bits/dim of
          that density, which may be negative).
-  ode    the exact likelihood of the probability-flow ODE (derivations/likelihood.md E1-E8) through
-         ``likelihood.model_nll`` of the network between its trained levels sigma_0 and sigma_{T-1}; the
-         divergence exact for 2-D points and Hutchinson's (Rademacher probes) for images; discrete data
-         dequantised uniformly within its bin, its bits/dim the continuous ones plus log2((L - 1) / 2) (E7),
-         an upper bound on the discrete data's bits/dim like the bound's figure, so the two compare.
+  ode    the exact likelihood of the probability-flow ODE (derivations/likelihood.md E1-E9) through
+         ``likelihood.model_nll`` of a chain's network between its trained levels sigma_0 and sigma_{T-1}, or
+         ``likelihood.objective_nll`` of a continuous objective's (edm, flow) between the objective's
+         sigma_range (E9: its denoiser is exact at every level); the divergence exact for 2-D points and
+         Hutchinson's (Rademacher probes) for images; discrete data dequantised uniformly within its bin, its
+         bits/dim the continuous ones plus log2((L - 1) / 2) (E7), an upper bound on the discrete data's bits/dim
+         like the bound's figure, so the two compare.
 
-A model of a continuous objective (edm, flow) has no trained chain, so no discrete bound; its ODE likelihood
-needs the Jacobian of the objective's denoiser, which reference/likelihood.py builds for the chain's networks
-only (network_field). So such a model is scored without a likelihood by default, and ``--nll`` is refused for
-it with the reason.
+``--nll`` omitted is the bound for a model of the chain and the ODE for a model of a continuous objective (edm,
+flow): it has no trained chain, so no discrete bound, and ``--nll bound`` / ``both`` are refused for it with the
+reason.
 
 eval.py calls five hooks, in this order: ``configure(p)`` adds the flags, ``check(args)`` refuses bad ones
 before any work, ``check_model(trainer, args)`` once the checkpoint is read, ``compute(B, trainer, name, args,
@@ -37,7 +38,7 @@ from reference.likelihood import ATOL, MIN_RTOL, RTOL, bpd_offset
 
 from . import data as datasets
 from .progress import bar, progress
-from .sampling import is_continuous, objective_of
+from .sampling import is_continuous, objective_of, objectives
 
 NLL_ROUTES = ("bound", "ode", "both")
 BOUND_VARIANCES = ("fixed_small", "fixed_large", "learned")
@@ -50,10 +51,11 @@ def configure(p):
     p.add_argument("--bpd-n", type=int, default=64,
                    help="held-out items (test split) for the likelihood (0 skips it)")
     p.add_argument("--nll", choices=NLL_ROUTES, default=None,
-                   help="the likelihood route (default: bound). bound: the variational bound (T network calls "
-                        "per item); ode: the exact likelihood of the probability-flow ODE (an adaptive solve, "
-                        "Hutchinson's divergence for images); both: the two, side by side. A model of a continuous "
-                        "objective (edm, flow) has no trained chain: no likelihood by default, and --nll is refused")
+                   help="the likelihood route (default: bound; ode for a model of a continuous objective). bound: "
+                        "the variational bound (T network calls per item); ode: the exact likelihood of the "
+                        "probability-flow ODE (an adaptive solve, Hutchinson's divergence for images); both: the two, "
+                        "side by side. A model of a continuous objective (edm, flow) has no trained chain, so no "
+                        "bound: ode is its one route")
     p.add_argument("--bpd-variance", default=None, metavar="LIST",
                    help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
                         "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "
@@ -91,7 +93,7 @@ def check(args):
     """Every likelihood flag checked before any work, in the flags' words."""
     if args.bpd_n < 0:
         raise InputError(f"--bpd-n must be >= 0 (0 skips the likelihood), got {args.bpd_n}")
-    nll = args.nll or "bound"   # omitted: the bound (a continuous model's default, none, is set by check_model)
+    nll = args.nll or "bound"   # omitted: the bound here (a continuous model's default, ode, is set by check_model)
     ode = nll in ("ode", "both")
     if args.bpd_n == 0 and nll != "bound":
         raise InputError(f"--nll {nll} needs held-out items: --bpd-n 0 skips the likelihood")
@@ -107,7 +109,8 @@ def check(args):
         given = [f"--{f.replace('_', '-')}" for f in ODE_FLAGS if getattr(args, f) is not None]
         if given:
             raise InputError(f"{', '.join(given)} applies with --nll ode or both (the probability-flow ODE's "
-                             f"likelihood), not --nll {nll}")
+                             f"likelihood), not --nll {nll}" + ("" if args.nll else " (the default of a chain's model)"
+                                                              + ": give --nll ode with it"))
         return
     for flag, v in (("--ode-rtol", args.ode_rtol), ("--ode-atol", args.ode_atol)):
         if v is not None and not (math.isfinite(v) and v > 0):
@@ -125,23 +128,22 @@ def check(args):
 
 
 def check_model(trainer, args):
-    """The route for the checkpoint read: ``args.nll`` omitted is the bound for a model of the chain; a model of
-    a continuous objective has no likelihood route (none by default; --nll refused, naming why)."""
+    """The route for the checkpoint read: ``args.nll`` omitted is the bound for a model of the chain and the ODE
+    for a model of a continuous objective, whose one route it is (the bound refused, naming why)."""
     if not is_continuous(trainer.cfg):
         args.nll = args.nll or "bound"
         return
     objective, given = objective_of(trainer.cfg), args.nll
-    if given is None:
-        args.bpd_n = 0   # no route: the likelihood is skipped, and report says nothing of it
-        return
     if given in ("bound", "both"):
         raise InputError(f"--nll {given}: the discrete bound needs the trained chain (its T steps, their posteriors "
                          f"and the decoder L_0); this {objective} model was trained on continuous noise levels and "
-                         "has none. Drop --nll: eval then scores its samples only")
-    raise InputError(f"--nll ode: the probability-flow ODE's likelihood needs the Jacobian of the model's denoiser, "
-                     f"which is built for networks of the trained chain only (reference/likelihood.py's network_field)"
-                     f", not for this {objective} model's preconditioned one. Drop --nll: eval then scores its "
-                     "samples only")
+                         "has none. Use --nll ode (its exact likelihood, the default for it)")
+    for flag, value in (("--bpd-variance", getattr(args, "bpd_variance", None)),
+                        ("--bpd-clip", getattr(args, "bpd_clip", None))):
+        if value is not None:
+            raise InputError(f"{flag} sets the discrete bound, which this {objective} model has not (no trained "
+                             "chain); its likelihood is the ODE's: drop the flag")
+    args.nll = "ode"
 
 
 # ---- the figures --------------------------------------------------------------------------------
@@ -251,8 +253,13 @@ def ode(B, trainer, x, info, seed=0, rtol=None, atol=None, divergence=None, n_pr
     rtol, atol, batch = rtol or RTOL, atol or ATOL, batch or ODE_BATCH
     rng = np.random.default_rng(seed)
     model = L.trainer_model(trainer)
-    variance = "learned" if cfg.variance == "learned" else "fixed_small"
-    sig = L.sigma_range(trainer.sched)
+    if is_continuous(cfg):   # (E9) the objective's own denoiser, exact at every level of its sampling range
+        sig = objectives(B).sigma_range(cfg)
+        nll = lambda xb, **kw: L.objective_nll(cfg, model, xb, **kw)  # noqa: E731
+    else:                    # (E5) the chain's network, interpolated over its label between its trained levels
+        sig, variance = L.sigma_range(trainer.sched), "learned" if cfg.variance == "learned" else "fixed_small"
+        nll = lambda xb, **kw: L.model_nll(trainer.sched, model, xb, prediction=cfg.prediction,  # noqa: E731
+                                           variance=variance, **kw)
     rho0, rho1 = math.log(sig[0]), math.log(sig[1])
     nats, bpd, nfe, steps = [], [], 0, 0
     t0 = time.perf_counter()
@@ -265,9 +272,8 @@ def ode(B, trainer, x, info, seed=0, rtol=None, atol=None, divergence=None, n_pr
             kw["probes"] = rng.integers(0, 2, size=(k, m) + shape[1:]).astype(np.float64) * 2.0 - 1.0
         if info.discrete:
             kw.update(levels=info.levels, dequant_noise=rng.uniform(0.0, 1.0, size=(m,) + shape[1:]))
-        r = L.model_nll(trainer.sched, model, xb, prediction=cfg.prediction, variance=variance,
-                        divergence=divergence, rtol=rtol, atol=atol,
-                        progress=_ode_progress(f"ODE NLL, items {i + 1}-{i + m} of {n}", rho0, rho1), **kw)
+        r = nll(xb, divergence=divergence, rtol=rtol, atol=atol,
+                progress=_ode_progress(f"ODE NLL, items {i + 1}-{i + m} of {n}", rho0, rho1), **kw)
         nats.append(_np(r.nats)), bpd.append(_np(r.bpd))
         nfe, steps = nfe + r.nfe, steps + r.steps
     nats, bpd = np.concatenate(nats), np.concatenate(bpd)

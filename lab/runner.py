@@ -46,7 +46,7 @@ CKPT = "ckpt.npz"
 # Settings a resumed run must share with its checkpoint (anything else, e.g. --steps or --lr, may change).
 RESUME_FIXED = ("data", "T", "schedule", "zero_terminal_snr", "prediction", "dtype", "seed", "batch_size",
                 "objective", "sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift",
-                "reflow", "reflow_pairs", "teacher_steps")
+                "reflow", "reflow_pairs", "teacher_steps", "classifier")
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,7 +119,8 @@ def _save(trainer, path, step, data_rng, extra=None):
     checkpoint.save(path, st["params"], ema=st["ema"], opt_state=st["opt_state"],
                     config=json.loads(trainer.cfg.to_json()), step=step, rng_state=rng_state,
                     extra={"backend": trainer.backend, "item_shape": list(trainer.item_shape),
-                           "process": rules.process_of(trainer.cfg), **(extra or {})})
+                           "process": rules.process_of(trainer.cfg),
+                           **(getattr(trainer, "checkpoint_extra", None) or {}), **(extra or {})})
 
 
 def _restore(trainer, ck, path):
@@ -250,6 +251,9 @@ def train(cfg, out_dir, backend="reference", resume=False, progress=True, overwr
     pictures into ``out_dir``; returns ``run``'s dict. ``trainer_options`` go to the backend's Trainer (the
     port's device, compile, amp, channels_last, cuda_graphs)."""
     cfg.validate()  # bad settings fail here, before the data is read (a no-op for the CLI's, checked already)
+    if cfg.classifier:  # a noise-conditional classifier (lab/classifier_run.py): the same loop on labelled data
+        from .classifier_run import train as train_classifier
+        return train_classifier(cfg, out_dir, backend, resume, progress, overwrite, **trainer_options)
     cfg = with_classes(cfg)  # --class-cond: the dataset's class count into cfg.model (refused without labels)
     x = data.load(cfg.data, seed=cfg.seed, data_dir=cfg.data_dir, image_size=cfg.image_size,
                   return_labels=cfg.class_cond)
@@ -332,7 +336,7 @@ def _run(trainer, x, out_dir, resume=False, progress=True, overwrite=False, y=No
     from . import plots
     from .pictures import loss_label
 
-    plots.loss_curve(log_path, out / "loss.png", label=loss_label(cfg))
+    plots.loss_curve(log_path, out / "loss.png", label=getattr(trainer, "loss_label", None) or loss_label(cfg))
     res = {"step": cfg.steps, "ckpt": str(ckpt_path), "log": str(log_path)}
     if cfg.final_samples:
         res["samples"] = str(pictures(trainer, out, "final", cfg.steps))

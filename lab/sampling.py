@@ -74,6 +74,9 @@ def objectives(B):
 def load_trainer(B, ckpt_path, device="auto", use_ema=True):
     """A backend Trainer holding the checkpoint's weights (EMA weights by default) -> (trainer, ckpt)."""
     ck = checkpoint.load(ckpt_path)
+    if (ck.extra or {}).get("kind") == "classifier":
+        raise InputError(f"--ckpt {ckpt_path} is a classifier checkpoint (train --classifier), not a model to sample "
+                         "from: pass it as --classifier, and a denoiser's checkpoint as --ckpt")
     cfg = config_from_json(json.dumps(ck.config))
     shape = ck.extra.get("item_shape")
     if shape is None:

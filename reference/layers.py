@@ -1,4 +1,4 @@
-"""Layers with hand-written backward passes — derivations/backprop.md (B1..B12).
+"""Layers with hand-written backward passes — derivations/backprop.md (B1..B13).
 
 API (CS231n pairs, each backward right under its forward)::
 
@@ -239,16 +239,38 @@ def group_norm_backward(dout, cache):
 
 
 # ----------------------------------------------------------------------------------------------
+# Scale-shift norm (B13), ADM's adaptive GroupNorm: GN's output modulated per sample by the embedding
+
+
+def scale_shift_forward(h, scale, shift):
+    """(B13) out = h (1 + scale) + shift, per sample and channel: h (N, ..., C) (GroupNorm's output), scale and
+    shift (N, C) (the halves of Linear(SiLU(temb))) -> out like h."""
+    h3 = h.reshape(h.shape[0], -1, h.shape[-1])  # (N, L, C)
+    # (B13)  out[n, l, c] = h[n, l, c] (1 + scale[n, c]) + shift[n, c]
+    out = h3 * (1.0 + scale)[:, None, :]
+    out += shift[:, None, :]
+    return out.reshape(h.shape), (h3, scale)
+
+
+def scale_shift_backward(dout, cache):
+    """(B13) dh = dout (1 + scale);  dscale = sum_l dout h;  dshift = sum_l dout (sums over positions, (N, C))."""
+    h3, scale = cache
+    d = dout.reshape(h3.shape)
+    # (B13)  dh = dout (1 + scale);  dscale[n, c] = sum_l dout h;  dshift[n, c] = sum_l dout
+    dh = d * (1.0 + scale)[:, None, :]
+    return dh.reshape(dout.shape), np.einsum("nlc,nlc->nc", d, h3), _sum_positions(d)
+
+
+# ----------------------------------------------------------------------------------------------
 # SiLU (B4)
 
 
 def silu_forward(x):
     """(B4) SiLU y = x sigmoid(x), elementwise. sigmoid(x) = (1 + tanh(x/2)) / 2 never overflows."""
-    # (B4)  s = sigmoid(x) = (1 + tanh(x / 2)) / 2
+    # (B4)  s = sigmoid(x) = (1 + tanh(x / 2)) / 2;  y = x s
     s = np.tanh(x * 0.5)
     s += 1.0
     s *= 0.5
-    # (B4)  y = x s
     return x * s, (x, s)
 
 
@@ -260,8 +282,7 @@ def silu_backward(dout, cache):
     g *= x
     g += 1.0
     g *= s
-    g *= dout
-    return g
+    return np.multiply(g, dout, out=g)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,8 +291,7 @@ def silu_backward(dout, cache):
 
 def linear_forward(x, w, b):
     """(B7) y = x W^T + b. x (N, in), w (out, in), b (out,) -> y (N, out)."""
-    # (B7)  y = x W^T + b
-    out = x @ w.T
+    out = x @ w.T  # (B7)
     out += b
     return out, (x, w)
 
@@ -289,8 +309,7 @@ def linear_backward(dout, cache):
 
 def embedding_forward(y, w):
     """(B12) out[n] = w[y_n]: row y_n of the table w (K, D); y int (N,) -> out (N, D), a copy."""
-    # (B12)  out = w[y]
-    return w[y], (y, w.shape)
+    return w[y], (y, w.shape)  # (B12)  out = w[y]
 
 
 def embedding_backward(dout, cache):
@@ -331,12 +350,8 @@ def timestep_embedding(t, dim):
 
 
 def upsample_nearest2x_forward(x):
-    """(B9) Nearest-neighbour 2x upsampling: out[n, 2y + a, 2x + b, c] = x[n, y, x, c] for a, b in {0, 1}.
-
-    x (N, H, W, C) -> out (N, 2H, 2W, C).
-    """
-    N, H, W, C = x.shape
-    # (B9)  copy every pixel into a 2x2 block
+    """(B9) Nearest 2x upsampling, x (N, H, W, C) -> out (N, 2H, 2W, C): out[n, 2y + a, 2x + b, c] = x[n, y, x, c]."""
+    N, H, W, C = x.shape  # (B9) every pixel copied into a 2x2 block
     out = np.broadcast_to(x[:, :, None, :, None, :], (N, H, 2, W, 2, C)).reshape(N, 2 * H, 2 * W, C)
     return out, x.shape
 
@@ -353,10 +368,7 @@ def upsample_nearest2x_backward(dout, cache):
 
 
 def attention_forward(q, k, v):
-    """(B5) Single-head softmax attention a = softmax(q k^T / sqrt(C)) v over L positions.
-
-    q, k, v (N, L, C) -> a (N, L, C).
-    """
+    """(B5) Single-head softmax attention a = softmax(q k^T / sqrt(C)) v over L positions: q, k, v (N, L, C) -> a."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     # (B5)  S = q k^T / sqrt(C)
     s = np.matmul(q, k.transpose(0, 2, 1))  # (N, L, L)

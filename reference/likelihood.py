@@ -1,4 +1,4 @@
-"""The exact likelihood of the probability-flow ODE — derivations/likelihood.md (E1-E8).
+"""The exact likelihood of the probability-flow ODE — derivations/likelihood.md (E1-E9).
 
 The instantaneous change of variables (E1) along the ODE (K6), written in the VP state x = sqrt(abar) x~
 against the time rho = log sigma (E2), from the data x~(sigma_min) = x_0 up to sigma_max (E3):
@@ -20,6 +20,8 @@ A *field* is the denoiser with its vector-Jacobian products, written once per ki
                      hand-written backward (one forward of <= 2N items and K backwards per evaluation)
   ``mixture_field``  the Gaussian-mixture oracle, exact at every sigma; its Jacobian is the posterior
                      covariance over sigma^2 (E6)
+  ``objective_field`` a network of a continuous objective (edm, flow), exact at every sigma~: D = a x~ + b f(c x~,
+                     tau) with the objective's own coefficients, VJPs by its hand-written backward (E9)
 
 The divergence (E4) is exact (probes: the d basis vectors, summed) or Hutchinson's estimate (K Rademacher
 probes, averaged), the probes fixed for the whole solve. Discrete data of L levels in [-1, 1] is
@@ -35,8 +37,10 @@ from typing import NamedTuple
 import numpy as np
 from scipy.integrate import RK45
 
+from . import objectives
 from .diffusion import PREDICTIONS, _data
 from .errors import InputError, check_choice, check_int, check_number, check_progress
+from .processes import flow_t_of_sigma_tilde
 from .score import trained_sigmas
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -229,6 +233,34 @@ def mixture_field(oracle):
     return field
 
 
+def objective_coefficients(cfg, sigma):
+    """(E9) (a, b, c, tau) with D(x~, sigma~) = a x~ + b f(c x~, tau) for a network f of ``cfg.objective``, from the
+    objective's own functions: edm (c_skip, c_out, c_in, 250 ln sigma~); flow at t = sigma~ / (1 + sigma~)
+    (1 - t, -t, 1 - t, 1000 t), since x_t = (1 - t) x~ and D = x_t - t u(x_t)."""
+    s = objectives.settings(cfg)
+    if s.objective == "edm":
+        c_skip, c_out, c_in, _ = (float(c) for c in objectives.edm_precond(sigma, s.sigma_data))
+        return c_skip, c_out, c_in, float(objectives.network_time(cfg, sigma))
+    t = flow_t_of_sigma_tilde(sigma)                                   # (D12)  sigma~ = t / (1 - t)
+    return 1.0 - t, -t, 1.0 - t, float(objectives.network_time(cfg, t))
+
+
+def objective_field(cfg, model):
+    """(E9) The field of a network of a continuous objective (cfg.objective edm | flow), exact at every sigma~:
+    ``model.forward(x, time_in (N,) float) -> (out, cache)``, ``model.backward(dout, cache) -> (dx, grads)``
+    (reference.unet's networks with continuous_time). One forward and one backward per probe per evaluation."""
+    objectives.settings(cfg)
+
+    def field(x, sigma, probes):
+        a, b, c, tau = objective_coefficients(cfg, sigma)
+        out, cache = model.forward(c * x, np.full(x.shape[0], tau))
+        vjps = [a * v + c * np.asarray(model.backward(b * v, cache)[0], np.float64) for v in probes]
+        # (E9)  D = a x~ + b f(c x~, tau),  (dD/dx~)^T v = a v + c J_f^T (b v)
+        return a * x + b * np.asarray(out, np.float64), np.stack(vjps) if vjps else np.zeros((0,) + x.shape)
+
+    return field
+
+
 # ---- the divergence's probes (E4) ---------------------------------------------------------------
 
 def make_probes(divergence, shape, n_probes=1, probes=None, rng=None):
@@ -308,12 +340,6 @@ def _check_tolerances(rtol, atol):
     return rtol, check_number(atol, "atol (absolute tolerance of the ODE solver)", lo=0.0, lo_open=True)
 
 
-def _check_sigmas(sigma_min, sigma_max):
-    lo = check_number(sigma_min, "sigma_min", lo=0.0, lo_open=True)
-    hi = check_number(sigma_max, "sigma_max", lo=lo, lo_open=True)
-    return lo, hi
-
-
 def ode_nll(field, x0, sigma_min, sigma_max, divergence=None, levels=None, rng=None, probes=None,
             dequant_noise=None, n_probes=1, rtol=RTOL, atol=ATOL, progress=None):
     """(E3) -log p(x_0) by the probability-flow ODE from x~(sigma_min) = x_0 up to sigma_max -> ODENLL.
@@ -325,7 +351,8 @@ def ode_nll(field, x0, sigma_min, sigma_max, divergence=None, levels=None, rng=N
     """
     x0 = np.asarray(_data(x0, "x0"), dtype=np.float64)
     rtol, atol = _check_tolerances(rtol, atol)
-    sigma_min, sigma_max = _check_sigmas(sigma_min, sigma_max)
+    sigma_min = check_number(sigma_min, "sigma_min", lo=0.0, lo_open=True)
+    sigma_max = check_number(sigma_max, "sigma_max", lo=sigma_min, lo_open=True)
     divergence = ("exact" if x0.ndim == 2 else "hutchinson") if divergence is None else divergence
     V, weight = make_probes(divergence, x0.shape, n_probes, probes, rng)
     if levels is not None:
@@ -351,6 +378,12 @@ def model_nll(sched, model, x0, prediction="eps", variance="fixed_small", **kw):
     """(E3, E5) ``ode_nll`` of a network trained on ``sched``'s discrete steps, between its trained levels
     sigma_0 and sigma_{T-1}; ``kw`` as ode_nll (levels, rng, divergence, rtol, atol, progress, ...)."""
     return ode_nll(network_field(sched, model, prediction, variance), x0, *sigma_range(sched), **kw)
+
+
+def objective_nll(cfg, model, x0, **kw):
+    """(E3, E9) ``ode_nll`` of a network of a continuous objective between the objective's sigma_range (its
+    sampling range, sigma~_min to sigma~_max); ``kw`` as ode_nll."""
+    return ode_nll(objective_field(cfg, model), x0, *objectives.sigma_range(cfg), **kw)
 
 
 def trainer_model(trainer, use_ema=True):

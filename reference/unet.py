@@ -1,5 +1,5 @@
 """The denoising networks: a small conv UNet for 8x8 to 32x32 images and an MLP for 2-D data, built
-from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B11)::
+from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B14)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
     out, cache = model.forward(x, t, y)    # num_classes=K: y int (N,) in 0..K-1, or K / None (the null class)
@@ -24,6 +24,8 @@ import numpy as np
 
 from . import layers as L
 from .errors import InputError, check_finite, check_labels
+from common.plans import check_adm_args, param_rows
+
 from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
                     unet_plan)
 
@@ -70,15 +72,40 @@ def _temb_backward(dout, cache, name, grads, run):
 
 def _attend_forward(qkv, step, run):  # (B5) qkv (N, H, W, 3C), channels [q | k | v] -> a (N, H, W, C)
     N, H, W, C = qkv.shape[:3] + (step.c_out,)
-    qkv = qkv.reshape(N, H * W, 3 * C)
-    a, cache = L.attention_forward(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:])  # (N, L, C)
-    return a.reshape(N, H, W, C), cache
+    nh, L_, d = step.heads, H * W, C // step.heads
+    # (B14) head j reads channels j d .. (j + 1) d - 1 of q, of k and of v: the heads fold into the batch
+    q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(N, L_, nh, d).transpose(0, 2, 1, 3).reshape(N * nh, L_, d)
+               for i in range(3))
+    a, cache = L.attention_forward(q, k, v)  # (N nh, L, d), softmax(q k^T / sqrt(d)) v per head (B5)
+    # (B14) the heads' outputs side by side along channels, head j at channels j d ..
+    return a.reshape(N, nh, L_, d).transpose(0, 2, 1, 3).reshape(N, H, W, C), (cache, nh)
 
 
 def _attend_backward(dout, cache, name, grads, run):
-    N, H, W, C = dout.shape
-    dq, dk, dv = L.attention_backward(dout.reshape(N, H * W, C), cache)
-    return np.concatenate([dq, dk, dv], axis=-1).reshape(N, H, W, 3 * C)
+    (cache, nh), (N, H, W, C) = cache, dout.shape
+    d = C // nh
+    # (B14) each head's gradient is B5's on its own channels; the fold and the unfold are permutations
+    da = dout.reshape(N, H * W, nh, d).transpose(0, 2, 1, 3).reshape(N * nh, H * W, d)
+    dqkv = [g.reshape(N, nh, H * W, d).transpose(0, 2, 1, 3).reshape(N, H, W, C)
+            for g in L.attention_backward(np.ascontiguousarray(da), cache)]
+    return np.concatenate(dqkv, axis=-1)
+
+
+def _scaleshift_forward(h, step, run):
+    # (B13)  [scale | shift] = proj(SiLU(temb)) (N, 2C);  out = h (1 + scale) + shift, h = GN(h) (norm2)
+    ss, lin_cache = L.linear_forward(run.temb, *_wb(run, step.name))
+    C = step.c_out
+    out, cache = L.scale_shift_forward(h, ss[:, :C], ss[:, C:])
+    return out, (cache, lin_cache)
+
+
+def _scaleshift_backward(dout, cache, name, grads, run):
+    cache, lin_cache = cache
+    dh, dscale, dshift = L.scale_shift_backward(dout, cache)  # (B13)
+    dtemb, grads[f"{name}.weight"], grads[f"{name}.bias"] = L.linear_backward(
+        np.concatenate([dscale, dshift], axis=-1), lin_cache)  # (B7)
+    run.dtemb = run.dtemb + dtemb  # (B8) temb feeds every residual block: gradients add
+    return dh
 
 
 def _embed_forward(h, step, run):
@@ -141,6 +168,7 @@ STEPS = {  # op -> (forward, backward)
     "pad": (lambda h, s, run: L.pad_forward(h, 0, 1, 0, 1), lambda d, c, *_: L.pad_backward(d, c)),  # (B11)
     "attend": (_attend_forward, _attend_backward),
     "temb": (_temb_forward, _temb_backward),
+    "scaleshift": (_scaleshift_forward, _scaleshift_backward),
     "embed": (_embed_forward, _embed_backward),
     "keep": (_keep_forward, _keep_backward),
     "concat": (_concat_forward, _concat_backward),
@@ -169,8 +197,8 @@ class _Model:
             if s.op == "embed":  # (W1) zero: a new conditional model is the unconditional one, and draws nothing
                 self.params[f"{s.name}.weight"] = np.zeros((s.c_in, s.c_out), dt)
                 continue
-            c_in = self.time_dim if s.op == "temb" else s.c_in
-            shape = (s.c_out, c_in, s.k, s.k) if s.op in ("conv", "add") else (s.c_out, c_in)  # "add": a 1x1 skip
+            c_in = self.time_dim if s.op in ("temb", "scaleshift") else s.c_in
+            shape = (s.c_out, c_in, s.k, s.k) if s.op in ("conv", "add") else (param_rows(s), c_in)  # add: 1x1 skip
             bound = 1.0 / np.sqrt(math.prod(shape[1:]))  # fan_in
             for part, sh in (("weight", shape), ("bias", shape[:1])):
                 value = np.zeros(sh, dt) if s is plan[-1] else rng.uniform(-bound, bound, size=sh).astype(dt)
@@ -268,14 +296,20 @@ class UNet(_Model):
     For published checkpoints (lab/convert.py): ``downsample_padding`` "symmetric" (default) pads the
     stride-2 conv by 1 on every side (B9); "same" pads one zero row and column at the bottom and right and
     convolves with padding 0 (B11), TensorFlow's SAME, as DDPM's checkpoints (diffusers' downsample_padding=0).
-    ``norm_eps`` is every GroupNorm's epsilon (1e-5 as torch's default; DDPM's checkpoints use 1e-6)."""
+    ``norm_eps`` is every GroupNorm's epsilon (1e-5 as torch's default; DDPM's checkpoints use 1e-6).
+
+    ADM's options (Dhariwal & Nichol 2021): ``norm="scale-shift"`` makes each residual block's second norm
+    GN(h) (1 + scale) + shift with [scale | shift] = temb_proj(SiLU(temb)), 2C outputs (B13), in place of the
+    additive h + temb_proj(SiLU(temb)) before it; ``num_heads`` splits every attention layer's channels into
+    that many heads (B14). The defaults are DDPM's network."""
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, num_classes=None,
-                 continuous_time=False, dtype=np.float32, seed=0):
+                 continuous_time=False, norm="additive", num_heads=1, dtype=np.float32, seed=0):
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
+        norm, num_heads = check_adm_args(chans, attention, bool(mid_attention), norm, num_heads)
         self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels or in_channels, groups
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
@@ -285,10 +319,12 @@ class UNet(_Model):
                            out_channels=self.out_channels, time_dim=self.time_dim, mid_attention=bool(mid_attention),
                            downsample_padding=downsample_padding, norm_eps=self.norm_eps, dtype=np.dtype(dtype).name,
                            **({} if num_classes is None else {"num_classes": self.num_classes}),
-                           **({"continuous_time": True} if continuous_time else {}))
+                           **({"continuous_time": True} if continuous_time else {}),
+                           **({"norm": norm} if norm != "additive" else {}),
+                           **({"num_heads": num_heads} if num_heads != 1 else {}))
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention),
-                              downsample_padding)
+                              downsample_padding, norm, num_heads)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
     def forward(self, x, t, y=None):

@@ -1,4 +1,4 @@
-"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B12).
+"""The reference's layers (reference/layers.py) as torch modules — derivations/backprop.md (B1..B14).
 
 Same math, written in torch (F.conv2d, F.group_norm, ...); autograd provides the backward.
 Parameters are named ``weight`` / ``bias`` with conv weights OIHW and linear weights (out, in),
@@ -110,8 +110,19 @@ def upsample_nearest2x(x):
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
-def attention(q, k, v):
-    """(B5) a = softmax(q k^T / sqrt(C)) v; q, k, v (N, L, C) -> (N, L, C)."""
-    # (B5)  S = q k^T / sqrt(C);  P = softmax(S);  a = P v
-    s = torch.bmm(q, k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
-    return torch.bmm(torch.softmax(s, dim=-1), v)
+def attention(q, k, v, heads=1):
+    """(B5) a = softmax(q k^T / sqrt(C)) v; q, k, v (N, L, C) -> (N, L, C). (B14) ``heads`` > 1: head j attends
+    with channels j d .. (j + 1) d - 1 of q, k and v (d = C / heads) and writes the same channels of a."""
+    N, L, C = q.shape
+    d = C // heads
+    q, k, v = (a.reshape(N, L, heads, d).transpose(1, 2) for a in (q, k, v))  # (N, heads, L, d)
+    # (B5)  S = q k^T / sqrt(d);  P = softmax(S);  a = P v, per head
+    s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+    return torch.matmul(torch.softmax(s, dim=-1), v).transpose(1, 2).reshape(N, L, C)
+
+
+def scale_shift(h, ss):
+    """(B13) ADM's adaptive GroupNorm's modulation: h (N, C, H, W) (GroupNorm's output), ss (N, 2C) = [scale | shift]
+    -> h (1 + scale) + shift, per sample and channel."""
+    scale, shift = ss[:, :, None, None].chunk(2, dim=1)
+    return h * (1 + scale) + shift

@@ -1,4 +1,4 @@
-"""The exact likelihood of the probability-flow ODE in torch — derivations/likelihood.md (E1-E8).
+"""The exact likelihood of the probability-flow ODE in torch — derivations/likelihood.md (E1-E9).
 
 Mirror of reference/likelihood.py (see its docstring): same names, signatures and meaning. What differs:
 
@@ -10,7 +10,8 @@ Mirror of reference/likelihood.py (see its docstring): same names, signatures an
     launch queue per 6 evaluations.
   * vector-Jacobian products by autograd: ``denoiser_field(D)`` makes a field of any differentiable
     D(x~, sigma); ``network_field`` is that of the blended network (E5), ``mixture_field`` that of the
-    torch mixture oracle (E6 holds by autograd, not by its formula).
+    torch mixture oracle (E6 holds by autograd, not by its formula), ``objective_field`` that of a network
+    of a continuous objective through the port's own objectives.denoiser (E9 holds by autograd).
   * noise: ``probes`` / ``dequant_noise`` tensors, or a ``generator`` (torch.Generator on the data's device)
     that draws them (probes first, then the dequantisation noise).
 """
@@ -24,6 +25,7 @@ import torch
 
 from reference.errors import InputError, check_choice, check_int, check_number, check_progress
 
+from . import objectives
 from .diffusion import PREDICTIONS, _data
 from .score import trained_sigmas
 
@@ -36,8 +38,8 @@ _F64 = torch.float64
 
 __all__ = ["DIVERGENCES", "VARIANCES", "RTOL", "ATOL", "ODENLL", "bin_width", "bpd_offset", "nats_to_bpd",
            "check_levels", "dequantize", "level_blend", "x0_coefficients", "sigma_range", "denoiser_field",
-           "network_field", "mixture_field", "make_probes", "pf_ode_rhs", "rk45", "ode_nll", "model_nll",
-           "trainer_model"]
+           "network_field", "mixture_field", "objective_field", "make_probes", "pf_ode_rhs", "rk45", "ode_nll",
+           "model_nll", "objective_nll", "trainer_model"]
 
 
 class ODENLL(NamedTuple):
@@ -181,6 +183,14 @@ def network_field(sched, model, prediction="eps", variance="fixed_small"):
 def mixture_field(oracle):
     """(E6) The exact field of a torch GaussianMixtureOracle: D = oracle.denoise_sigma, its VJPs by autograd."""
     return denoiser_field(oracle.denoise_sigma)
+
+
+def objective_field(cfg, model):
+    """(E9) The field of an nn.Module ``model(x, time_in (N,) float64)`` of a continuous objective (edm | flow):
+    objectives.denoiser's D at every sigma~ (no interpolation), the network in its own dtype, VJPs by autograd."""
+    dtype = next(iter(model.parameters())).dtype
+    D = objectives.denoiser(cfg, lambda x, tau: model(x.to(dtype), tau).to(_F64))
+    return denoiser_field(D)
 
 
 # ---- probes (E4) --------------------------------------------------------------------------------
@@ -343,6 +353,11 @@ def ode_nll(field, x0, sigma_min, sigma_max, divergence=None, levels=None, gener
 def model_nll(sched, model, x0, prediction="eps", variance="fixed_small", **kw):
     """(E3, E5) ``ode_nll`` of an nn.Module trained on ``sched``'s discrete steps, between sigma_0 and sigma_{T-1}."""
     return ode_nll(network_field(sched, model, prediction, variance), x0, *sigma_range(sched), **kw)
+
+
+def objective_nll(cfg, model, x0, **kw):
+    """(E3, E9) ``ode_nll`` of an nn.Module of a continuous objective between the objective's sigma_range."""
+    return ode_nll(objective_field(cfg, model), x0, *objectives.sigma_range(cfg), **kw)
 
 
 def trainer_model(trainer, use_ema=True):

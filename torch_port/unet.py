@@ -23,8 +23,10 @@ from torch import nn
 
 from reference.errors import InputError, check_finite, check_labels
 
-from .layers import (GN_EPS, Conv2d, Embedding, GroupNorm, Linear, attention, pad, silu, timestep_embedding,
-                     torch_dtype, upsample_nearest2x)
+from common.plans import check_adm_args, param_rows
+
+from .layers import (GN_EPS, Conv2d, Embedding, GroupNorm, Linear, attention, pad, scale_shift, silu,
+                     timestep_embedding, torch_dtype, upsample_nearest2x)
 from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
                     unet_plan)
 
@@ -45,10 +47,10 @@ class _Pass:
         self.temb, self.kept, self.y = temb, [], y
 
 
-def _attend(qkv, module, run):  # (B5) qkv (N, 3C, H, W), channels [q | k | v] -> a (N, C, H, W)
+def _attend(qkv, heads, run):  # (B5, B14) qkv (N, 3C, H, W), channels [q | k | v] -> a (N, C, H, W); heads an int
     N, C3, H, W = qkv.shape
     q, k, v = qkv.reshape(N, C3, H * W).transpose(1, 2).split(C3 // 3, dim=2)  # (N, L, C) each
-    return attention(q, k, v).transpose(1, 2).reshape(N, C3 // 3, H, W)
+    return attention(q, k, v, heads).transpose(1, 2).reshape(N, C3 // 3, H, W)
 
 
 def _temb(h, module, run):
@@ -83,6 +85,7 @@ STEPS = {  # op -> forward
     "pad": lambda h, m, run: pad(h, 0, 1, 0, 1),  # (B11)
     "attend": _attend,
     "temb": _temb,
+    "scaleshift": lambda h, m, run: scale_shift(h, m(run.temb)),  # (B13) GN(h) (1 + scale) + shift
     "embed": lambda h, m, run: h + m(run.y),  # (W1, B12)  temb += E[y]
     "keep": _keep,
     "concat": _concat,
@@ -98,7 +101,8 @@ def _layer(s, time_dim, groups, eps, dtype):
         return GroupNorm(groups, s.c_in, dtype, eps)
     if s.op == "embed":  # (W1) zero, as the reference's: no draw from the generator
         return Embedding(s.c_in, s.c_out, dtype)
-    return Linear(time_dim if s.op == "temb" else s.c_in, s.c_out, dtype)  # linear, or temb's projection
+    # linear, or temb's projection (scaleshift's: 2 c_out rows, [scale | shift], B13)
+    return Linear(time_dim if s.op in ("temb", "scaleshift") else s.c_in, param_rows(s), dtype)
 
 
 def _register(root, name, module):
@@ -134,8 +138,8 @@ class _Model(nn.Module):
                 p.zero_()
 
     def _steps(self, plan):
-        """The plan as (op, its layer or None): what forward walks."""
-        return [(s.op, self.get_submodule(s.name) if s.name else None) for s in plan]
+        """The plan as (op, its layer or None): what forward walks (attend's: its number of heads, B14)."""
+        return [(s.op, s.heads if s.op == "attend" else self.get_submodule(s.name) if s.name else None) for s in plan]
 
     def _run(self, steps, h, temb=None, y=None):
         """Every step in order on h; autograd records the tape."""
@@ -199,15 +203,16 @@ class UNet(_Model):
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=GN_EPS, num_classes=None,
-                 continuous_time=False, dtype=torch.float32, seed=0):
+                 continuous_time=False, norm="additive", num_heads=1, dtype=torch.float32, seed=0):
         super().__init__()
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
+        norm, num_heads = check_adm_args(chans, attention, bool(mid_attention), norm, num_heads)
         self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, out_channels or in_channels, chans, attention, nrb, bool(mid_attention),
-                              downsample_padding)
+                              downsample_padding, norm, num_heads)
         self._make_layers(self.time_plan + self.plan, groups, torch_dtype(dtype), seed, float(norm_eps))
         self._time_steps, self._plan_steps = self._steps(self.time_plan), self._steps(self.plan)
 

@@ -103,12 +103,14 @@ def _check(args, B):
     if args.repeats is not None and args.repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {args.repeats}")
     scales = guidance_eval.check(args)
+    args.classifier_scales = guidance_eval.check_classifier(args)
     if args.json is not None:
         check_output(args.json, "--json")
     if args.plot is not None:
         check_output(args.plot, "--plot")
     if args.nfe is None:
-        for flag, given in (("--plot", args.plot and scales is None), ("--no-baseline", not args.baseline)):
+        for flag, given in (("--plot", args.plot and scales is None and args.classifier_scales is None),
+                            ("--no-baseline", not args.baseline)):
             if given:
                 raise InputError(f"{flag} applies with --nfe only (the sweep over network evaluations)"
                                  + (" or --guidance" if flag == "--plot" else ""))
@@ -208,6 +210,19 @@ def _judged_name(args, cfg, trainer):
     return name
 
 
+def _classifier(B, trainer, args, name):
+    """--classifier: (its chain gradient, K), the pair checked (lab.classifier_sampling.check_pair) and its classes
+    judged on the model's own data."""
+    from .. import classifier_run
+    from ..classifier_sampling import check_pair, grad_fn_of
+    clf_trainer, clf, _ = classifier_run.load(B, args.classifier, device=args.device)
+    k = check_pair(trainer, clf_trainer, args.ckpt, args.classifier)
+    if name != trainer.cfg.data or clf_trainer.cfg.data != name:
+        raise InputError(f"--classifier asks for the classes of {clf_trainer.cfg.data!r}: judge them on that data, "
+                         f"the model's ({trainer.cfg.data!r}); drop --data")
+    return grad_fn_of(B, clf), k
+
+
 def run(args, B):
     nfes, scales = _check(args, B)
     trainer, ck = load_trainer(B, args.ckpt, device=args.device)
@@ -223,6 +238,7 @@ def run(args, B):
     likelihood_eval.check_model(trainer, args)
     name = _judged_name(args, cfg, trainer)
     classes = guidance_eval.check_model(trainer, args, name) if scales else None
+    guide = _classifier(B, trainer, args, name) if args.classifier_scales else None
     points = name in datasets.POINT_SETS
     args.repeats = args.repeats or DEFAULT_REPEATS["points" if points else "images"]
     n = args.n or (2000 if points else 500)
@@ -233,8 +249,12 @@ def run(args, B):
     res.update({"metric": judge.metric, "floor": judge.floor})
     if nfes is not None:
         _sweep(B, trainer, judge, n, args, nfes, sweep_steps, res, ck.extra)
-    elif scales:
-        guidance_eval.compute(B, trainer, judge, n, args, name, scales, classes, res, plot=args.plot)
+    elif scales or guide:
+        if scales:
+            guidance_eval.compute(B, trainer, judge, n, args, name, scales, classes, res, plot=args.plot)
+        if guide:
+            guidance_eval.compute(B, trainer, judge, n, args, name, args.classifier_scales, guide[1], res,
+                                  plot=None if scales else args.plot, grad_fn=guide[0])
     else:
         one = score_sampler(B, trainer, judge, n, args, st)
         res.update({k: one[k] for k in ("value", "values", "ratio_to_floor", "sampling_seconds", "nfe",
@@ -243,8 +263,10 @@ def run(args, B):
     likelihood_eval.report(res, args)
     if nfes is not None:
         _print_sweep(res)
-    elif scales:
-        guidance_eval.report(res)
+    elif scales or guide:
+        for key in ("guidance", "classifier_guidance"):
+            if key in res:
+                guidance_eval.report(res, key)
     else:
         values, value, floor = res["values"], res["value"], res["floor"]
         spread = f" (+-{np.std(values, ddof=1):.2g} over {args.repeats} draws)" if args.repeats > 1 else ""
@@ -278,8 +300,8 @@ add_command(
     dataset's classifier names as the requested class, beside its accuracy on real test items
     (guidance_tradeoff.png). --repeats defaults to 4 draws for 2-D data, 1 for images.
     A model of a continuous objective (train --objective edm|flow) has no trained chain: it is scored with the
-    ODE samplers on its own grid of noise levels, --nfe has no ddpm baseline, and there is no likelihood (the
-    bound needs the chain, and the ODE's needs its denoiser's Jacobian, built for the chain's networks only).
+    ODE samplers on its own grid of noise levels, --nfe has no ddpm baseline, and its likelihood is the ODE's
+    (the default --nll for it: its denoiser is exact at every noise level); the bound needs the chain.
     """,
     epilog="""
     examples:
@@ -288,4 +310,5 @@ add_command(
       python -m torch_port eval --ckpt runs/digits/ckpt.npz --nfe 5,10,20,50 --repeats 4 --bpd-n 0
       python -m reference eval --ckpt runs/digits/ckpt.npz --sampler heun --nfe 9,19 --no-baseline
       python -m torch_port eval --ckpt runs/digits_cond/ckpt.npz --guidance 0,1,2,4 --bpd-n 0
+      python -m torch_port eval --ckpt runs/digits/ckpt.npz --classifier runs/digits-clf/ckpt.npz --classifier-scale 0,1,2,4 --bpd-n 0
     """)

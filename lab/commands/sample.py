@@ -17,6 +17,8 @@ from common.choices import CONTINUOUS_OBJECTIVES
 from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 
+from .. import classifier_run
+from ..classifier_sampling import check_pair, grad_fn_of, guided_draw
 from ..cli import OUTPUT_RULE, add_command, check_output
 from ..inversion import INVERT_DEFAULT_GRID, INVERT_DEFAULT_STEPS, INVERT_SAMPLER, encode_decode, load_items
 from ..pictures import class_rows_picture, inversion_pictures, sampler_label, samples_picture, trajectory_pictures
@@ -83,6 +85,17 @@ def configure(p):
                         "towards the class at the cost of diversity (two calls a step, batched). Default "
                         f"{DEFAULT_GUIDANCE:g}: the conditional model itself, the one scale at which guidance "
                         "targets the class's own distribution (W3). Needs --class")
+    p.add_argument("--classifier", metavar="CKPT", default=None,
+                   help="classifier guidance (Dhariwal & Nichol 2021) with a classifier of x_t trained by train "
+                        "--classifier on the model's schedule and T; needs --class. The model samples unconditionally "
+                        "(a class-conditional one its null class) and the classifier's gradient steers every "
+                        "sampler: ddpm by Algorithm 1's shifted mean, ddim by Algorithm 2's guided eps, the ODE "
+                        "samplers by D + s sigma^2 grad log p(y | x~) (derivations/classifier_guidance.md H1-H4). "
+                        "Not combined with --guidance (classifier-free): one guidance at a time. Models of --objective "
+                        "edm/flow are refused (the classifier knows the chain's steps only)")
+    p.add_argument("--classifier-scale", dest="classifier_scale", type=float, default=None, metavar="S",
+                   help="--classifier: the scale s of the gradient (guided-diffusion's classifier_scale; default "
+                        f"{DEFAULT_GUIDANCE:g}, the exact conditional for an exact classifier; 0: unguided)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling noise (default 0; same seed, same "
                                                            "samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -113,6 +126,7 @@ def _check(args, B):
     if args.invert is not None:
         for flag, value in (("--n", args.n), ("--seed", args.seed), ("--eta", args.eta),
                             ("--variance", args.variance), ("--class", args.klass), ("--guidance", args.guidance),
+                            ("--classifier", args.classifier), ("--classifier-scale", args.classifier_scale),
                             ("--clip-x0" if args.clip_x0 else "--no-clip-x0", args.clip_x0)):
             if value is not None:
                 raise InputError(f"{flag} does not apply with --invert: the inversion is deterministic and encodes "
@@ -137,18 +151,34 @@ def _check_class_flags(args):
             raise InputError(f"--class must be a class index (0..K-1) or 'all', got {args.klass!r}") from None
         if args.klass < 0:
             raise InputError(f"--class must be a class index >= 0 (0..K-1) or 'all', got {args.klass}")
+    if args.classifier_scale is not None and args.classifier is None:
+        raise InputError("--classifier-scale needs --classifier CKPT, the classifier whose gradient it scales")
+    if args.classifier is not None:
+        if args.classifier_scale is not None and not (math.isfinite(args.classifier_scale)
+                                                      and args.classifier_scale >= 0):
+            raise InputError(f"--classifier-scale must be a finite scale >= 0 (0: unguided, 1: the exact conditional "
+                             f"for an exact classifier, > 1: sharper), got {args.classifier_scale!r}")
+        if args.guidance is not None:
+            raise InputError("--guidance (classifier-free) and --classifier (classifier guidance) are two guidances: "
+                             "use one at a time")
+        if args.klass is None:
+            raise InputError("--classifier needs --class K (or all): the classes the classifier's gradient pushes "
+                             "the samples towards")
+        if getattr(args, "trajectory", False):
+            raise InputError("--trajectory does not apply with --classifier: the guided samplers record no "
+                             "trajectory; drop one of them")
     if args.guidance is not None:
         if not math.isfinite(args.guidance) or args.guidance < 0:
             raise InputError(f"--guidance must be a finite scale >= 0 (0: unconditional, 1: the class-conditional "
                              f"model, > 1: guided), got {args.guidance!r}")
 
 
-def _classes(args, trainer, ckpt):
+def _classes(args, trainer, ckpt, clf_classes=None):
     """The classes to draw, checked against the checkpoint -> (labels (n,) int64 or None, n, K or None). The
     guidance flags are refused here, an unconditional checkpoint first: guidance mixes a class's prediction with
     the null class's, and such a checkpoint has neither; --guidance needs --class because the classes it guides
     towards are not chosen at random behind the user's back."""
-    k = getattr(trainer, "num_classes", None)
+    k = getattr(trainer, "num_classes", None) if clf_classes is None else clf_classes
     if k is None and (args.klass is not None or args.guidance is not None):
         flag = " / ".join(f for f, v in (("--class", args.klass), ("--guidance", args.guidance)) if v is not None)
         raise InputError(f"{flag} needs a class-conditional checkpoint (trained with train --class-cond); {ckpt} is "
@@ -180,20 +210,32 @@ def _sample(args, B, out):
     cfg = trainer.cfg
     if args.clip_x0 and len(trainer.item_shape) != 3:
         raise InputError("--clip-x0 applies to images: 2-D points are in the data's own units, not in [-1, 1]")
-    y, n, k = _classes(args, trainer, args.ckpt)
+    clf = None
+    if args.classifier is not None:
+        clf_trainer, clf, _ = classifier_run.load(B, args.classifier, device=args.device)
+        y, n, k = _classes(args, trainer, args.ckpt, check_pair(trainer, clf_trainer, args.ckpt, args.classifier))
+    else:
+        y, n, k = _classes(args, trainer, args.ckpt)
     st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid, args.variance,
                  args.clip_x0, args.eta)
     p, sampler, spacing = st.plan, st.plan.sampler, st.spacing
     guidance = None if y is None else (DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
     seed = args.seed or 0
-    res = draw(B, trainer, n, seed, sampler, p.steps, spacing, args.eta or 0.0, st.variance,
-               record=args.trajectory, progress=bar("sampling"), grid=p.where if p.ode else None, y=y,
-               guidance=guidance, clip_x0=st.clip_x0)
+    if clf is not None:   # classifier guidance: the model unconditional, the classifier's gradient steers
+        guidance = DEFAULT_GUIDANCE if args.classifier_scale is None else args.classifier_scale
+        res = guided_draw(B, trainer, n, grad_fn_of(B, clf), y, guidance, seed, sampler, p.steps, spacing,
+                          args.eta or 0.0, st.variance, p.where if p.ode else None, st.clip_x0, bar("sampling"))
+    else:
+        res = draw(B, trainer, n, seed, sampler, p.steps, spacing, args.eta or 0.0, st.variance,
+                   record=args.trajectory, progress=bar("sampling"), grid=p.where if p.ode else None, y=y,
+                   guidance=guidance, clip_x0=st.clip_x0)
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x)
-    nfe = p.nfe * (1 if guidance in (None, 0, 1) else 2)   # guided: two passes a step (one batch of 2N)
+    # classifier-free guided: two passes a step (one batch of 2N); classifier guidance: one, and a classifier pass
+    nfe = p.nfe * (1 if clf is not None or guidance in (None, 0, 1) else 2)
+    kind = "classifier guidance" if clf is not None else "guidance"
     how = sampler_label(sampler, p.steps, p.T, step=ck.step, spacing=None if p.ode else spacing,
                         grid=p.where if p.ode else None, nfe=nfe)
     weights = "raw" if args.no_ema else "EMA"
@@ -207,7 +249,7 @@ def _sample(args, B, out):
         written.append(str(labels))
         rows = "one colour" if x.ndim == 2 else "one row"
         what = f"{rows} per class (0..{k - 1}), {n // k} each" if args.klass == "all" else f"class {args.klass}"
-        title = f"{_data(trainer)}, {what}, guidance s={guidance:g} ({weights} weights), {how}"
+        title = f"{_data(trainer)}, {what}, {kind} s={guidance:g} ({weights} weights), {how}"
         png = (class_rows_picture(x, y, out.with_suffix(".png"), cfg, title) if args.klass == "all"
                else samples_picture(x, out.with_suffix(".png"), cfg, title))
     written.append(str(png))
@@ -216,7 +258,7 @@ def _sample(args, B, out):
         written += map(str, trajectory_pictures(traj, x, out.with_suffix(""), cfg, f"{_data(trainer)}: {how}",
                                                 labels=y, guidance=guidance, sigmas=sigmas, by_sigma=p.continuous))
     which = "" if y is None else f" of class {args.klass}" if args.klass != "all" else f" of {k} classes"
-    guided = "" if y is None else f", guidance s={guidance:g}"
+    guided = "" if y is None else f", {kind} s={guidance:g}"
     steps = f"{p.steps} steps of a {p.objective} model" if p.continuous else f"{p.steps} of T={cfg.T} steps"
     print(f"{n} samples{which} from step {ck.step} of a {_data(trainer)} run ({sampler}, {steps}, "
           f"{st.describe()}{guided}; NFE {nfe} per sample): " + ", ".join(written))
@@ -287,4 +329,6 @@ add_command(
           --sampler dpm++2m
       python -m reference sample --ckpt runs/digits_cond/ckpt.npz --class 3 --n 16 --out threes.npy
       python -m torch_port sample --ckpt runs/digits/ckpt.npz --n 64 --out s_torch.npy
+      python -m torch_port sample --ckpt runs/digits/ckpt.npz --classifier runs/digits-clf/ckpt.npz --class all \
+          --classifier-scale 2 --out guided.npy
     """)

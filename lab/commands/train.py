@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from common import rules
+from common.plans import NORMS
 from common.choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, OBJECTIVES, T_SAMPLINGS
 from reference.errors import InputError
 from reference.optim import LR_SCHEDULES
 from reference.schedules import SCHEDULES
 
-from .. import checkpoint, data, runner
+from .. import checkpoint, classifier_run, data, runner
 from ..cli import OUTPUT_RULE, add_command, check_output
 from ..sampling import check_steps
 from ..config import (LOSSES, PREDICTIONS, TRAIN_VARIANCES, WEIGHTINGS, TrainConfig, config_from_json, recipe_dict,
@@ -28,6 +29,13 @@ def _positive_int(text):
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
     return v
+
+
+def _norm(text):
+    """argparse type: one of common.plans.NORMS (additive: DDPM's; scale-shift: ADM's adaptive GroupNorm)."""
+    if text not in NORMS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(NORMS)}, got {text!r}")
+    return text
 
 
 def _flag_list(text):
@@ -88,6 +96,7 @@ _OBJECTIVE_FIELDS = {
     "teacher_steps": (_positive_int, "--reflow: the teacher's sampler steps per pair (default 50)"),
 }
 RECIPE_DEFAULT = " (default: the dataset's recipe; --show-recipe lists it)"
+_ADM = ("norm", "num_heads")  # UNet options no recipe sets (their defaults are DDPM's network)
 _MODEL = {
     "base_channels": (_positive_int, "UNet: channels at the first level"),
     "channel_mults": (_int_list, "UNet: channel multiplier per level, e.g. 1,2,2"),
@@ -96,6 +105,10 @@ _MODEL = {
                               "recipe's; when --channel-mults changes the number of levels, the coarsest level)"),
     "groups": (_positive_int, "UNet: GroupNorm groups; must divide every level's channels (default: the recipe's, "
                               "or the largest divisor of the channels below it)"),
+    "norm": (_norm, "UNet: how a residual block takes the time (+ class) embedding: additive (default, DDPM's h + "
+                    "proj(temb) before its second GroupNorm) or scale-shift (ADM's GN(h) (1 + scale) + shift)"),
+    "num_heads": (_positive_int, "UNet: attention heads of every attention layer; must divide their channels "
+                                 "(default 1)"),
     "hidden": (_positive_int, "MLP (2-D data): hidden width"),
     "num_layers": (_positive_int, "MLP (2-D data): hidden layers"),
 }
@@ -158,6 +171,12 @@ def configure(p):
                         "draws once at the start, x_t = (1 - t) x0 + t z with the target z - x0")
     for name, (typ, hlp) in _OBJECTIVE_FIELDS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=hlp)
+    p.add_argument("--classifier", action="store_true", default=None,
+                   help="train a noise-conditional classifier p(y | x_t, t) for classifier guidance (sample/eval "
+                        "--classifier) instead of a denoiser: cross-entropy on the dataset's labels at x_t of the "
+                        "chain (t uniform, the recipe's --schedule and --T: give the model's if they differ), AdamW "
+                        "and EMA as a denoiser's run; the UNet's encoder half for images, an MLP for 2-D points. "
+                        "Prints its held-out accuracy at a few noise levels at the end")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype")
     p.add_argument("--final-samples", dest="final_samples", action=argparse.BooleanOptionalAction, default=None,
                    help="write samples_final.png after the last step (default: yes; --no-final-samples skips "
@@ -189,8 +208,13 @@ def config_from_args(args):
         given["loss"] = "hybrid"  # learned variances train on L_hybrid unless --loss says otherwise
     model = {k: getattr(args, k) for k in _MODEL if getattr(args, k) is not None}
     ckpt = Path(args.out) / "ckpt.npz" if args.out else None
+    if args.classifier and not (args.resume and ckpt is not None and ckpt.exists()):
+        return TrainConfig.from_dict(classifier_run.recipe(args.data, given, model)).validate()
     if args.resume and ckpt is not None and ckpt.exists():
         cfg = config_from_json(json.dumps(checkpoint.load(ckpt).config))
+        if bool(args.classifier) != cfg.classifier:
+            kind, fix = ("classifier", "add") if cfg.classifier else ("denoiser", "drop")
+            raise InputError(f"--resume: the checkpoint in {args.out} is a {kind}'s run: {fix} --classifier")
         if cfg.data != args.data:
             raise InputError(f"--resume: the checkpoint in {args.out} was trained on {cfg.data!r}, not {args.data!r}")
         rules.check_objective(given.get("objective", cfg.objective), _without_objective(given), given=True)
@@ -200,7 +224,7 @@ def config_from_args(args):
     else:
         rules.check_objective(given.get("objective", "ddpm"), _without_objective(given), given=True)
         base_model = recipe_for(args.data)["model"]
-        unknown = [k for k in model if k not in base_model]
+        unknown = [k for k in model if k not in base_model and not ("channel_mults" in base_model and k in _ADM)]
         if unknown:
             kind = "MLP (2-D data)" if "hidden" in base_model else "UNet (images)"
             raise InputError(f"--{unknown[0].replace('_', '-')} does not apply to the {kind} used for {args.data!r}")
@@ -259,6 +283,10 @@ def run(args, B):
     elif "ckpt" in res:
         samples = f", samples {res['samples']}" if "samples" in res else ""
         print(f"trained {res['step']} steps: checkpoint {res['ckpt']}{samples}, log {res['log']}")
+        if cfg.classifier:   # the checkpoint as sample --classifier will read it
+            trainer = classifier_run.load(B, res["ckpt"], **({"device": args.device} if B.name == "torch" else {}))[0]
+            print(classifier_run.report_accuracy(classifier_run.held_out_accuracy(B, trainer, cfg.seed),
+                                                 trainer.num_classes))
     return 0
 
 

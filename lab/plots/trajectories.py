@@ -23,12 +23,15 @@ def _frames(frames):
     return frames
 
 
-def column_label(t, sigma=None):
+def column_label(t, sigma=None, trained_steps=True):
     """A strip column's caption lines: the trained step t (0-based) and, when known, its noise level
-    sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t); t = -1 is the finished sample."""
+    sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t); t = -1 is the finished sample. ``trained_steps=False``
+    (a continuous objective's model: t is only the column's index on the sampling grid): sigma alone."""
+    if not trained_steps and sigma is None:
+        raise InputError("a model without trained steps has its columns captioned by sigma: pass the sigmas")
     if t < 0:
         return [FINAL, "sigma=0"] if sigma is not None else [FINAL]
-    return [f"t={t}"] + ([f"sigma={sigma:.3g}"] if sigma is not None else [])
+    return ([f"t={t}"] if trained_steps else []) + ([f"sigma={sigma:.3g}"] if sigma is not None else [])
 
 
 def _check_extras(frames, final, sigmas, labels):
@@ -41,29 +44,34 @@ def _check_extras(frames, final, sigmas, labels):
         raise InputError(f"labels must have shape ({n},) (one class per item), got {np.shape(labels)}")
 
 
-def trajectory_strip(frames, path, max_rows=8, reference=None, title=None, final=None, sigmas=None, labels=None):
+def trajectory_strip(frames, path, max_rows=8, reference=None, title=None, final=None, sigmas=None, labels=None,
+                     trained_steps=True):
     """One column per (t, x_t, x0_hat) frame, left to right, in two blocks: above, x_t (the input of the
     step at t); below, x0_hat (what the network predicts from it). ``final`` (the finished samples, the
     frames' shape) adds a last column captioned FINAL, blank in the x0_hat block; ``sigmas`` (one per frame)
-    add each column's noise level to its t; ``labels`` (the class of each item): image rows are captioned
-    "class k" on the left, points are coloured by class. Images: the first ``max_rows`` items, one column per
+    add each column's noise level to its t (``trained_steps=False``, a continuous objective's model whose t are
+    grid indices: the sigmas alone, which are then required); ``labels`` (the class of each item): image rows
+    are captioned "class k" on the left, points are coloured by class. Images: the first ``max_rows`` items, one column per
     frame (``grid_array`` scale). Points: a scatter per panel on shared axes, over ``reference`` data (grey)
     when given, CELL_PX per panel, ticks on the outer panels.
     Size: images (columns (W + pad) s + pad s) (+ the class column, + white if the title is wider) by
-    2 (rows (H + pad) s + pad s) + (4 + 1 if sigmas) BANNER_PX; points columns * CELL_PX + 60 by
+    2 (rows (H + pad) s + pad s) + (4 + 1 if sigmas and trained_steps) BANNER_PX; points columns * CELL_PX + 60 by
     2 CELL_PX + 110 (columns = frames, + 1 with ``final``).
     """
     frames = _frames(frames)
     _check_extras(frames, final, sigmas, labels)
+    if not trained_steps and sigmas is None:
+        raise InputError("trained_steps=False captions each column by its sigma: pass sigmas (one per frame)")
     cols = [(t, xt, x0, None if sigmas is None else float(sigmas[j])) for j, (t, xt, x0) in enumerate(frames)]
     if final is not None:
         cols.append((-1, np.asarray(final), None, None if sigmas is None else 0.0))
     if frames[0][1].ndim == 2:
-        return _point_strip(cols, path, reference, title, None if labels is None else np.asarray(labels))
-    return _image_strip(cols, path, max_rows, title, labels, sigmas is not None)
+        return _point_strip(cols, path, reference, title, None if labels is None else np.asarray(labels),
+                            trained_steps)
+    return _image_strip(cols, path, max_rows, title, labels, sigmas is not None, trained_steps)
 
 
-def _image_strip(cols, path, max_rows, title, labels, with_sigma):
+def _image_strip(cols, path, max_rows, title, labels, with_sigma, trained_steps=True):
     from PIL import Image
 
     shape = check_images(cols[0][1])[:max_rows].shape                      # (rows, C, H, W)
@@ -77,7 +85,7 @@ def _image_strip(cols, path, max_rows, title, labels, with_sigma):
         blocks = [(lab, np.concatenate([left, px], axis=1), w) for lab, px, w in blocks]
     width, offset = blocks[0][1].shape[1], 0 if left is None else left.shape[1]
     centres = offset + np.cumsum([0] + blocks[0][2][:-1]) + np.array(blocks[0][2]) / 2
-    lines = [column_label(t, sig if with_sigma else None) for t, _, _, sig in cols]
+    lines = [column_label(t, sig if with_sigma else None, trained_steps) for t, _, _, sig in cols]
     heads = [text_band(width, [(c, ls[k]) for c, ls in zip(centres, lines)]) for k in range(len(lines[0]))]
     parts = [with_banner(np.concatenate([text_band(width, [(None, blocks[0][0])]), *heads, blocks[0][1]]),
                          title or "sampling trajectory")]
@@ -108,13 +116,13 @@ def _row_captions(labels, h, height):
     return np.asarray(column)
 
 
-def _point_strip(cols, path, reference, title, labels):
+def _point_strip(cols, path, reference, title, labels, trained_steps=True):
     k, cell = len(cols), CELL_PX
     lim = limits(*[check_points(x) for c in cols for x in c[1:3] if x is not None])
     ref = None if reference is None else check_points(reference, "reference")
     fig, axes = scatter_figure(k * cell + 60, 2 * cell + 110, 2, k, squeeze=False, sharex=True, sharey=True)
     for j, (t, xt, x0, sigma) in enumerate(cols):
-        head = "\n".join(column_label(t, sigma))
+        head = "\n".join(column_label(t, sigma, trained_steps))
         scatter_panel(axes[0][j], check_points(xt), ref, lim=lim, title=head, title_px=cell - 10, fontsize=10,
                       labels=labels, label="x_t")
         if x0 is None:

@@ -163,11 +163,11 @@ def test_the_chain_samplers_and_grids_and_the_bound_are_refused_for_a_continuous
         for route in ("bound", "both"):
             with pytest.raises(InputError, match="the discrete bound needs the trained chain"):
                 check_model(st, SimpleNamespace(nll=route, bpd_n=8))
-        with pytest.raises(InputError, match="--nll ode: the probability-flow ODE's likelihood needs the Jacobian"):
-            check_model(st, SimpleNamespace(nll="ode", bpd_n=8))
+        with pytest.raises(InputError, match="--bpd-variance sets the discrete bound"):
+            check_model(st, SimpleNamespace(nll=None, bpd_n=8, bpd_variance="fixed_small"))
         args = SimpleNamespace(nll=None, bpd_n=64)
         check_model(st, args)
-        assert args.bpd_n == 0    # omitted: no likelihood for a model without a chain
+        assert (args.nll, args.bpd_n) == ("ode", 64)   # omitted: the ODE's likelihood (E9), its one route
 
 
 def test_no_late_start_warning_for_a_continuous_model():
@@ -214,6 +214,7 @@ def test_end_to_end_train_sample_and_eval_a_continuous_model(side, objective, tm
     import json
     res = json.loads(js.read_text())
     assert [r["nfe"] for r in res["sweep"]["rows"]] == [3, 5] and res["sweep"]["baseline"] is None
-    assert "bits_per_dim" not in res
+    # --nll omitted: the ODE's likelihood (E9), the one route of a model without a chain; no bound
+    assert res["nll"] == "ode" and "bound" not in res and np.isfinite(res["ode"]["nats"])
     assert main(["eval", "--ckpt", ckpt, "--nll", "bound", "--n", "50"]) == 2
     assert "the discrete bound needs the trained chain" in capsys.readouterr().err

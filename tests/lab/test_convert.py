@@ -143,8 +143,8 @@ def test_converted_checkpoint_samples_on_both_sides_with_the_same_numbers(folder
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("attention_head_dim", 8, "attention_head_dim=8"),
-    ("resnet_time_scale_shift", "scale_shift", "resnet_time_scale_shift='scale_shift'"),
+    ("attention_head_dim", 12, "attention_head_dim=12"),  # 32 channels: no whole number of heads (B14)
+    ("resnet_time_scale_shift", "ada_group", "resnet_time_scale_shift='ada_group'"),  # default, scale_shift convert
     ("mid_block_scale_factor", 2, "mid_block_scale_factor=2"),
     ("flip_sin_to_cos", True, "flip_sin_to_cos=True"),
     ("freq_shift", 0, "freq_shift=0"),
