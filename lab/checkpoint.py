@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -175,6 +176,12 @@ def load(path):
         what = "an empty file" if not head else "not a zip archive"
         raise InputError(f"cannot read checkpoint {path}: {what}, so not a valid .npz file (truncated or corrupt?)")
     try:
+        # numpy reads a member's bytes without always reaching its end, where zipfile checks the CRC: a bit flipped
+        # in a .npy header's padding would load silently. testzip reads every member whole and checks each CRC.
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise ValueError(f"member {bad} fails its CRC check")
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise InputError(f"{path} is a single .npy array, not a checkpoint (.npz)")

@@ -51,11 +51,11 @@ def configure(p):
     p.add_argument("--bpd-n", type=int, default=64,
                    help="held-out items (test split) for the likelihood (0 skips it)")
     p.add_argument("--nll", choices=NLL_ROUTES, default=None,
-                   help="the likelihood route (default: bound; ode for a model of a continuous objective). bound: "
+                   help="the likelihood route (default: bound). bound: "
                         "the variational bound (T network calls per item); ode: the exact likelihood of the "
                         "probability-flow ODE (an adaptive solve, Hutchinson's divergence for images); both: the two, "
                         "side by side. A model of a continuous objective (edm, flow) has no trained chain, so no "
-                        "bound: ode is its one route")
+                        "bound: ode is its one route and its default")
     p.add_argument("--bpd-variance", default=None, metavar="LIST",
                    help="the bound's reverse variances, comma-separated from fixed_small,fixed_large,learned, or "
                         "all (every one the checkpoint has). Default: the checkpoint's own (learned for a "
