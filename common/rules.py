@@ -12,10 +12,12 @@ the settings a meaning lives on each side (reference/vlb.py, reference/objective
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from . import objective_table as _objective_table
-from .choices import CONTINUOUS_OBJECTIVES, LOSSES, OBJECTIVES, TRAIN_VARIANCES
-from .errors import InputError, check_choice
+from .choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, T_SAMPLINGS, \
+    TRAIN_VARIANCES
+from .errors import InputError, check_choice, check_number
 
 FLAGS, ARGS = "flags", "args"
 LEARNED = "learned"
@@ -163,3 +165,21 @@ def process_of(cfg):
 def is_continuous(cfg):
     """Whether the run's objective is one of the continuous ones (a float time input, no trained chain)."""
     return getattr(cfg, "objective", OBJECTIVES[0]) in CONTINUOUS_OBJECTIVES
+
+
+def continuous_settings(cfg):
+    """A continuous objective's settings read from ``cfg`` (defaults from common/choices.py), checked; a namespace.
+    Not math: both sides' objectives.settings are this function."""
+    d = {**EDM_DEFAULTS, **FLOW_DEFAULTS}
+    s = SimpleNamespace(objective=getattr(cfg, "objective", "ddpm"),
+                        **{k: getattr(cfg, k, d[k]) for k in
+                           ("sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift")})
+    check_choice(s.objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
+    s.sigma_data = check_number(s.sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
+    s.p_std = check_number(s.p_std, "--p-std (std of ln sigma)", lo_open=True)
+    s.p_mean = check_number(s.p_mean, "--p-mean (mean of ln sigma)", lo=-math.inf)
+    check_choice(s.t_sampling, T_SAMPLINGS, "--t-sampling")
+    s.logit_mean = check_number(s.logit_mean, "--logit-mean", lo=-math.inf)
+    s.logit_std = check_number(s.logit_std, "--logit-std", lo_open=True)
+    s.shift = check_number(s.shift, "--shift (SD3's timestep shift)", lo_open=True)
+    return s

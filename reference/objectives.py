@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import expit, ndtri
 
-from common.choices import CONTINUOUS_GRIDS, CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, T_SAMPLINGS, \
-    WEIGHTINGS
+from common.choices import CONTINUOUS_GRIDS, EDM_DEFAULTS, WEIGHTINGS
+from common.rules import continuous_settings as settings   # the settings check is not math: written once
+
 from . import processes
 from .diffusion import _data
 from .errors import InputError, check_choice, check_int, check_number, check_same_shape
@@ -30,23 +31,6 @@ from .solvers import karras_sigmas
 # -1.6..1.1, flow's t 0..1) would leave all but the fastest features nearly constant, so both continuous
 # objectives hand the network 1000 times their own noise coordinate, a spread like the chain's integer steps.
 TIME_SCALE = 1000.0
-
-
-def settings(cfg):
-    """The objective's settings read from ``cfg`` (defaults from common/choices.py), checked; a namespace."""
-    d = {**EDM_DEFAULTS, **FLOW_DEFAULTS}
-    s = SimpleNamespace(objective=getattr(cfg, "objective", "ddpm"),
-                        **{k: getattr(cfg, k, d[k]) for k in
-                           ("sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift")})
-    check_choice(s.objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
-    s.sigma_data = check_number(s.sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
-    s.p_std = check_number(s.p_std, "--p-std (std of ln sigma)", lo_open=True)
-    s.p_mean = check_number(s.p_mean, "--p-mean (mean of ln sigma)", lo=-math.inf)
-    check_choice(s.t_sampling, T_SAMPLINGS, "--t-sampling")
-    s.logit_mean = check_number(s.logit_mean, "--logit-mean", lo=-math.inf)
-    s.logit_std = check_number(s.logit_std, "--logit-std", lo_open=True)
-    s.shift = check_number(s.shift, "--shift (SD3's timestep shift)", lo_open=True)
-    return s
 
 
 def _col(v, x):

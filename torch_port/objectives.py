@@ -13,32 +13,16 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common.choices import CONTINUOUS_GRIDS, CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, T_SAMPLINGS, \
-    WEIGHTINGS
+from common.choices import CONTINUOUS_GRIDS, EDM_DEFAULTS, WEIGHTINGS
 from reference.errors import InputError, check_choice, check_int, check_number
+
+from common.rules import continuous_settings as settings   # the settings check is not math: written once
 
 from . import processes
 from .solvers import karras_sigmas
 
 TIME_SCALE = 1000.0  # why 1000: reference/objectives.py (the embedding B6 resolves the DDPM index range)
 _F64 = torch.float64
-
-
-def settings(cfg):
-    """The objective's settings from ``cfg`` with common/choices.py's defaults, checked (as the reference)."""
-    d = {**EDM_DEFAULTS, **FLOW_DEFAULTS}
-    s = SimpleNamespace(objective=getattr(cfg, "objective", "ddpm"),
-                        **{k: getattr(cfg, k, d[k]) for k in
-                           ("sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift")})
-    check_choice(s.objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
-    s.sigma_data = check_number(s.sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
-    s.p_std = check_number(s.p_std, "--p-std (std of ln sigma)", lo_open=True)
-    s.p_mean = check_number(s.p_mean, "--p-mean (mean of ln sigma)", lo=-math.inf)
-    check_choice(s.t_sampling, T_SAMPLINGS, "--t-sampling")
-    s.logit_mean = check_number(s.logit_mean, "--logit-mean", lo=-math.inf)
-    s.logit_std = check_number(s.logit_std, "--logit-std", lo_open=True)
-    s.shift = check_number(s.shift, "--shift (SD3's timestep shift)", lo_open=True)
-    return s
 
 
 def _tensor(x, name):
