@@ -10,6 +10,8 @@ scored by eval's judge: the sliced Wasserstein-2 distance of 2000 points, the me
 standard error, beside the real-vs-real floor. Straightness (Liu et al. 2023, eq. 3) is measured on 100-step
 Euler paths from the same x_T: S = mean over the path of ||(x_T - x_0) - u(x_t, t)||^2 / d, where u is the
 model's velocity; 0 for a flow whose paths are straight lines. Target: reflow at least halves the 1-step distance.
+The picture (--figure, default benchmarks/figures/reflow.png): per dataset, the first draw's samples of the flow at
+1 and 4 Euler steps and of the reflowed model at 1 step, over the data.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +44,6 @@ def _mean_se(v):
 def straightness(B, trainer, n, seed, steps=100):
     """S of the model's Euler paths from default_rng(seed)'s x_T: the mean over the path's steps of
     ||(x_top - x_0) / t_top - u(x_t, t)||^2 / d in flow variables (x_t = (1 - t) x~, t = s / (1 + s))."""
-    import numpy as np
     from lab.sampling import ode_denoiser
     D = ode_denoiser(B, trainer)
     sig = np.asarray(B.to_numpy(trainer_grid(B, trainer, steps)), dtype=np.float64)
@@ -61,6 +64,17 @@ def trainer_grid(B, trainer, n):
     return B.objectives.sigma_grid(trainer.cfg, n, "linspace")
 
 
+def figure(panels, path):
+    """One row per dataset of (title, samples, data) panels, three a row, on square axes over the data (grey)."""
+    from lab.plots.common import limits, save, scatter_figure, scatter_panel
+    rows = len(panels)
+    fig, axes = scatter_figure(3 * 300, rows * 300 + 10, rows, 3, squeeze=False)
+    for i, row in enumerate(panels):
+        for j, (title, pts, real) in enumerate(row):
+            scatter_panel(axes[i][j], pts, reference=real, lim=limits(real), title=title, title_px=280)
+    return save(fig, path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -70,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--figure", default=str(ROOT / "benchmarks" / "figures" / "reflow.png"))
     args = ap.parse_args(argv)
     pkg = {"torch": "torch_port", "reference": "reference"}[args.side]
     out = Path(args.out)
@@ -78,7 +93,7 @@ def main(argv=None):
     from lab.quality import Quality
     from lab.sampling import draw, load_trainer
     B = Backend(args.side)
-    report = {}
+    report, panels = {}, []
     for name in args.data.split(","):
         flow, rf = out / name / "flow", out / name / "reflow"
         minutes = {}
@@ -89,24 +104,30 @@ def main(argv=None):
             _run([sys.executable, "-m", pkg, "train", "--data", name, "--objective", "flow", "--out", str(folder),
                   "--overwrite", "--quiet", "--no-final-samples", *extra], out / f"{name}.{folder.name}.log")
             minutes[folder.name] = (time.perf_counter() - t0) / 60
-        rows = {}
+        rows, row_panels = {}, []
         for folder in (flow, rf):
             trainer, _ = load_trainer(B, folder / "ckpt.npz")
             judge = Quality(name, args.n, trainer.cfg, 0)
             r = {"floor": judge.floor, "straightness": straightness(B, trainer, 500, 0)}
             for k in (int(s) for s in args.steps.split(",")):
-                v = [judge.score(draw(B, trainer, args.n, seed=s, sampler="euler", steps=k, grid="linspace",
-                                      warn=False)) for s in range(args.repeats)]
-                r[f"sw_{k}"] = _mean_se(v)
+                xs = [draw(B, trainer, args.n, seed=s, sampler="euler", steps=k, grid="linspace", warn=False)
+                      for s in range(args.repeats)]
+                r[f"sw_{k}"] = _mean_se([judge.score(x) for x in xs])
+                if k == 1 or (folder == flow and k == max(int(s) for s in args.steps.split(","))):
+                    row_panels.append((f"{name}, {folder.name}, {k} Euler step{'s' * (k > 1)}: SW "
+                                       f"{r[f'sw_{k}'][0] / judge.floor:.2f}x floor",
+                                       np.asarray(B.to_numpy(xs[0])), judge.real))
             rows[folder.name] = r
             print(f"{name} {folder.name}: straightness {r['straightness']:.4f}; " + "; ".join(
-                f"{k.split('_')[1]} step(s) SW {m:.4f} ± {se:.4f} ({m / judge.floor:.2f}x floor)"
-                for k, (m, se) in r.items() if k.startswith("sw_")), flush=True)
+                f"{k.split('_')[1]} step(s) SW {v[0]:.4f} ± {v[1]:.4f} ({v[0] / judge.floor:.2f}x floor)"
+                for k, v in r.items() if k.startswith("sw_")), flush=True)
         halved = rows["reflow"]["sw_1"][0] / rows["flow"]["sw_1"][0]
         print(f"target: {name} reflow's 1-step SW / before = {halved:.2f} (<= 0.5: "
               f"{'met' if halved <= 0.5 else 'MISSED'})", flush=True)
         report[name] = {"rows": rows, "train_minutes": minutes, "one_step_ratio": halved}
         (out / "reflow.json").write_text(json.dumps(report, indent=2) + "\n")
+        panels.append(row_panels)
+    print("figure:", figure(panels, args.figure), flush=True)
     return 0
 
 

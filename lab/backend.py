@@ -15,7 +15,7 @@ from reference.errors import InputError, check_choice
 
 BACKENDS = {"reference": "reference", "torch": "torch_port"}
 MATH_MODULES = ("schedules", "diffusion", "losses", "samplers", "layers", "unet", "optim", "train", "oracle",
-                "score", "solvers", "guidance", "vlb", "resample", "likelihood", "plans")
+                "score", "solvers", "guidance", "vlb", "resample", "likelihood", "plans", "objectives", "processes", "sde")
 
 
 class Backend:
