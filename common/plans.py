@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from .errors import InputError, check_choice, check_int, check_number
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "same")  # (B9) pad 1 on every side; (B11) pad bottom and right by 1
@@ -19,7 +21,8 @@ class Step(NamedTuple):
     """One step of a plan; ``name`` is the prefix of its parameters ("" when it has none). op: conv
     (k x k, stride, zero padding ``padding`` on every side, None meaning k // 2), linear, norm (GroupNorm),
     silu, up2x (nearest), pad (one zero row below and one zero column to the right, B11), embed (+ a row of
-    the table, the class label's, W1; c_in the rows, c_out the width), attend
+    the table, the class label's, W1; c_in the rows, c_out the width), res_down and res_up (B15: ADM's resample
+    inside a residual block, of h and of the newest kept output alike: 2x2 average pool, or nearest 2x), attend
     (attention over [q | k | v] channels, ``heads`` heads, B14), temb (+ Linear(temb) at every position; + temb
     when unnamed), scaleshift (B13: h (1 + scale) + shift, [scale | shift] = Linear(temb), 2 c_out rows),
     and the joins: keep (h is also kept for a later join), concat ([h | the newest kept]) and add
@@ -45,6 +48,19 @@ def check_adm_args(chans, attention, mid_attention, norm="additive", num_heads=1
     return norm, num_heads
 
 
+def check_resblock_updown(resblock_updown, levels, downsample_padding):
+    """ADM's resblock_updown (B15) as a bool; InputError where it cannot apply: one level has no transition to make
+    residual, and downsample_padding "same" pads a stride-2 conv that the residual block replaces by a pool."""
+    if not isinstance(resblock_updown, (bool, np.bool_)):
+        raise InputError(f"resblock_updown must be True or False, got {resblock_updown!r}")
+    if resblock_updown and levels < 2:
+        raise InputError("resblock_updown=True needs two levels or more: with one there is no down or up transition")
+    if resblock_updown and downsample_padding != "symmetric":
+        raise InputError(f"resblock_updown=True with downsample_padding={downsample_padding!r}: the down transition "
+                         "is an average pool, with no stride-2 conv to pad; leave downsample_padding 'symmetric'")
+    return bool(resblock_updown)
+
+
 def check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups, downsample_padding, norm_eps):
     """-> (channels per level, attention flags, num_res_blocks as int); InputError names a bad argument."""
     channel_mults, attention = tuple(channel_mults), tuple(bool(a) for a in attention)
@@ -59,9 +75,11 @@ def check_unet_args(base_channels, channel_mults, num_res_blocks, attention, gro
 
 
 def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_attention, downsample_padding,
-              norm="additive", num_heads=1):
+              norm="additive", num_heads=1, resblock_updown=False):
     """The UNet in forward order, a list of Step (the layout in words: unet.UNet's docstring); ``norm`` and
-    ``num_heads`` as checked by check_adm_args."""
+    ``num_heads`` as checked by check_adm_args, ``resblock_updown`` by check_resblock_updown: True makes every
+    level transition a residual block (B15) named down.l.downsample / up.l.upsample, as ADM and diffusers'
+    downsample_type / upsample_type "resnet"."""
     plan, kept = [Step("conv", "conv_in", in_channels, chans[0])], []  # kept: channels of the kept outputs
 
     def step(op, name="", c_out=None, k=3, stride=1, padding=None, heads=1):  # the next step, tracking channels
@@ -80,8 +98,8 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
     mid = [("temb", "temb_proj"), ("norm", "norm2")] if norm == "additive" else [("norm", "norm2"),
                                                                                 ("scaleshift", "temb_proj")]
 
-    def res(pre, c_out):
-        for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), ("conv", "conv1"), *mid,
+    def res(pre, c_out, resample=()):  # (B15) resample: (("res_down", ""),) or (("res_up", ""),) after the first SiLU
+        for op, name in [("keep", ""), ("norm", "norm1"), ("silu", ""), *resample, ("conv", "conv1"), *mid,
                          ("silu", ""), ("conv", "conv2"), ("add", "skip")]:
             step(op, name and f"{pre}.{name}", c_out if op == "conv" else None)
 
@@ -102,7 +120,10 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
         for r in range(num_res_blocks):
             block("down", l, r)
             step("keep")
-        if l < len(chans) - 1:
+        if l < len(chans) - 1 and resblock_updown:  # (B15) ADM: a residual block whose h and skip input both pool
+            res(f"down.{l}.downsample", chans[l], (("res_down", ""),))
+            step("keep")
+        elif l < len(chans) - 1:
             if same:  # (B11) TensorFlow's "SAME": one zero row and column at the bottom and right, then padding 0
                 step("pad")
             step("conv", f"down.{l}.downsample", stride=2, padding=0 if same else None)  # (B9) stride-2 conv3x3
@@ -115,7 +136,9 @@ def unet_plan(in_channels, out_channels, chans, attention, num_res_blocks, mid_a
         for r in range(num_res_blocks + 1):  # DDPM: one block more than down, each taking a skip
             step("concat")  # (B8) skip connection: [h | the newest kept output]
             block("up", l, r)
-        if l > 0:
+        if l > 0 and resblock_updown:  # (B15) ADM: a residual block whose h and skip input both upsample
+            res(f"up.{l}.upsample", chans[l], (("res_up", ""),))
+        elif l > 0:
             step("up2x")  # (B9) nearest 2x, then conv3x3
             step("conv", f"up.{l}.upsample")
     for op, name, c_out in [("norm", "norm_out", None), ("silu", "", None), ("conv", "conv_out", out_channels)]:
@@ -164,6 +187,11 @@ def state_dict_order(plan):
 def param_rows(step):
     """The output rows of a named step's weight: 2 c_out for scaleshift's [scale | shift] (B13), else c_out."""
     return 2 * step.c_out if step.op == "scaleshift" else step.c_out
+
+
+def downsamplings(plan):
+    """How many times the plan halves the resolution: its stride-2 convs (B9, B11) and its res_down steps (B15)."""
+    return sum(s.stride == 2 or s.op == "res_down" for s in plan)
 
 
 def conv_padding(step):

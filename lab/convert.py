@@ -7,7 +7,8 @@
 Our UNet maps weight for weight (lab/diffusers_names.py). ``downsample_padding="same"`` is diffusers'
 downsample_padding=0; ``norm_eps`` its norm_eps; ``norm="scale-shift"`` (B13) its resnet_time_scale_shift=
 "scale_shift"; ``num_heads`` its attention_head_dim = channels / num_heads where that width is one for every
-attention layer. A class-conditional UNet's table of K + 1 rows (W1: the last the null class) is class_embedding
+attention layer; ``resblock_updown`` (B15) its downsample_type / upsample_type "resnet", with
+ResnetDownsampleBlock2D / ResnetUpsampleBlock2D at the levels without attention. A class-conditional UNet's table of K + 1 rows (W1: the last the null class) is class_embedding
 with num_class_embeds = K + 1; learned variances (V1: 2C outputs, the mean's C then the interpolation's C) are
 out_channels = 2C with the scheduler's variance_type "learned_range" (V1's interpolation for t > 0). A model
 whose item shape no dataset has converts with ``config["data"]`` None (the shape in ``extra["item_shape"]``).
@@ -31,8 +32,9 @@ from reference.unet import UNet
 from . import checkpoint
 from . import data as datasets
 from .config import config_from_json
-from .diffusers_names import (NORMS_TO_DIFFUSERS, attn_norm_groups, head_dim_for, norm_from,  # noqa: F401
-                              num_heads_from, params_from_diffusers, params_to_diffusers)  # lab.convert's names
+from .diffusers_names import (NORMS_TO_DIFFUSERS, attn_norm_groups, block_types_for, blocks_from,  # noqa: F401
+                              head_dim_for, norm_from, num_heads_from, params_from_diffusers,  # lab.convert's names
+                              params_to_diffusers)
 
 INSTALL_HINT = ('diffusers is an optional extra of this project: pip install -e ".[interop]" in the clone '
                 '(or pip install "diffusers>=0.30")')
@@ -45,13 +47,12 @@ BETA_RANGE = {"beta_start": 1e-4, "beta_end": 0.02}  # the only range TrainConfi
 # UNet2DModel arguments that must have these values: each is part of the function our UNet computes
 REQUIRED = {"center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1,
             "flip_sin_to_cos": False, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
-            "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "class_embed_type": None}
+            "act_fn": "silu", "class_embed_type": None}  # downsample_type, upsample_type: blocks_from (B15)
 # what no such argument means (an older diffusers lacks some)
 IMPLIED = {"add_attention": True, "attn_norm_num_groups": None, "dropout": 0.0, "num_class_embeds": None,
-           "resnet_time_scale_shift": "default"}
+           "resnet_time_scale_shift": "default", "downsample_type": "conv", "upsample_type": "conv"}
 # the scheduler's variance_type -> the project's sampling variance; learned_range is V1's interpolation
 VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large", "learned_range": "learned"}
-_DOWN, _UP = {"DownBlock2D": False, "AttnDownBlock2D": True}, {False: "UpBlock2D", True: "AttnUpBlock2D"}
 # Why a continuous objective's model does not convert: the network is only part of the function it was trained as
 _NO_DIFFUSERS = {"edm": "EDM's preconditioning around the network (c_skip, c_out, c_in of sigma_data, the time input "
                         "250 ln sigma) has no field in UNet2DModel",
@@ -98,18 +99,11 @@ def unet_kwargs(dcfg, defaults):
     for k, want in REQUIRED.items():  # a field this diffusers lacks behaves as the value it later defaulted to
         if c.get(k, want) != want:
             raise InputError(f"config.json has {k}={c[k]!r}; the project's UNet computes only {k}={want!r}")
-    boc, downs, ups = list(c["block_out_channels"]), list(c["down_block_types"]), list(c["up_block_types"])
+    boc = list(c["block_out_channels"])
     base = boc[0]
     if any(b % base for b in boc):
         raise InputError(f"config.json has block_out_channels={boc}: every level must be a multiple of the first")
-    for i, t in enumerate(downs):
-        if t not in _DOWN:
-            raise InputError(f"config.json has down_block_types[{i}]={t!r}; only {list(_DOWN)} convert")
-    attention = [_DOWN[t] for t in downs]
-    want_up = [_UP[a] for a in reversed(attention)]
-    if ups != want_up:
-        raise InputError(f"config.json has up_block_types={ups}; with down_block_types={downs} the project's UNet "
-                         f"(attention on the same levels up and down) needs {want_up}")
+    attention, resblock_updown = blocks_from(c)  # (B15) resnet transitions: ADM's resblock_updown
     mid_attention = bool(c.get("add_attention", True))
     num_heads = num_heads_from(c.get("attention_head_dim"), boc, attention, mid_attention)
     if c.get("attn_norm_num_groups") not in (None, c["norm_num_groups"]):
@@ -126,9 +120,9 @@ def unet_kwargs(dcfg, defaults):
                 channel_mults=tuple(b // base for b in boc), num_res_blocks=c["layers_per_block"],
                 attention=tuple(attention), groups=c["norm_num_groups"], mid_attention=mid_attention,
                 time_dim=c.get("time_embedding_dim") or 4 * base, norm_eps=float(c["norm_eps"]),
-                downsample_padding="symmetric" if c["downsample_padding"] == 1 else "same",
+                downsample_padding="symmetric" if c["downsample_padding"] == 1 or resblock_updown else "same",
                 num_classes=None if embeds is None else embeds - 1, num_heads=num_heads,
-                norm=norm_from(c))
+                norm=norm_from(c), resblock_updown=resblock_updown)  # (B15) pools: downsample_padding is unused
 
 
 def _outputs(in_channels, variance):
@@ -161,9 +155,8 @@ def diffusers_unet_config(kw, sample_size):
     return dict(REQUIRED, resnet_time_scale_shift=NORMS_TO_DIFFUSERS[kw["norm"]], sample_size=sample_size,
                 in_channels=kw["in_channels"], out_channels=kw["out_channels"],
                 time_embedding_dim=None if kw["time_dim"] == 4 * boc[0] else kw["time_dim"], block_out_channels=boc,
-                layers_per_block=kw["num_res_blocks"],
-                down_block_types=[next(t for t, a in _DOWN.items() if a == x) for x in kw["attention"]],
-                up_block_types=[_UP[x] for x in reversed(kw["attention"])], add_attention=kw["mid_attention"],
+                layers_per_block=kw["num_res_blocks"], add_attention=kw["mid_attention"],
+                **block_types_for(kw["attention"], kw["resblock_updown"]),  # (B15) "resnet" transitions
                 downsample_padding=1 if kw["downsample_padding"] == "symmetric" else 0,
                 attention_head_dim=head_dim_for(kw["num_heads"], boc, kw["attention"], kw["mid_attention"]),
                 norm_num_groups=kw["groups"], attn_norm_num_groups=attn_norm_groups(kw), norm_eps=kw["norm_eps"],

@@ -2,8 +2,9 @@
 
 diffusers numbers its up path from the coarsest level (up_blocks.0 is our up.{L-1}) and keeps q, k, v as three
 linear layers, stacked here into one 1x1 conv ``qkv``; everything else maps name for name (scale-shift's temb_proj of
-2C rows [scale | shift] is time_emb_proj, chunked in that order there). Used by lab.convert, with the two ADM options
-that change no names: the norm and the number of heads.
+2C rows [scale | shift] is time_emb_proj, chunked in that order there; resblock_updown's transition blocks
+down.l.downsample.* / up.l.upsample.* are downsamplers.0.* / upsamplers.0.*, B15). Used by lab.convert, with the ADM
+options' configuration fields: the norm, the number of heads and the block types.
 """
 from __future__ import annotations
 
@@ -20,6 +21,54 @@ _RES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2
         "skip": "conv_shortcut"}
 _ATTN = {"norm": "group_norm", "qkv": ("to_q", "to_k", "to_v"), "proj": "to_out.0"}
 _DEPRECATED = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # old AttentionBlock names
+
+
+# (B15) a level's block types: (attention, resblock_updown) -> UNet2DModel's down and up block type. An attention
+# level's resampler follows downsample_type / upsample_type; DownBlock2D's is always a conv, and the Resnet*Block2D
+# ones always a residual block (their resnets are DownBlock2D's and UpBlock2D's: skip_time_act False, scale 1)
+_DOWN_TYPES = {(False, False): "DownBlock2D", (True, False): "AttnDownBlock2D",
+               (False, True): "ResnetDownsampleBlock2D", (True, True): "AttnDownBlock2D"}
+_UP_TYPES = {(False, False): "UpBlock2D", (True, False): "AttnUpBlock2D",
+             (False, True): "ResnetUpsampleBlock2D", (True, True): "AttnUpBlock2D"}
+
+
+def block_types_for(attention, resblock_updown):
+    """Our attention flags and resblock_updown -> UNet2DModel's down_block_types, up_block_types, downsample_type and
+    upsample_type ("resnet" for resblock_updown, B15: diffusers' ResnetBlock2D(down=True / up=True))."""
+    kind = "resnet" if resblock_updown else "conv"
+    return dict(down_block_types=[_DOWN_TYPES[a, resblock_updown] for a in attention],
+                up_block_types=[_UP_TYPES[a, resblock_updown] for a in reversed(attention)],
+                downsample_type=kind, upsample_type=kind)
+
+
+def _resample_kind(t, a, c, key):  # a block type's resampler: "conv" or "resnet"
+    return "resnet" if t.startswith("Resnet") else c.get(key, "conv") if a else "conv"
+
+
+def blocks_from(c):
+    """A UNet2DModel config's block types -> (attention flags, resblock_updown); InputError names a block type our
+    UNet lacks, up blocks that are not the down blocks' mirror, or transitions of both kinds (one flag holds them)."""
+    downs, ups = list(c["down_block_types"]), list(c["up_block_types"])
+    ours = {t: a for (a, _), t in _DOWN_TYPES.items()}
+    for i, t in enumerate(downs):
+        if t not in ours:
+            raise InputError(f"config.json has down_block_types[{i}]={t!r}; only {sorted(ours)} convert")
+    attention = [ours[t] for t in downs]
+    kinds = {_resample_kind(t, a, c, "downsample_type") for t, a in zip(downs[:-1], attention)}  # the last: none
+    up_pairs = [(t, a) for t, a in zip(ups, reversed(attention))]
+    kinds |= {_resample_kind(t, a, c, "upsample_type") for t, a in up_pairs[:-1]}
+    if kinds - {"conv", "resnet"} or len(kinds) > 1:
+        raise InputError(f"config.json's level transitions are {sorted(kinds)} (down_block_types={downs}, "
+                         f"up_block_types={ups}, downsample_type={c.get('downsample_type')!r}, upsample_type="
+                         f"{c.get('upsample_type')!r}); the project's UNet converts all conv or all resnet ones")
+    resnet = kinds == {"resnet"}
+    want = block_types_for(attention, resnet)["up_block_types"]
+    fits = [t == w or {t, w} <= {"UpBlock2D", "ResnetUpsampleBlock2D"} and i == len(ups) - 1
+            for i, (t, w) in enumerate(zip(ups, want))]
+    if len(ups) != len(want) or not all(fits):
+        raise InputError(f"config.json has up_block_types={ups}; with down_block_types={downs} the project's UNet "
+                         f"(attention on the same levels up and down) needs {want}")
+    return attention, resnet
 
 
 NORMS_TO_DIFFUSERS = {"additive": "default", "scale-shift": "scale_shift"}  # our norm -> resnet_time_scale_shift
@@ -84,8 +133,10 @@ def _diffusers_module(module, levels):
         kind = "attn" if p[1] == "attn" else "res"
     else:  # down.l..., up.l...: diffusers' up_blocks.i is our up level L-1-i
         block = f"down_blocks.{p[1]}" if p[0] == "down" else f"up_blocks.{levels - 1 - int(p[1])}"
-        if p[2] in ("downsample", "upsample"):
+        if p[2] in ("downsample", "upsample") and len(p) == 3:  # (B9) the stride-2 conv, or up2x's conv
             return f"{block}.{p[2]}rs.0.conv", "same"
+        if p[2] in ("downsample", "upsample"):  # (B15) resblock_updown: a ResnetBlock2D(down / up=True) there
+            return f"{block}.{p[2]}rs.0.{_RES[p[3]]}", "same"
         block, kind, rest = f"{block}.{'resnets' if p[2] == 'res' else 'attentions'}.{p[3]}", p[2], p[4:]
     leaf = (_RES if kind == "res" else _ATTN)[rest[0]]
     if rest[0] == "qkv":

@@ -1,5 +1,5 @@
 """The denoising networks: a small conv UNet for 8x8 to 32x32 images and an MLP for 2-D data, built
-from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B14)::
+from the layers in layers.py, backward written by hand — derivations/backprop.md (B1..B15)::
 
     out, cache = model.forward(x, t)       # x (N, C, H, W) or (N, in_dim); t int array (N,), 0-based
     out, cache = model.forward(x, t, y)    # num_classes=K: y int (N,) in 0..K-1, or K / None (the null class)
@@ -23,8 +23,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import layers as L
+from . import updown
 from .errors import InputError, check_finite, check_labels
-from common.plans import check_adm_args, param_rows
+from common.plans import check_adm_args, check_resblock_updown, downsamplings, param_rows
 
 from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
                     unet_plan)
@@ -173,6 +174,7 @@ STEPS = {  # op -> (forward, backward)
     "keep": (_keep_forward, _keep_backward),
     "concat": (_concat_forward, _concat_backward),
     "add": (_add_forward, _add_backward),
+    **updown.STEPS,  # (B15) res_down, res_up: ADM's resample of h and of the block's skip input
 }
 
 
@@ -301,15 +303,18 @@ class UNet(_Model):
     ADM's options (Dhariwal & Nichol 2021): ``norm="scale-shift"`` makes each residual block's second norm
     GN(h) (1 + scale) + shift with [scale | shift] = temb_proj(SiLU(temb)), 2C outputs (B13), in place of the
     additive h + temb_proj(SiLU(temb)) before it; ``num_heads`` splits every attention layer's channels into
-    that many heads (B14). The defaults are DDPM's network."""
+    that many heads (B14); ``resblock_updown=True`` makes every level transition a residual block that resamples
+    h and its skip input after its first SiLU, 2x2 average pool down and nearest 2x up (B15; reference/updown.py),
+    in place of the stride-2 conv and of up2x + conv. The defaults are DDPM's network."""
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=L.GN_EPS, num_classes=None,
-                 continuous_time=False, norm="additive", num_heads=1, dtype=np.float32, seed=0):
+                 continuous_time=False, norm="additive", num_heads=1, resblock_updown=False, dtype=np.float32, seed=0):
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
         norm, num_heads = check_adm_args(chans, attention, bool(mid_attention), norm, num_heads)
+        resblock_updown = check_resblock_updown(resblock_updown, len(chans), downsample_padding)
         self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels or in_channels, groups
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
@@ -321,10 +326,11 @@ class UNet(_Model):
                            **({} if num_classes is None else {"num_classes": self.num_classes}),
                            **({"continuous_time": True} if continuous_time else {}),
                            **({"norm": norm} if norm != "additive" else {}),
-                           **({"num_heads": num_heads} if num_heads != 1 else {}))
+                           **({"num_heads": num_heads} if num_heads != 1 else {}),
+                           **({"resblock_updown": True} if resblock_updown else {}))
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, self.out_channels, chans, attention, nrb, bool(mid_attention),
-                              downsample_padding, norm, num_heads)
+                              downsample_padding, norm, num_heads, resblock_updown)
         self._make_params(self.time_plan + self.plan, dtype, seed)
 
     def forward(self, x, t, y=None):
@@ -333,7 +339,7 @@ class UNet(_Model):
 
         y: class labels (N,) of a model with num_classes=K (W1): 0..K-1, or K or None for the null class."""
         x = self._input(x, 4, "(N, C, H, W)")
-        (N, C, H, W), f = x.shape, 2 ** sum(s.stride == 2 for s in self.plan)
+        (N, C, H, W), f = x.shape, 2 ** downsamplings(self.plan)
         if C != self.in_channels or H % f or W % f:
             raise InputError(f"UNet expects (N, {self.in_channels}, H, W) with H, W divisible by {f}, got {x.shape}")
         temb_act, time_tape = self._run(self.time_plan, self._time_embedding(t, N), y=self._labels(y, N))  # SiLU(temb)

@@ -23,8 +23,9 @@ from torch import nn
 
 from reference.errors import InputError, check_finite, check_labels
 
-from common.plans import check_adm_args, param_rows
+from common.plans import check_adm_args, check_resblock_updown, param_rows
 
+from . import updown
 from .layers import (GN_EPS, Conv2d, Embedding, GroupNorm, Linear, attention, pad, scale_shift, silu,
                      timestep_embedding, torch_dtype, upsample_nearest2x)
 from .plans import (Step, check_num_classes, check_unet_args, conv_padding, mlp_plan, state_dict_order, time_plan,
@@ -90,6 +91,7 @@ STEPS = {  # op -> forward
     "keep": _keep,
     "concat": _concat,
     "add": _add,
+    **updown.STEPS,  # (B15) res_down, res_up: ADM's resample of h and of the block's skip input
 }
 
 
@@ -203,16 +205,18 @@ class UNet(_Model):
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                  attention=(False, False, True), groups=8, out_channels=None, time_dim=None,
                  mid_attention=True, downsample_padding="symmetric", norm_eps=GN_EPS, num_classes=None,
-                 continuous_time=False, norm="additive", num_heads=1, dtype=torch.float32, seed=0):
+                 continuous_time=False, norm="additive", num_heads=1, resblock_updown=False, dtype=torch.float32,
+                 seed=0):
         super().__init__()
         chans, attention, nrb = check_unet_args(base_channels, channel_mults, num_res_blocks, attention, groups,
                                                 downsample_padding, norm_eps)
         norm, num_heads = check_adm_args(chans, attention, bool(mid_attention), norm, num_heads)
+        resblock_updown = check_resblock_updown(resblock_updown, len(chans), downsample_padding)
         self.num_classes, self.continuous_time = check_num_classes(num_classes), bool(continuous_time)
         self.emb_dim, self.time_dim = base_channels, time_dim or 4 * base_channels  # sinusoid and MLP widths
         self.time_plan = time_plan(self.emb_dim, self.time_dim, act=True, num_classes=self.num_classes)
         self.plan = unet_plan(in_channels, out_channels or in_channels, chans, attention, nrb, bool(mid_attention),
-                              downsample_padding, norm, num_heads)
+                              downsample_padding, norm, num_heads, resblock_updown)
         self._make_layers(self.time_plan + self.plan, groups, torch_dtype(dtype), seed, float(norm_eps))
         self._time_steps, self._plan_steps = self._steps(self.time_plan), self._steps(self.plan)
 

@@ -96,7 +96,7 @@ _OBJECTIVE_FIELDS = {
     "teacher_steps": (_positive_int, "--reflow: the teacher's sampler steps per pair (default 50)"),
 }
 RECIPE_DEFAULT = " (default: the dataset's recipe; --show-recipe lists it)"
-_ADM = ("norm", "num_heads")  # UNet options no recipe sets (their defaults are DDPM's network)
+_ADM = ("norm", "num_heads", "resblock_updown")  # UNet options no recipe sets (their defaults are DDPM's network)
 _MODEL = {
     "base_channels": (_positive_int, "UNet: channels at the first level"),
     "channel_mults": (_int_list, "UNet: channel multiplier per level, e.g. 1,2,2"),
@@ -109,6 +109,9 @@ _MODEL = {
                     "proj(temb) before its second GroupNorm) or scale-shift (ADM's GN(h) (1 + scale) + shift)"),
     "num_heads": (_positive_int, "UNet: attention heads of every attention layer; must divide their channels "
                                  "(default 1)"),
+    "resblock_updown": (bool, "UNet: ADM's level transitions, residual blocks that average-pool (down) or upsample "
+                              "(up) their input and skip together, in place of the stride-2 conv and up2x + conv "
+                              "(default: off)"),
     "hidden": (_positive_int, "MLP (2-D data): hidden width"),
     "num_layers": (_positive_int, "MLP (2-D data): hidden layers"),
 }
@@ -125,8 +128,9 @@ def configure(p):
                    help="print the configuration this command would train with (the dataset's recipe, every field "
                         "and its value, with the flags given on top) and exit; reads no data")
     for name, (typ, hlp) in {**_FIELDS, **_MODEL}.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                       help=hlp if "default" in hlp else hlp + RECIPE_DEFAULT)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       help=hlp if "default" in hlp else hlp + RECIPE_DEFAULT,
+                       **({"action": "store_true"} if typ is bool else {"type": typ}))  # bool: a switch
     p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES, default=None,
                    help="the learning rate after the warmup: constant, or cosine (decays to 0 at the last of "
                         "--steps; a --resume with more --steps stretches the decay). Default: the recipe's "
