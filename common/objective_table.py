@@ -4,9 +4,11 @@ A row says what an objective is, not how it computes: the process its checkpoint
 whether it trains a continuous process or the discrete chain, the settings it reads and their defaults, the
 checks of their values, why a foreign setting is refused, its default grid, the grids it takes and its --help
 line. The math is one class per continuous objective on each side (reference/objectives.py OBJECTIVE_MATH and
-the port's twin). No module outside this table and those registries compares objective names
-(tests/common/test_objective_table.py holds every module to that), so a new objective is one row here, one class
-on each side, its derivation and its tests. Standard library only: common/choices.py reads its names from here.
+the port's twin, WEIGHTING_MATH adding the chain's w(lambda)). No module outside this table compares objective
+names (tests/common/test_objective_names.py walks every module of reference/, torch_port/, lab/ and common/), so a
+new objective is one row here, one class on each side, an entry in lab/config.py OBJECTIVE_RECIPES if its recipe
+settings depend on the data, its derivation and its tests. Standard library only: common/choices.py reads its
+names from here.
 """
 from __future__ import annotations
 

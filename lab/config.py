@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common import rules
-from common.plans import NORMS
+from common.plans import NORMS, check_resblock_updown
 from common.choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, TRAIN_VARIANCES
 from reference.diffusion import PREDICTIONS
 from reference.errors import InputError, check_choice
@@ -191,6 +191,7 @@ def _check_unet(m):
         raise InputError(f"--groups {groups} must divide every level's channels {chans} "
                          f"(--base-channels {m['base_channels']} times --channel-mults)")
     check_choice(m.get("norm", "additive"), NORMS, "norm")  # ADM's options (common/plans.py)
+    check_resblock_updown(m.get("resblock_updown", False), len(mults), m.get("downsample_padding", "symmetric"))
     heads, attended = m.get("num_heads", 1), [c for c, a in zip(chans, attn) if a] + [chans[-1]] * m.get(
         "mid_attention", True)
     if any(c % heads for c in attended):
@@ -241,19 +242,24 @@ SIGMA_DATA = {**{name: 1.0 for name in POINT_SETS}, "digits": 0.75, "mnist": 0.6
               "cifar10": 0.5}
 
 
+# A continuous objective's own settings in a recipe, from the dataset's name, keyed by objective (one without an
+# entry takes its table row's defaults): edm's sigma_data follows the data.
+OBJECTIVE_RECIPES = {
+    "edm": lambda data: dict(sigma_data=SIGMA_DATA.get(data, EDM_DEFAULTS["sigma_data"]),
+                             p_mean=EDM_DEFAULTS["p_mean"], p_std=EDM_DEFAULTS["p_std"]),
+}
+
+
 def recipe_for(data, objective="ddpm"):
     """The tuned recipe of ``data`` for ``objective``: the chain's (RECIPES), and for a continuous objective the
     same network, optimiser and training length (so that the objectives compare at equal steps) with its own
     settings: edm the data's sigma_data, flow the defaults (uniform t, no shift)."""
     check_choice(objective, OBJECTIVES, "objective")
     base = RECIPES["digits"] if data == "digits" else RECIPES["2d"] if data in POINT_SETS else RECIPES["image"]
-    if objective == "ddpm":
+    if objective not in CONTINUOUS_OBJECTIVES:
         return base
-    own = {"objective": objective}
-    if objective == "edm":
-        own.update(sigma_data=SIGMA_DATA.get(data, EDM_DEFAULTS["sigma_data"]), p_mean=EDM_DEFAULTS["p_mean"],
-                   p_std=EDM_DEFAULTS["p_std"])
-    return {**base, **own}
+    own = OBJECTIVE_RECIPES.get(objective)
+    return {**base, "objective": objective, **(own(data) if own else {})}
 
 
 def recipe_dict(data, **overrides):

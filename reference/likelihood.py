@@ -40,7 +40,6 @@ from scipy.integrate import RK45
 from . import objectives
 from .diffusion import PREDICTIONS, _data
 from .errors import InputError, check_choice, check_int, check_number, check_progress
-from .processes import flow_t_of_sigma_tilde
 from .score import trained_sigmas
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -238,11 +237,7 @@ def objective_coefficients(cfg, sigma):
     objective's own functions: edm (c_skip, c_out, c_in, 250 ln sigma~); flow at t = sigma~ / (1 + sigma~)
     (1 - t, -t, 1 - t, 1000 t), since x_t = (1 - t) x~ and D = x_t - t u(x_t)."""
     s = objectives.settings(cfg)
-    if s.objective == "edm":
-        c_skip, c_out, c_in, _ = (float(c) for c in objectives.edm_precond(sigma, s.sigma_data))
-        return c_skip, c_out, c_in, float(objectives.network_time(cfg, sigma))
-    t = flow_t_of_sigma_tilde(sigma)                                   # (D12)  sigma~ = t / (1 - t)
-    return 1.0 - t, -t, 1.0 - t, float(objectives.network_time(cfg, t))
+    return objectives.OBJECTIVE_MATH[s.objective].coefficients(s, sigma)   # each objective's (E9) coefficients
 
 
 def objective_field(cfg, model):

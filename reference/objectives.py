@@ -57,12 +57,133 @@ def edm_precond(sigma, sigma_data):
     return sd * sd / (r * r), s * sd / r, 1.0 / r, np.log(s) / 4.0
 
 
+class _Continuous:
+    """The shared pieces of a continuous objective's math; a subclass holds one objective's formulas as methods.
+
+    ``s`` is the checked settings namespace (settings(cfg)); levels are float64 arrays. The module's public
+    functions validate once and dispatch through OBJECTIVE_MATH, so a method trusts its inputs. A subclass
+    gives: network_time, level, target, coefficients (likelihood.py's E9), denoise, sigma_grid_linspace and
+    weighting_of (D16)."""
+    name = None
+
+    def network_time(self, s, lv):
+        """The process's own noise coordinate the network embeds, before TIME_SCALE."""
+        raise NotImplementedError
+
+    def sigma_grid_linspace(self, hi, ramp):
+        """sigma~ at a ramp 1 .. 0 uniform in the process's own time between t(sigma~_max) and 0."""
+        raise NotImplementedError
+
+    def weighting(self, lam, **kw):
+        """(D16) w(lambda) of this objective at the settings ``kw`` (checked as a cfg would be)."""
+        return self.weighting_of(settings(SimpleNamespace(objective=self.name, **kw)), lam)
+
+
+class EDM(_Continuous):
+    """Karras et al. 2022: x = x0 + sigma eps (alpha = 1, sigma = t), the preconditioned denoiser (D5-D8)."""
+    name = "edm"
+
+    def network_time(self, s, lv):
+        return edm_precond(lv, s.sigma_data)[3]                                # c_noise = ln(sigma) / 4
+
+    def level(self, s, u):
+        # (D7)  ln sigma ~ N(P_mean, P_std^2) by the inverse CDF
+        return np.exp(s.p_mean + s.p_std * ndtri(u))
+
+    def target(self, s, x064, e64, lv, x0):
+        """(net_in, target, weight) in float64."""
+        c_skip, c_out, c_in, _ = edm_precond(lv, s.sigma_data)
+        x = x064 + _col(lv, x0) * e64                                          # (D5)  alpha = 1, sigma = t
+        target = (x064 - _col(c_skip, x0) * x) / _col(c_out, x0)               # (D6)  F's effective target
+        # (D8)  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, so that lambda c_out^2 = 1
+        weight = (lv * lv + s.sigma_data ** 2) / (lv * s.sigma_data) ** 2 * c_out ** 2
+        return _col(c_in, x0) * x, target, weight
+
+    def coefficients(self, s, sigma):
+        """(E9) (a, b, c, tau) with D(x~, sigma~) = a x~ + b f(c x~, tau): (c_skip, c_out, c_in, 250 ln sigma~)."""
+        c_skip, c_out, c_in, c_noise = (float(c) for c in edm_precond(sigma, s.sigma_data))
+        return c_skip, c_out, c_in, float(TIME_SCALE * c_noise)
+
+    def denoise(self, s, net, x, sg):
+        c_skip, c_out, c_in, tau = self.coefficients(s, sg)
+        F = net((c_in * x).astype(x.dtype), np.full(x.shape[0], tau))
+        return c_skip * x + c_out * np.asarray(F)                              # (D6)
+
+    def sigma_grid_linspace(self, hi, ramp):
+        return hi * ramp                                                       # own time t = sigma = sigma~
+
+    def weighting_of(self, cfg, lam):
+        # (D7)  lambda = -2 ln sigma ~ N(-2 P_mean, (2 P_std)^2);  (D8)  omega = (e^-lambda + sd^2) / sd^2
+        m, sd = -2.0 * cfg.p_mean, 2.0 * cfg.p_std
+        p = np.exp(-0.5 * ((lam - m) / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
+        return 2.0 * p * (np.exp(-lam) + cfg.sigma_data ** 2) / cfg.sigma_data ** 2
+
+
+class Flow(_Continuous):
+    """Flow matching / rectified flow: x_t = (1 - t) x0 + t eps, the network predicting u = eps - x0 (D10-D15)."""
+    name = "flow"
+
+    def network_time(self, s, lv):
+        return lv                                                              # t itself
+
+    def level(self, s, u):
+        # (D14)  t = sigmoid(m + s z), z = ndtri(u): logit(t) ~ N(m, s^2)
+        t = u.copy() if s.t_sampling == "uniform" else expit(s.logit_mean + s.logit_std * ndtri(u))
+        return shift_t(t, s.shift)
+
+    def target(self, s, x064, e64, lv, x0):
+        if np.any((lv <= 0) | (lv >= 1)):
+            raise InputError("flow matching's t must lie strictly inside (0, 1)")
+        t = _col(lv, x0)
+        net_in = (1.0 - t) * x064 + t * e64                                    # (D10)  x_t
+        target = e64 - x064                                                    # (D10)  u = dx_t/dt
+        return net_in, target, np.ones_like(lv)
+
+    def coefficients(self, s, sigma):
+        """(E9) at t = sigma~ / (1 + sigma~): (1 - t, -t, 1 - t, 1000 t), since x_t = (1 - t) x~, D = x_t - t u."""
+        t = processes.flow_t_of_sigma_tilde(sigma)                             # (D12)  sigma~ = t / (1 - t)
+        return 1.0 - t, -t, 1.0 - t, float(TIME_SCALE * np.asarray(t, dtype=np.float64))
+
+    def denoise(self, s, net, x, sg):
+        t = processes.flow_t_of_sigma_tilde(sg)                                # (D12)  sigma~ = t / (1 - t)
+        xt = ((1.0 - t) * x).astype(x.dtype)                                   # (D3)  x_t = alpha x~
+        return xt - t * np.asarray(net(xt, np.full(x.shape[0], TIME_SCALE * t)))   # (D10)  x0 = x_t - t u
+
+    def sigma_grid_linspace(self, hi, ramp):
+        t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)  own t, then sigma~
+        return t / (1.0 - t)
+
+    def weighting_of(self, cfg, lam):
+        # (D15)  the shift moves every lambda by -2 ln s: the density of lambda' is the base density at lambda' + 2 ln s
+        base = lam + 2.0 * math.log(cfg.shift)
+        if cfg.t_sampling == "uniform":
+            t = expit(-0.5 * base)                                             # (D13)  t = sigmoid(-lambda / 2)
+            p = 0.5 * t * (1.0 - t)                                            # |dt/dlambda|
+        else:
+            # (D14)  logit t = -lambda / 2 ~ N(m, s^2)
+            z = (-0.5 * base - cfg.logit_mean) / cfg.logit_std
+            p = 0.5 * np.exp(-0.5 * z * z) / (cfg.logit_std * math.sqrt(2.0 * math.pi))
+        # (D13)  ||u_hat - u||^2 = ||eps_hat - eps||^2 / alpha^2, alpha = sigmoid(lambda / 2)
+        return 2.0 * p / expit(0.5 * lam) ** 2
+
+
+class ChainWeighting:
+    """The discrete chain's weighting on a VP process (D16); the chain's training math is reference/losses.py."""
+    name = "ddpm"
+
+    def weighting(self, lam, **kw):
+        return _ddpm_weighting(lam, **kw)
+
+
+# One instance per continuous objective, keyed by its common.objective_table name; WEIGHTING_MATH adds the chain's.
+OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow())}
+WEIGHTING_MATH = {**OBJECTIVE_MATH, ChainWeighting.name: ChainWeighting()}
+
+
 def network_time(cfg, level):
     """The float the network's time embedding receives: edm 1000 c_noise = 250 ln sigma; flow 1000 t. float64."""
     s, lv = settings(cfg), _levels(level)
-    if s.objective == "edm":
-        return TIME_SCALE * edm_precond(lv, s.sigma_data)[3]
-    return TIME_SCALE * lv
+    return TIME_SCALE * OBJECTIVE_MATH[s.objective].network_time(s, lv)
 
 
 def shift_t(t, shift):
@@ -81,12 +202,7 @@ def level(cfg, u):
     if u.ndim != 1 or not np.all((u > 0) & (u < 1)):
         raise InputError(f"u must be uniforms of shape (N,) strictly inside (0, 1), got shape {u.shape}"
                          + (f", range {u.min():g}..{u.max():g}" if u.size else ""))
-    if s.objective == "edm":
-        # (D7)  ln sigma ~ N(P_mean, P_std^2) by the inverse CDF
-        return np.exp(s.p_mean + s.p_std * ndtri(u))
-    # (D14)  t = sigmoid(m + s z), z = ndtri(u): logit(t) ~ N(m, s^2)
-    t = u.copy() if s.t_sampling == "uniform" else expit(s.logit_mean + s.logit_std * ndtri(u))
-    return shift_t(t, s.shift)
+    return OBJECTIVE_MATH[s.objective].level(s, u)
 
 
 def training_target(cfg, x0, eps, level):
@@ -102,20 +218,7 @@ def training_target(cfg, x0, eps, level):
     lv = _levels(level, x0.shape[0])
     lv = np.broadcast_to(lv, (x0.shape[0],))
     x064, e64, dt = x0.astype(np.float64), eps.astype(np.float64), x0.dtype
-    if s.objective == "edm":
-        c_skip, c_out, c_in, _ = edm_precond(lv, s.sigma_data)
-        x = x064 + _col(lv, x0) * e64                                          # (D5)  alpha = 1, sigma = t
-        target = (x064 - _col(c_skip, x0) * x) / _col(c_out, x0)               # (D6)  F's effective target
-        # (D8)  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, so that lambda c_out^2 = 1
-        weight = (lv * lv + s.sigma_data ** 2) / (lv * s.sigma_data) ** 2 * c_out ** 2
-        net_in = _col(c_in, x0) * x
-    else:
-        if np.any((lv <= 0) | (lv >= 1)):
-            raise InputError("flow matching's t must lie strictly inside (0, 1)")
-        t = _col(lv, x0)
-        net_in = (1.0 - t) * x064 + t * e64                                    # (D10)  x_t
-        target = e64 - x064                                                    # (D10)  u = dx_t/dt
-        weight = np.ones_like(lv)
+    net_in, target, weight = OBJECTIVE_MATH[s.objective].target(s, x064, e64, lv, x0)
     return net_in.astype(dt), network_time(cfg, lv), target.astype(dt), weight.astype(dt)
 
 
@@ -143,19 +246,12 @@ def denoiser(cfg, net, clip_x0=False):
     D = x_t - t u. sigma~ a Python float > 0; clipped to [-1, 1] with ``clip_x0`` (images). Output in x~'s dtype.
     """
     s = settings(cfg)
+    math_ = OBJECTIVE_MATH[s.objective]
 
     def D(x, sigma):
         sg = check_number(sigma, "sigma~ (the denoiser's noise level)", lo_open=True)
-        n, dt = x.shape[0], x.dtype
-        if s.objective == "edm":
-            c_skip, c_out, c_in, _ = (float(c) for c in edm_precond(sg, s.sigma_data))
-            F = net((c_in * x).astype(dt), np.full(n, float(network_time(cfg, sg))))
-            x0 = c_skip * x + c_out * np.asarray(F)                            # (D6)
-        else:
-            t = processes.flow_t_of_sigma_tilde(sg)                            # (D12)  sigma~ = t / (1 - t)
-            xt = ((1.0 - t) * x).astype(dt)                                    # (D3)  x_t = alpha x~
-            x0 = xt - t * np.asarray(net(xt, np.full(n, TIME_SCALE * t)))      # (D10)  x0 = x_t - t u
-        return (np.clip(x0, -1.0, 1.0) if clip_x0 else x0).astype(dt, copy=False)
+        x0 = math_.denoise(s, net, x, sg)
+        return (np.clip(x0, -1.0, 1.0) if clip_x0 else x0).astype(x.dtype, copy=False)
 
     return D
 
@@ -179,11 +275,7 @@ def sigma_grid(cfg, n, grid):
     if grid == "karras":
         return karras_sigmas(n, lo, hi)
     ramp = 1.0 - np.arange(n + 1, dtype=np.float64) / n                        # 1 .. 0
-    if s.objective == "edm":
-        out = hi * ramp
-    else:
-        t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)  own t, then sigma~
-        out = t / (1.0 - t)
+    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(hi, ramp)
     out[0], out[-1] = hi, 0.0
     return out
 
@@ -199,26 +291,7 @@ def weighting(objective, lam, **kw):
       "edm"   sigma_data, p_mean, p_std;   "flow"  t_sampling, logit_mean, logit_std, shift.
     """
     check_choice(objective, WEIGHTINGS, "objective")
-    lam = np.asarray(lam, dtype=np.float64)
-    if objective == "ddpm":
-        return _ddpm_weighting(lam, **kw)
-    cfg = settings(SimpleNamespace(objective=objective, **kw))
-    if objective == "edm":
-        # (D7)  lambda = -2 ln sigma ~ N(-2 P_mean, (2 P_std)^2);  (D8)  omega = (e^-lambda + sd^2) / sd^2
-        m, sd = -2.0 * cfg.p_mean, 2.0 * cfg.p_std
-        p = np.exp(-0.5 * ((lam - m) / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
-        return 2.0 * p * (np.exp(-lam) + cfg.sigma_data ** 2) / cfg.sigma_data ** 2
-    # (D15)  the shift moves every lambda by -2 ln s: the density of lambda' is the base density at lambda' + 2 ln s
-    base = lam + 2.0 * math.log(cfg.shift)
-    if cfg.t_sampling == "uniform":
-        t = expit(-0.5 * base)                                                 # (D13)  t = sigmoid(-lambda / 2)
-        p = 0.5 * t * (1.0 - t)                                                # |dt/dlambda|
-    else:
-        # (D14)  logit t = -lambda / 2 ~ N(m, s^2)
-        z = (-0.5 * base - cfg.logit_mean) / cfg.logit_std
-        p = 0.5 * np.exp(-0.5 * z * z) / (cfg.logit_std * math.sqrt(2.0 * math.pi))
-    # (D13)  ||u_hat - u||^2 = ||eps_hat - eps||^2 / alpha^2, alpha = sigmoid(lambda / 2)
-    return 2.0 * p / expit(0.5 * lam) ** 2
+    return WEIGHTING_MATH[objective].weighting(np.asarray(lam, dtype=np.float64), **kw)
 
 
 def _ddpm_weighting(lam, process="vp-cosine", prediction="eps", loss_weighting=None, gamma=5.0, **process_kw):

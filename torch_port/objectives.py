@@ -55,10 +55,104 @@ def edm_precond(sigma, sigma_data):
     return sd * sd / (r * r), s * sd / r, 1.0 / r, torch.log(s) / 4.0
 
 
+class _Continuous:
+    """The shared pieces of a continuous objective's torch math (reference/objectives.py's classes, same methods);
+    ``s`` is the checked settings namespace, levels float64 tensors."""
+    name = None
+
+    def weighting(self, lam, **kw):
+        """(D16) w(lambda) of this objective at the settings ``kw``."""
+        return self.weighting_of(settings(SimpleNamespace(objective=self.name, **kw)), lam)
+
+
+class EDM(_Continuous):
+    """Karras et al. 2022's preconditioned denoiser on x = x0 + sigma eps (D5-D8)."""
+    name = "edm"
+
+    def network_time(self, s, lv):
+        return edm_precond(lv, s.sigma_data)[3]
+
+    def level(self, s, u):
+        return torch.exp(s.p_mean + s.p_std * torch.special.ndtri(u))          # (D7)
+
+    def target(self, s, x64, e64, lv, x0):
+        c_skip, c_out, c_in, _ = edm_precond(lv, s.sigma_data)
+        x = x64 + _col(lv, x0) * e64                                           # (D5)
+        target = (x64 - _col(c_skip, x0) * x) / _col(c_out, x0)                # (D6)
+        weight = (lv * lv + s.sigma_data ** 2) / (lv * s.sigma_data) ** 2 * c_out ** 2   # (D8)
+        return _col(c_in, x0) * x, target, weight
+
+    def denoise(self, s, net, x, sg):
+        n, dt = x.shape[0], x.dtype
+        r = math.sqrt(sg * sg + s.sigma_data ** 2)
+        c_skip, c_out, c_in = s.sigma_data ** 2 / (r * r), sg * s.sigma_data / r, 1.0 / r  # (D6)
+        tt = torch.full((n,), TIME_SCALE * math.log(sg) / 4.0, dtype=_F64, device=x.device)
+        return c_skip * x + c_out * net((c_in * x).to(dt), tt)
+
+    def sigma_grid_linspace(self, hi, ramp):
+        return hi * ramp
+
+    def weighting_of(self, cfg, lam):
+        m, sd = -2.0 * cfg.p_mean, 2.0 * cfg.p_std                             # (D7)
+        p = torch.exp(-0.5 * ((lam - m) / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
+        return 2.0 * p * (torch.exp(-lam) + cfg.sigma_data ** 2) / cfg.sigma_data ** 2   # (D8)
+
+
+class Flow(_Continuous):
+    """Flow matching on x_t = (1 - t) x0 + t eps, the network predicting u = eps - x0 (D10-D15)."""
+    name = "flow"
+
+    def network_time(self, s, lv):
+        return lv
+
+    def level(self, s, u):
+        z = torch.special.ndtri(u)
+        t = u.clone() if s.t_sampling == "uniform" else torch.sigmoid(s.logit_mean + s.logit_std * z)  # (D14)
+        return shift_t(t, s.shift)
+
+    def target(self, s, x64, e64, lv, x0):
+        if bool(torch.any((lv <= 0) | (lv >= 1))):
+            raise InputError("flow matching's t must lie strictly inside (0, 1)")
+        t = _col(lv, x0)
+        net_in = (1.0 - t) * x64 + t * e64                                     # (D10)
+        return net_in, e64 - x64, torch.ones_like(lv)
+
+    def denoise(self, s, net, x, sg):
+        t = processes.flow_t_of_sigma_tilde(sg)                                # (D12)
+        xt = ((1.0 - t) * x).to(x.dtype)                                       # (D3)
+        return xt - t * net(xt, torch.full((x.shape[0],), TIME_SCALE * t, dtype=_F64, device=x.device))   # (D10)
+
+    def sigma_grid_linspace(self, hi, ramp):
+        t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)
+        return t / (1.0 - t)
+
+    def weighting_of(self, cfg, lam):
+        base = lam + 2.0 * math.log(cfg.shift)                                 # (D15)
+        if cfg.t_sampling == "uniform":
+            t = torch.sigmoid(-0.5 * base)                                     # (D13)
+            p = 0.5 * t * (1.0 - t)
+        else:
+            z = (-0.5 * base - cfg.logit_mean) / cfg.logit_std                 # (D14)
+            p = 0.5 * torch.exp(-0.5 * z * z) / (cfg.logit_std * math.sqrt(2.0 * math.pi))
+        return 2.0 * p / torch.sigmoid(0.5 * lam) ** 2                         # (D13)
+
+
+class ChainWeighting:
+    """The discrete chain's weighting on a VP process (D16)."""
+    name = "ddpm"
+
+    def weighting(self, lam, **kw):
+        return _ddpm_weighting(lam, **kw)
+
+
+OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow())}
+WEIGHTING_MATH = {**OBJECTIVE_MATH, ChainWeighting.name: ChainWeighting()}
+
+
 def network_time(cfg, level):
     """edm: 250 ln sigma; flow: 1000 t. float64."""
     s, lv = settings(cfg), _levels(level)
-    return TIME_SCALE * (edm_precond(lv, s.sigma_data)[3] if s.objective == "edm" else lv)
+    return TIME_SCALE * OBJECTIVE_MATH[s.objective].network_time(s, lv)
 
 
 def shift_t(t, shift):
@@ -73,11 +167,7 @@ def level(cfg, u):
     if u.ndim != 1 or not bool(torch.all((u > 0) & (u < 1))):
         raise InputError(f"u must be uniforms of shape (N,) strictly inside (0, 1), got shape {tuple(u.shape)}"
                          + (f", range {float(u.min()):g}..{float(u.max()):g}" if u.numel() else ""))
-    z = torch.special.ndtri(u)
-    if s.objective == "edm":
-        return torch.exp(s.p_mean + s.p_std * z)                               # (D7)
-    t = u.clone() if s.t_sampling == "uniform" else torch.sigmoid(s.logit_mean + s.logit_std * z)  # (D14)
-    return shift_t(t, s.shift)
+    return OBJECTIVE_MATH[s.objective].level(s, u)
 
 
 def training_target(cfg, x0, eps, level):
@@ -89,19 +179,7 @@ def training_target(cfg, x0, eps, level):
     n, dt = x0.shape[0], x0.dtype
     lv = _levels(level, n, x0.device).expand(n)
     x64, e64 = x0.to(_F64), eps.to(x0.device, _F64)
-    if s.objective == "edm":
-        c_skip, c_out, c_in, _ = edm_precond(lv, s.sigma_data)
-        x = x64 + _col(lv, x0) * e64                                           # (D5)
-        target = (x64 - _col(c_skip, x0) * x) / _col(c_out, x0)                # (D6)
-        weight = (lv * lv + s.sigma_data ** 2) / (lv * s.sigma_data) ** 2 * c_out ** 2   # (D8)
-        net_in = _col(c_in, x0) * x
-    else:
-        if bool(torch.any((lv <= 0) | (lv >= 1))):
-            raise InputError("flow matching's t must lie strictly inside (0, 1)")
-        t = _col(lv, x0)
-        net_in = (1.0 - t) * x64 + t * e64                                     # (D10)
-        target = e64 - x64
-        weight = torch.ones_like(lv)
+    net_in, target, weight = OBJECTIVE_MATH[s.objective].target(s, x64, e64, lv, x0)
     return net_in.to(dt), network_time(cfg, lv), target.to(dt), weight.to(dt)
 
 
@@ -125,20 +203,12 @@ def loss_and_grad(out, target, weight):
 def denoiser(cfg, net, clip_x0=False):
     """(D6, D12) D(x~, sigma~) from ``net(net_in, time_in)``; time_in float64 (N,) on x~'s device."""
     s = settings(cfg)
+    math_ = OBJECTIVE_MATH[s.objective]
 
     def D(x, sigma):
         sg = check_number(sigma, "sigma~ (the denoiser's noise level)", lo_open=True)
-        n, dt = x.shape[0], x.dtype
-        if s.objective == "edm":
-            r = math.sqrt(sg * sg + s.sigma_data ** 2)
-            c_skip, c_out, c_in = s.sigma_data ** 2 / (r * r), sg * s.sigma_data / r, 1.0 / r  # (D6)
-            tt = torch.full((n,), TIME_SCALE * math.log(sg) / 4.0, dtype=_F64, device=x.device)
-            x0 = c_skip * x + c_out * net((c_in * x).to(dt), tt)
-        else:
-            t = processes.flow_t_of_sigma_tilde(sg)                            # (D12)
-            xt = ((1.0 - t) * x).to(dt)                                        # (D3)
-            x0 = xt - t * net(xt, torch.full((n,), TIME_SCALE * t, dtype=_F64, device=x.device))   # (D10)
-        return (x0.clamp(-1.0, 1.0) if clip_x0 else x0).to(dt)
+        x0 = math_.denoise(s, net, x, sg)
+        return (x0.clamp(-1.0, 1.0) if clip_x0 else x0).to(x.dtype)
 
     return D
 
@@ -158,11 +228,7 @@ def sigma_grid(cfg, n, grid):
     if grid == "karras":
         return karras_sigmas(n, lo, hi)
     ramp = 1.0 - torch.arange(n + 1, dtype=_F64) / n
-    if s.objective == "edm":
-        out = hi * ramp
-    else:
-        t = processes.flow_t_of_sigma_tilde(hi) * ramp
-        out = t / (1.0 - t)
+    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(hi, ramp)
     out[0], out[-1] = hi, 0.0
     return out
 
@@ -170,22 +236,7 @@ def sigma_grid(cfg, n, grid):
 def weighting(objective, lam, **kw):
     """(D16) w(lambda) = 2 p(lambda) omega(lambda), float64 tensor: see reference/objectives.py."""
     check_choice(objective, WEIGHTINGS, "objective")
-    lam = _tensor(lam, "lam").to(_F64)
-    if objective == "ddpm":
-        return _ddpm_weighting(lam, **kw)
-    cfg = settings(SimpleNamespace(objective=objective, **kw))
-    if objective == "edm":
-        m, sd = -2.0 * cfg.p_mean, 2.0 * cfg.p_std                             # (D7)
-        p = torch.exp(-0.5 * ((lam - m) / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
-        return 2.0 * p * (torch.exp(-lam) + cfg.sigma_data ** 2) / cfg.sigma_data ** 2   # (D8)
-    base = lam + 2.0 * math.log(cfg.shift)                                     # (D15)
-    if cfg.t_sampling == "uniform":
-        t = torch.sigmoid(-0.5 * base)                                         # (D13)
-        p = 0.5 * t * (1.0 - t)
-    else:
-        z = (-0.5 * base - cfg.logit_mean) / cfg.logit_std                     # (D14)
-        p = 0.5 * torch.exp(-0.5 * z * z) / (cfg.logit_std * math.sqrt(2.0 * math.pi))
-    return 2.0 * p / torch.sigmoid(0.5 * lam) ** 2                             # (D13)
+    return WEIGHTING_MATH[objective].weighting(_tensor(lam, "lam").to(_F64), **kw)
 
 
 def _ddpm_weighting(lam, process="vp-cosine", prediction="eps", loss_weighting=None, gamma=5.0, **process_kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from common.objective_table import row as objective_row
 from reference.objectives import weighting
 
 from .common import DPI, PANEL_PX, save
@@ -34,7 +35,7 @@ def weightings_figure(path, n=1201):
         w = weighting(objective, lam, **kw)
         # the chain's losses dashed, each its own dash, so coinciding stretches (min-SNR = L_simple below snr 5) show
         dash = ("--", ":", "-.", (0, (6, 2)))[i % 4]
-        style = {"color": f"C{i}", "lw": 1.4, "ls": "-" if objective != "ddpm" else dash}
+        style = {"color": f"C{i}", "lw": 1.4, "ls": "-" if objective_row(objective).continuous else dash}
         a1.plot(lam, np.where(w > 0, w, np.nan), label=label, **style)
         a2.plot(lam, w / np.trapezoid(w, lam), **style)
     a1.set_yscale("log"), a1.set_ylim(1e-5, 1e3)
