@@ -9,10 +9,14 @@ one function on each side, its derivation and its tests.
 
 Families: "chain" steps the trained discrete chain between kept integer steps (derivations/sampling.md);
 "ode" solves the probability-flow ODE over a decreasing grid of noise levels (derivations/solvers.md); "sde"
-is reserved for the reverse-SDE samplers of the next issue.
+runs a stochastic sampler over such a grid (reference/sde.py SDE_SAMPLERS and its twin, derivations/sde_samplers.md),
+fed its noise draws in order. An SDE row names its settings and their defaults (``settings``, the CLI's flags with
+dashes), how its network calls grow with them (``setting_calls``) and the setting at which it would be an ODE
+sampler exactly (``deterministic_at``), which the flag checks refuse naming that sampler.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import objective_table as _objective_table
@@ -20,11 +24,28 @@ from .choices import CONTINUOUS_GRIDS, GRIDS, OBJECTIVES
 from .errors import InputError, check_choice, check_int
 
 FAMILIES = ("chain", "ode", "sde")
-CLASSIFIER_ROUTES = ("ancestral", "eps", "denoiser")   # Sampler.classifier_route's values
-FLAGS = ("eta", "variance", "spacing", "grid")
+CLASSIFIER_ROUTES = ("shifted-mean", "eps", "denoiser")   # Sampler.classifier_route's values
+SDE_FLAGS = ("s_churn", "s_tmin", "s_tmax", "s_noise", "snr", "corrector_steps", "langevin_steps", "langevin_eps",
+             "final_denoise")   # the SDE samplers' settings, one CLI flag each (--s-churn, ...)
+FLAGS = ("eta", "variance", "spacing", "grid") + SDE_FLAGS
 # What each flag sets, in the words of the flag checks' messages.
-FLAG_WORDS = {"eta": "the noise of the DDIM step", "variance": "the ancestral step's variance",
-              "spacing": "the chain's kept steps", "grid": "the noise levels the ODE is solved on"}
+FLAG_WORDS = {"eta": "the noise of a DDIM or SDE step, 0 deterministic", "variance": "the ancestral step's variance",
+              "spacing": "the chain's kept steps", "grid": "the noise levels the ODE or SDE is solved on",
+              "s_churn": "EDM's total churn S_churn, the noise added before each step",
+              "s_tmin": "the lowest level EDM churns (S_tmin)", "s_tmax": "the highest level EDM churns (S_tmax)",
+              "s_noise": "EDM's inflation of the churn noise (S_noise)",
+              "snr": "the Langevin corrector's signal-to-noise ratio, which sets its step (Q7)",
+              "corrector_steps": "Langevin corrector steps per level, each one network call",
+              "langevin_steps": "Langevin steps per noise level, each one network call",
+              "langevin_eps": "the Langevin step at the smallest level, eps sigma_i^2 / sigma_L^2 at level i (Q10)",
+              "final_denoise": "the final denoising step D(x, sigma_L) after the last level (Q12)"}
+# The value each SDE setting takes, checked by check_flags in the CLI's words: (kind, lower bound); "int" an integer
+# >= the bound, "number" a finite number >= the bound (> it where open; eta at most 1), "bool" a switch.
+SETTING_RULES = {"eta": ("number", 0.0, False), "s_churn": ("number", 0.0, False), "s_tmin": ("number", 0.0, False),
+                 "s_tmax": ("number", 0.0, False), "s_noise": ("number", 0.0, True), "snr": ("number", 0.0, True),
+                 "corrector_steps": ("int", 0, False), "langevin_steps": ("int", 1, False),
+                 "langevin_eps": ("number", 0.0, True), "final_denoise": ("bool", None, False)}
+_HIGHEST = {"eta": 1.0}   # eta 1 is the full noise of the step (DDPM's beta~ for ancestral, Q5)
 # The grid an ODE sampler runs on when --grid is omitted, per objective (the one place that says it): a model of
 # the trained chain starts on "trailing" (lab.late_start.default_grid turns it to leading where a start at T-1
 # is harmful); EDM's own grid is Karras et al.'s; flow matching's is uniform in its t (its training density).
@@ -44,8 +65,13 @@ class Sampler:
     ``all_steps_default``: all T steps when --sample-steps is omitted; ``evaluates_ahead``: a step calls the
     network again at the next level (a trapezoid correction); ``invertible``: run forwards, it encodes data to
     latents (the Euler step, DDIM inversion N6); ``classifier_route``: how classifier guidance enters it
-    (derivations/classifier_guidance.md): "ancestral", Algorithm 1's shifted mean (H1); "eps", Algorithm 2's
-    guided eps (H3); "denoiser", D + s sigma^2 grad log p(y | x~) (H4)."""
+    (derivations/classifier_guidance.md): "shifted-mean", Algorithm 1's (H1); "eps", Algorithm 2's
+    guided eps (H3); "denoiser", D + s sigma^2 grad log p(y | x~) (H4). An SDE sampler's ``settings``: ((name,
+    default), ...), its flags' defaults (reference/sde.py's, held equal by the tests); ``setting_calls``: ((name,
+    per), ...), each adding the setting's value in network calls per "step", per nonzero "level" of the grid or
+    "once" (a switch counts 1); ``deterministic_at``: ((name, value, ode sampler), ...), the setting's value at which
+    the sampler is that ODE sampler exactly; ``leaves_grid``: it calls the denoiser at levels off the grid (EDM's
+    churned sigma^ = (1 + gamma) sigma), which a model of the chain answers at its nearest trained level (K8)."""
     name: str
     family: str
     help: str
@@ -62,10 +88,23 @@ class Sampler:
     evaluates_ahead: bool = False
     invertible: bool = False
     classifier_route: str = "denoiser"
+    settings: tuple = ()
+    setting_calls: tuple = ()
+    deterministic_at: tuple = ()
+    leaves_grid: bool = False
 
-    def nfe(self, n, ends_at_zero=True):
-        """Network evaluations for n steps: calls_per_step n, less calls_saved_at_zero on a grid ending at 0."""
-        return self.calls_per_step * n - (self.calls_saved_at_zero if ends_at_zero else 0)
+    def defaults(self):
+        """The SDE settings' defaults, {name: value} ({} for a chain or ODE sampler)."""
+        return dict(self.settings)
+
+    def nfe(self, n, ends_at_zero=True, **settings):
+        """Network evaluations for n steps: calls_per_step n, less calls_saved_at_zero on a grid ending at 0, plus
+        each setting_calls entry's value per step, per nonzero level (n, or n + 1 above 0) or once; ``settings``
+        omitted take their defaults."""
+        st = {**self.defaults(), **{k: v for k, v in settings.items() if v is not None}}
+        per = {"step": n, "level": n if ends_at_zero else n + 1, "once": 1}
+        extra = sum(int(st[name]) * per[where] for name, where in self.setting_calls)
+        return self.calls_per_step * n - (self.calls_saved_at_zero if ends_at_zero else 0) + extra
 
     def second_order_steps(self, n, ends_at_zero=True):
         """How many of n steps are second-order updates: none for a first-order sampler; the first
@@ -77,7 +116,7 @@ _ODE = frozenset({"grid"})
 ROWS = (
     Sampler("ddpm", "chain", "ancestral sampling (Ho et al. 2020, Algorithm 2), one network call a step",
             frozenset({"variance", "spacing"}), True, "leading", objectives=("ddpm",), all_steps_default=True,
-            classifier_route="ancestral"),
+            classifier_route="shifted-mean"),
     Sampler("ddim", "chain", "Song et al. 2021, deterministic at eta 0, one network call a step",
             frozenset({"eta", "spacing"}), True, "leading", objectives=("ddpm",), invertible=True,
             classifier_route="eps"),
@@ -88,6 +127,30 @@ ROWS = (
             evaluates_ahead=True),
     Sampler("dpm++2m", "ode", "DPM-Solver++(2M) (Lu et al. 2022), one call a step", _ODE, False, "trailing",
             order=2, first_order_steps=1, min_steps=3),
+    Sampler("euler-maruyama", "sde", "Euler-Maruyama steps of the reverse SDE (Song et al. 2021; Q2), one call a "
+            "step, the step to sigma = 0 Tweedie's mean (Q3)", _ODE, True, "trailing"),
+    Sampler("ancestral", "sde", "k-diffusion's euler_ancestral (Q4): an Euler step down to sigma_down and fresh "
+            "noise up to sigma', one call a step; DDIM with the same --eta on the chain's levels (Q5), default eta 1",
+            _ODE | {"eta"}, True, "trailing", settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "euler"),)),
+    Sampler("pc", "sde", "predictor-corrector (Song et al. 2021, Algorithm 2; Q6, Q7): --corrector-steps Langevin "
+            "steps at --snr, then a reverse-diffusion step; (corrector steps + 1) calls a step",
+            _ODE | {"snr", "corrector_steps"}, True, "trailing", settings=(("snr", 0.16), ("corrector_steps", 1)),
+            setting_calls=(("corrector_steps", "step"),)),
+    Sampler("edm-sde", "sde", "Karras et al. 2022, Algorithm 2 (Q8): churn by --s-churn between --s-tmin and --s-tmax "
+            "with --s-noise, then Heun's step; 2 calls a step, the last one to sigma = 0 an Euler step",
+            _ODE | {"s_churn", "s_tmin", "s_tmax", "s_noise"}, True, "trailing", calls_per_step=2,
+            calls_saved_at_zero=1, order=2, min_steps=2, evaluates_ahead=True,
+            settings=(("s_churn", 40.0), ("s_tmin", 0.05), ("s_tmax", 50.0), ("s_noise", 1.003)),
+            deterministic_at=(("s_churn", 0.0, "heun"),), leaves_grid=True),
+    Sampler("dpm++2m-sde", "sde", "DPM-Solver++(2M) SDE (Lu et al. 2022; Q9), one call a step, --eta the share of "
+            "noise (default 1)", _ODE | {"eta"}, True, "trailing", order=2, first_order_steps=1, min_steps=3,
+            settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "dpm++2m"),)),
+    Sampler("langevin", "sde", "annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Q10-Q12): "
+            "--langevin-steps steps at each nonzero level of the grid with step --langevin-eps sigma_i^2 / sigma_L^2, "
+            "then the final denoising step (--no-final-denoise: none); langevin steps x levels (+ 1) calls",
+            _ODE | {"langevin_steps", "langevin_eps", "final_denoise"}, True, "trailing", calls_per_step=0,
+            settings=(("langevin_steps", 100), ("langevin_eps", 2e-5), ("final_denoise", True)),
+            setting_calls=(("langevin_steps", "level"), ("final_denoise", "once"))),
 )
 TABLE = {r.name: r for r in ROWS}
 
@@ -104,21 +167,29 @@ def row(name):
     return TABLE[check_choice(name, names(), "sampler")]
 
 
-def nfe(name, n, ends_at_zero=True):
-    """Network evaluations of ``name`` for n steps: ddpm, ddim, euler, dpm++2m n; heun 2n - 1 on a grid ending
-    at 0 (2n otherwise)."""
-    return row(name).nfe(check_int(n, "n (number of steps)", lo=1), ends_at_zero)
+def nfe(name, n, ends_at_zero=True, **settings):
+    """Network evaluations of ``name`` for n steps: ddpm, ddim, euler, dpm++2m, euler-maruyama, ancestral,
+    dpm++2m-sde n; heun and edm-sde 2n - 1 on a grid ending at 0 (2n otherwise); pc (corrector_steps + 1) n;
+    langevin langevin_steps L + final_denoise, L the grid's nonzero levels. ``settings`` omitted: the defaults."""
+    return row(name).nfe(check_int(n, "n (number of steps)", lo=1), ends_at_zero, **settings)
 
 
-def steps_for_nfe(name, k):
-    """The most steps whose NFE on a grid ending at 0 is at most k (heun: 2n - 1 <= k); refused when k cannot
-    buy the sampler's fewest steps."""
+def steps_for_nfe(name, k, **settings):
+    """The most steps whose NFE on a grid ending at 0 (with ``settings``) is at most k (heun: 2n - 1 <= k); refused
+    when k cannot buy the sampler's fewest steps."""
     r = row(name)
     k = check_int(k, "NFE (network evaluations)", lo=1)
-    least = r.nfe(r.min_steps)
+    least = r.nfe(r.min_steps, **settings)
     if k < least:
-        raise InputError(f"NFE {k} is too small for the second-order sampler {name!r}: it needs NFE >= {least}")
-    return (k + r.calls_saved_at_zero) // r.calls_per_step
+        kind = "the second-order sampler" if r.order > 1 else "the sampler"
+        with_ = f" with {_words(settings)}" if r.setting_calls else ""
+        raise InputError(f"NFE {k} is too small for {kind} {name!r}{with_}: it needs NFE >= {least}")
+    slope = r.nfe(r.min_steps + 1, **settings) - least   # NFE is affine in the steps: least + slope (n - min_steps)
+    return r.min_steps + (k - least) // slope
+
+
+def _words(settings):
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None) or "its default settings"
 
 
 def takers(flag):
@@ -141,20 +212,29 @@ def check_serves(name, objective):
     return name
 
 
-def check_flags(name, steps=None, eta=None, variance=None, spacing=None, grid=None, objective="ddpm"):
-    """The flags given with sampler ``name`` (None: omitted), in the CLI's words: a flag the sampler would ignore,
+def flag(name):
+    """A setting's CLI flag: "s_churn" -> "--s-churn"."""
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(name, steps=None, eta=None, variance=None, spacing=None, grid=None, objective="ddpm", sde=None):
+    """The flags given with sampler ``name`` (None: omitted; ``sde`` a dict of the SDE settings given), in the CLI's
+    words: a flag the sampler would ignore, a setting out of its range, an SDE sampler asked to be an ODE sampler,
     a grid the model does not take or a step count below the sampler's fewest is refused."""
     r, grids = row(name), OBJECTIVE_GRIDS[check_choice(objective, OBJECTIVES, "objective")]
-    for flag, given in (("eta", eta), ("variance", variance)):
-        if given is not None and flag not in r.flags:
-            raise InputError(f"--{flag} applies to --sampler {'/'.join(takers(flag))} only ({FLAG_WORDS[flag]}); "
+    given = {k: v for k, v in (sde or {}).items() if v is not None}   # draw(sde={"eta": ...}) is --eta too
+    given.update({k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None})
+    for key in sorted(given, key=lambda k: FLAGS.index(check_choice(k, FLAGS, "setting"))):
+        if key not in r.flags:
+            raise InputError(f"{flag(key)} applies to --sampler {'/'.join(takers(key))} only ({FLAG_WORDS[key]}); "
                              f"--sampler {name} would ignore it")
+    _check_settings(r, given)
     if spacing is not None and "spacing" not in r.flags:
         fix = spacing if spacing in grids else " or ".join(grids)
         raise InputError(f"--spacing applies to --sampler {'/'.join(takers('spacing'))} ({FLAG_WORDS['spacing']}); "
                          f"--sampler {name} runs on a --grid ({'/'.join(grids)}): use --grid {fix}")
     if grid is not None and "grid" not in r.flags:
-        raise InputError(f"--grid applies to the ODE samplers ({'/'.join(takers('grid'))}); --sampler {name} "
+        raise InputError(f"--grid applies to the ODE and SDE samplers ({'/'.join(takers('grid'))}); --sampler {name} "
                          "shortens with --spacing instead (--sampler ddim --spacing S is --sampler euler --grid S)")
     if grid is not None and grid not in grids:
         raise InputError(f"--grid {grid} is a grid of the trained chain's integer steps; this {objective} model "
@@ -165,6 +245,30 @@ def check_flags(name, steps=None, eta=None, variance=None, spacing=None, grid=No
         raise InputError(f"--sample-steps {steps} is too few for --sampler {name}: it takes a second-order step "
                          f"only with --sample-steps {k} or more (NFE {r.nfe(k)}); use more steps or --sampler euler")
     return r
+
+
+def _check_settings(r, given):
+    """The SDE settings' values (SETTING_RULES), EDM's churn window, and a setting that makes the sampler an ODE
+    sampler exactly (deterministic_at), refused naming that sampler."""
+    for key, value in given.items():
+        kind, lo, open_ = SETTING_RULES.get(key, (None, None, None))
+        if kind == "bool" and not isinstance(value, bool):
+            raise InputError(f"{flag(key)} is a switch ({flag(key)} / --no-{flag(key)[2:]}), got {value!r}")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < lo):
+            raise InputError(f"{flag(key)} must be an integer >= {lo} ({FLAG_WORDS[key]}), got {value!r}")
+        if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                 or not math.isfinite(value) or value < lo or (open_ and value == lo)
+                                 or value > _HIGHEST.get(key, math.inf)):
+            bound = (f"> {lo:g}" if open_ else f">= {lo:g}") + (f" and <= {_HIGHEST[key]:g}" if key in _HIGHEST else "")
+            raise InputError(f"{flag(key)} must be a finite number {bound} ({FLAG_WORDS[key]}), got {value!r}")
+    st = {**r.defaults(), **{k: v for k, v in given.items() if k in r.defaults()}}
+    if "s_tmax" in st and st["s_tmax"] < st["s_tmin"]:
+        raise InputError(f"--s-tmax {st['s_tmax']:g} is below --s-tmin {st['s_tmin']:g}: EDM churns the levels "
+                         "between them, and this window has none")
+    for key, value, ode in r.deterministic_at:
+        if key in given and given[key] == value:
+            raise InputError(f"{flag(key)} {value:g} makes --sampler {r.name} deterministic: it is then --sampler "
+                             f"{ode} exactly; use --sampler {ode}, or a {flag(key)} above {value:g} for noise")
 
 
 def help_lines(family=None):

@@ -3,8 +3,8 @@ derivations/classifier_guidance.md H1-H4, reference/classifier_guidance.py and i
 
 The model runs unconditionally (a class-conditional model's null class); the classifier's gradient
 grad_{x_t} log p(y | x_t, t) steers the sampler by the route its row of the samplers' table names
-(``classifier_route``): "ancestral" (ddpm) Algorithm 1's shifted mean, "eps" (ddim) Algorithm 2's guided eps,
-"denoiser" (the ODE solvers) D + s sigma^2 grad on the trained levels (sigma_grad, K8). Classifier-free guidance
+(``classifier_route``): "shifted-mean" (ddpm) Algorithm 1's, "eps" (ddim) Algorithm 2's guided eps,
+"denoiser" (ODE and SDE samplers) D + s sigma^2 grad on the trained levels (sigma_grad, K8). Classifier-free guidance
 (--guidance) is not combined with it: one guidance at a time. A model of a continuous objective is refused: the
 classifier knows only the chain's T trained steps. Not math: the math is the backends'.
 """
@@ -20,6 +20,7 @@ from reference.schedules import PriorMismatchWarning
 
 from . import data
 from .classifier_run import side
+from .sde_sampling import solve
 from .late_start import LATE_START_PREFIX, amplified_start_message, late_start_message
 from .sampling import _no_grad, _x_T, alpha_bar_table, is_continuous, network, ode_denoiser, plan, resolve_variance
 
@@ -63,13 +64,13 @@ def grad_fn_of(B, clf):
 
 
 def guided_draw(B, trainer, n, grad_fn, y, scale, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0,
-                variance=None, grid=None, clip_x0=None, progress=None, warn=True):
+                variance=None, grid=None, clip_x0=None, progress=None, warn=True, sde=None):
     """x_T from default_rng(seed) as lab.sampling.draw's, then ``sampler`` guided by the chain ``grad_fn`` towards
     the classes ``y`` (int or (n,)) at the classifier scale ``scale`` -> NumPy samples (n, *item_shape).
-    s = 0 is the unguided sampler (the same samples as draw's)."""
+    ``sde``: an SDE sampler's settings, as draw's. s = 0 is the unguided sampler (the same samples as draw's)."""
     cfg = trainer.cfg
     clip = len(trainer.item_shape) == 3 if clip_x0 is None else bool(clip_x0)
-    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction)
+    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction, sde=sde)
     variance = resolve_variance(trainer, sampler, variance)
     den = network(B, trainer, variance)
     if warn:
@@ -85,7 +86,7 @@ def guided_draw(B, trainer, n, grad_fn, y, scale, seed=0, sampler="ddim", steps=
     route = table.row(sampler).classifier_route
     with warnings.catch_warnings(), _no_grad(B):
         warnings.filterwarnings("ignore", message=LATE_START_PREFIX, category=PriorMismatchWarning)
-        if route == "ancestral":     # (H1) Algorithm 1
+        if route == "shifted-mean":  # (H1) Algorithm 1
             res = G.classifier_guided_sample_loop(trainer.sched, den, grad_fn, y, scale, x_T, rng, steps=kept,
                                                   spacing=spacing, prediction=cfg.prediction,
                                                   variance=variance or "fixed_small", clip_x0=clip)
@@ -96,5 +97,5 @@ def guided_draw(B, trainer, n, grad_fn, y, scale, seed=0, sampler="ddim", steps=
         else:                        # (H4) D + s sigma^2 grad log p(y | x~) on the trained levels
             D_s = G.classifier_guided_denoiser(ode_denoiser(B, trainer, den, clip), G.sigma_grad(trainer.sched, grad_fn),
                                                scale, y)
-            res = B.solvers.sample(D_s, x_T, p.sigmas, sampler, progress=progress)
+            res = solve(B, D_s, x_T, rng, p, sde, progress=progress, sched=trainer.sched)   # noise: rng's, after x_T
     return B.to_numpy(res.x)

@@ -1,14 +1,15 @@
 """Loading a trained model and drawing samples from it: what `sample`, `eval` and the training pictures share.
 
-Two families of samplers (common/sampler_table.py, the one table of them), one entry (``draw``):
+Three families of samplers (common/sampler_table.py, the one table of them), one entry (``draw``):
   * the chain, ``ddpm`` | ``ddim`` (reference.samplers.sample_loop), shortened by ``spacing`` (A5);
   * the probability-flow ODE, ``euler`` | ``heun`` | ``dpm++2m`` (reference.solvers.sample), over a ``grid``
-    of trained noise levels (K8, N5). ``euler`` on a grid equals ``ddim`` (eta 0) with that spacing (K7).
+    of trained noise levels (K8, N5). ``euler`` on a grid equals ``ddim`` (eta 0) with that spacing (K7);
+  * the stochastic samplers (reference.sde.sample, lab/sde_sampling.py) on the ODE's grids, through the same D.
 A model of a continuous objective (cfg.objective "edm" or "flow") has no chain: the ODE samplers run on its
 objective's grid of noise levels (reference.objectives.sigma_grid; the default grid per objective is the table's
 DEFAULT_GRIDS) through its denoiser D(x~, sigma~) (objectives.denoiser), and ddpm/ddim are refused by name.
-The noise x_T is drawn from ``np.random.default_rng(seed)`` in the same order on both sides, so one
-checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
+The noise x_T, then an SDE sampler's draws, comes from ``np.random.default_rng(seed)`` in the same order on both
+sides, so one checkpoint sampled with one seed gives the same samples from ``python -m reference sample`` and
 ``python -m torch_port sample`` (exactly in float64, to float32 rounding otherwise), for every sampler.
 
 Every sampler gets one denoiser (``network``): a class-conditional checkpoint asked for classes ``y`` runs
@@ -35,7 +36,7 @@ from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 from reference.schedules import PriorMismatchWarning
 
-from . import checkpoint, data
+from . import checkpoint, data, sde_sampling
 from .config import config_from_json
 from .late_start import LATE_START_PREFIX, amplified_start_message, default_grid, late_start_message
 
@@ -128,7 +129,7 @@ def resolve_steps(sampler, steps, T):
     return T if not steps or steps >= T else steps
 
 
-def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=True, prediction="eps"):
+def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=True, prediction="eps", sde=None):
     """The Plan of ``sampler`` with ``steps`` (see resolve_steps) on the backend schedule ``sched``. ``grid``
     None: DEFAULT_GRID (trailing), or leading where a start at T-1 is harmful (an unclipped eps-model, ``clip_x0``
     False, on the cosine schedule) or impossible (zero terminal SNR): lab.late_start.default_grid."""
@@ -147,27 +148,29 @@ def plan(B, sched, sampler, steps=None, spacing="leading", grid=None, clip_x0=Tr
                          "sigma; use --grid leading with fewer steps, or --sampler ddim")
     sigmas = B.solvers.sigma_grid(sched, n, grid)
     ts = np.asarray(B.to_numpy(B.solvers.grid_timesteps(sched, sigmas)))
-    return Plan(sampler, n, sched.T, grid, int(B.solvers.nfe(sampler, sigmas)), int(ts[0]), sigmas)
+    return Plan(sampler, n, sched.T, grid, sde_sampling.plan_nfe(B, sampler, sigmas, sde), int(ts[0]), sigmas)
 
 
-def continuous_plan(B, cfg, sampler, steps=None, grid=None):
-    """The Plan of an ODE sampler on a model of a continuous objective: ``steps`` (default ODE_DEFAULT_STEPS) on
-    the objective's ``grid`` of noise levels (default: the table's DEFAULT_GRIDS); the chain samplers refused."""
+def continuous_plan(B, cfg, sampler, steps=None, grid=None, sde=None):
+    """The Plan of an ODE or SDE sampler (``sde`` its settings) on a model of a continuous objective: ``steps``
+    (default ODE_DEFAULT_STEPS) on the objective's ``grid`` of noise levels (default: the table's DEFAULT_GRIDS);
+    the chain samplers refused."""
     objective = objective_of(cfg)
     table.check_serves(sampler, objective)
     grid = grid or table.DEFAULT_GRIDS[objective]
     table.check_flags(sampler, grid=grid, objective=objective)
     n = steps or ODE_DEFAULT_STEPS
     sigmas = objectives(B).sigma_grid(cfg, n, grid)
-    return Plan(sampler, n, None, grid, int(B.solvers.nfe(sampler, sigmas)), None, sigmas, objective)
+    return Plan(sampler, n, None, grid, sde_sampling.plan_nfe(B, sampler, sigmas, sde), None, sigmas, objective)
 
 
-def plan_for(B, trainer, sampler, steps=None, spacing="leading", grid=None, clip_x0=None):
+def plan_for(B, trainer, sampler, steps=None, spacing="leading", grid=None, clip_x0=None, sde=None):
     """The Plan of ``sampler`` for the trainer's model, of either kind (``clip_x0`` default: images clip)."""
     if is_continuous(trainer.cfg):
-        return continuous_plan(B, trainer.cfg, sampler, steps, grid)
+        return continuous_plan(B, trainer.cfg, sampler, steps, grid, sde)
     clip = len(trainer.item_shape) == 3 if clip_x0 is None else bool(clip_x0)
-    return plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction)
+    return plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction,
+                sde=sde)
 
 
 def default_steps(sampler, T, images):
@@ -182,13 +185,16 @@ def default_steps(sampler, T, images):
 @dataclass(frozen=True)
 class Settings:
     """What `sample` and `eval` run (resolve): the Plan, the chain's ``spacing``, ddpm's ``variance`` (None for
-    the other samplers), whether x0_hat is clipped to [-1, 1] (``clip_x0``), and ``recorded``: the names of the
-    settings taken from the checkpoint's recorded sampling (convert --from-diffusers)."""
+    the other samplers), whether x0_hat is clipped to [-1, 1] (``clip_x0``), ``recorded``: the names of the
+    settings taken from the checkpoint's recorded sampling (convert --from-diffusers), ``sde``: an SDE sampler's
+    settings, defaults filled in ({} for the others), ``eta``: ddim's --eta (None: 0)."""
     plan: Plan
     spacing: str
     variance: object
     clip_x0: bool
     recorded: tuple = ()
+    sde: dict = None
+    eta: object = None
 
     def describe(self):
         """The settings in the summary line's words, e.g. "trailing grid, x0_hat clipped"."""
@@ -197,6 +203,8 @@ class Settings:
         where = (f"{p.where} grid" if p.ode else f"{self.spacing} spacing{mark('spacing')}" if p.steps < p.T
                  else "every step")
         variance = f", variance {self.variance}{mark('variance')}" if self.variance else ""
+        variance += "".join(f", {k} {v if isinstance(v, bool) else format(v, 'g')}"
+                            for k, v in (self.sde or {}).items())
         return f"{where}{variance}, x0_hat {'clipped to [-1, 1]' if self.clip_x0 else 'not clipped'}{mark('clip_x0')}"
 
 
@@ -208,20 +216,22 @@ def recorded_sampling(extra):
 
 
 def resolve(B, trainer, extra=None, sampler=None, steps=None, spacing=None, grid=None, variance=None,
-            clip_x0=None, eta=None):
+            clip_x0=None, eta=None, sde=None):
     """The one resolution of what `sample` and `eval` run, from the user's flags (None: omitted) and the checkpoint
     -> Settings. sampler: DEFAULT_SAMPLER; steps: default_steps (by sampler and data kind); the grid: plan's
     default (by the schedule, the prediction and the clipping); spacing (ddpm/ddim), variance (ddpm) and the
     clipping: the checkpoint's recorded settings (``extra``, see recorded_sampling) where it has them, else leading,
-    resolve_variance's and on for images. The flags are checked against each other first (check_sampler_flags)."""
+    resolve_variance's and on for images; an SDE sampler's settings (``eta``, ``sde`` a dict of the given ones): its
+    table defaults. The flags are checked against each other first (check_sampler_flags)."""
     images, continuous, objective = len(trainer.item_shape) == 3, is_continuous(trainer.cfg), objective_of(trainer.cfg)
     T = None if continuous else trainer.cfg.T
     sampler = sampler or DEFAULT_SAMPLER
-    check_sampler_flags(T, sampler, steps, eta, variance, spacing, grid, images=images, objective=objective)
+    check_sampler_flags(T, sampler, steps, eta, variance, spacing, grid, images=images, objective=objective, sde=sde)
+    st = sde_sampling.settings_for(sampler, eta, sde)
     if continuous:   # no chain: no spacing, no variance, nothing a converted checkpoint records
         n = default_steps(sampler, None, images) if steps is None else steps
-        return Settings(continuous_plan(B, trainer.cfg, sampler, n, grid), "leading", None,
-                        bool(images if clip_x0 is None else clip_x0))
+        return Settings(continuous_plan(B, trainer.cfg, sampler, n, grid, st), "leading", None,
+                        bool(images if clip_x0 is None else clip_x0), sde=st, eta=eta)
     rec, used, flags = recorded_sampling(extra), [], table.row(sampler).flags
 
     def pick(given, name, fallback, applies=True):
@@ -236,10 +246,10 @@ def resolve(B, trainer, extra=None, sampler=None, steps=None, spacing=None, grid
     variance = resolve_variance(trainer, sampler, pick(variance, "variance", None, applies="variance" in flags))
     clip = bool(pick(clip_x0, "clip_x0", images))
     n = default_steps(sampler, T, images) if steps is None else steps
-    p = plan(B, trainer.sched, sampler, n, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction)
+    p = plan(B, trainer.sched, sampler, n, spacing, grid, clip_x0=clip, prediction=trainer.cfg.prediction, sde=st)
     if "spacing" in used and p.steps >= T:
         used.remove("spacing")   # all T steps: no spacing to choose
-    return Settings(p, spacing, variance, clip, tuple(used))
+    return Settings(p, spacing, variance, clip, tuple(used), st, eta)
 
 
 def alpha_bar_table(B, sched):
@@ -306,21 +316,24 @@ def network(B, trainer, variance=None, y=None, guidance=None):
 
 
 def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", eta=0.0, variance=None,
-         record=False, progress=None, grid=None, warn=True, y=None, guidance=None, clip_x0=None):
+         record=False, progress=None, grid=None, warn=True, y=None, guidance=None, clip_x0=None, sde=None):
     """x_T from default_rng(seed), then the sampler -> NumPy samples (n, *item_shape) (and, when ``record``,
     the trajectory as NumPy (t, x_t, x0_hat) triples, x_t in VP variables and t the trained step, for every
     sampler; for a model of a continuous objective (sigma, x_t, x0_hat), sigma the step's noise level).
     ``steps``: see resolve_steps. ddpm/ddim take ``spacing``, ``eta`` (ddim), ``variance`` (ddpm; default:
-    resolve_variance); euler/heun/dpm++2m take ``grid`` (default: see plan, or the objective's). ``y``,
+    resolve_variance); the ODE and SDE samplers take ``grid`` (default: see plan, or the objective's), the SDE
+    samplers ``sde``: a dict of their settings (eta included; None or omitted keys: the table's defaults). ``y``,
     ``guidance``: the classes (int or (n,)) and the guidance scale of a class-conditional checkpoint
     (``network``). ``clip_x0``: x0_hat clipped to [-1, 1] (default: images are, 2-D points are not).
     ``trainer``: a backend Trainer (EMA weights sample). ``warn``: the late-start warning, in the CLI's words
     (lab/late_start.py), when the first step of the chain's model still holds signal."""
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     clip = images if clip_x0 is None else bool(clip_x0)
+    if sde:
+        table.check_flags(sampler, sde=sde, objective=objective_of(cfg))
     if is_continuous(cfg):
-        return _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip)
-    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction)
+        return _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip, sde)
+    p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction, sde=sde)
     variance = resolve_variance(trainer, sampler, variance)
     den = network(B, trainer, variance, y, guidance)
     if warn:
@@ -333,8 +346,8 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     with warnings.catch_warnings(), _no_grad(B):
         warnings.filterwarnings("ignore", message=LATE_START_PREFIX, category=PriorMismatchWarning)
         if p.ode:
-            res = B.solvers.sample(ode_denoiser(B, trainer, den, clip), x_T, p.sigmas, sampler, record=record,
-                                   progress=progress)
+            res = sde_sampling.solve(B, ode_denoiser(B, trainer, den, clip), x_T, rng, p, sde, record, progress,
+                                     trainer.sched)
         else:
             res = B.samplers.sample_loop(trainer.sched, den, x_T, rng, sampler=sampler,
                                          steps=None if p.steps >= cfg.T else p.steps, spacing=spacing, eta=eta,
@@ -345,15 +358,16 @@ def draw(B, trainer, n, seed=0, sampler="ddim", steps=None, spacing="leading", e
     return B.to_numpy(res.x)
 
 
-def _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip):
-    """draw for a model of a continuous objective: the ODE sampler on the objective's grid from x_T drawn as for
-    the chain (VP variables: solvers.sample starts at x~ = x_T sqrt(1 + sigma_max^2), K6). No late-start warning:
-    the grid starts at the objective's sigma_max, where the data is noise by construction."""
-    p = continuous_plan(B, trainer.cfg, sampler, steps, grid)
+def _draw_continuous(B, trainer, n, seed, sampler, steps, record, progress, grid, y, guidance, clip, sde=None):
+    """draw for a model of a continuous objective: the ODE or SDE sampler on the objective's grid from x_T drawn as
+    for the chain (VP variables: solvers.sample starts at x~ = x_T sqrt(1 + sigma_max^2), K6). No late-start
+    warning: the grid starts at the objective's sigma_max, where the data is noise by construction."""
+    p = continuous_plan(B, trainer.cfg, sampler, steps, grid, sde)
     D = ode_denoiser(B, trainer, network(B, trainer, None, y, guidance), clip)
-    x_T = _x_T(B, trainer, n, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    x_T = _x_T(B, trainer, n, rng)
     with _no_grad(B):
-        res = B.solvers.sample(D, x_T, p.sigmas, sampler, record=record, progress=progress)
+        res = sde_sampling.solve(B, D, x_T, rng, p, sde, record, progress)
     if record:
         return B.to_numpy(res.x), [(float(s), B.to_numpy(xt), B.to_numpy(x0)) for s, xt, x0 in res.trajectory]
     return B.to_numpy(res.x)
@@ -373,7 +387,7 @@ def check_steps(T, steps, whose="the checkpoint's T", default=None):
 
 
 def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing=None, grid=None, images=True,
-                        objective="ddpm"):
+                        objective="ddpm", sde=None):
     """The sampler's flags against each other, the model's objective and the checkpoint's T (None: a continuous
     model, no cap), in the CLI's words: a sampler the model cannot use, a flag that would be ignored, a grid the
     model does not take, or a step count the schedule or the sampler cannot give, is refused (the samplers'
@@ -383,4 +397,4 @@ def check_sampler_flags(T, sampler, steps=None, eta=None, variance=None, spacing
     if T is not None:
         check_steps(T, steps, default=f"{default} steps for --sampler {sampler}")
     table.check_serves(sampler, objective)
-    table.check_flags(sampler, n, eta, variance, spacing, grid, objective)
+    table.check_flags(sampler, n, eta, variance, spacing, grid, objective, sde)

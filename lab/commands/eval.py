@@ -16,7 +16,7 @@ from common import sampler_table as table
 from reference.errors import InputError
 
 from .. import data as datasets
-from .. import guidance_eval, likelihood_eval
+from .. import guidance_eval, likelihood_eval, sde_sampling
 from ..cli import OUTPUT_RULE, add_command, check_output
 from ..pictures import quality_vs_nfe
 from ..progress import bar
@@ -46,14 +46,16 @@ def configure(p):
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"sampler steps (default: all T for ddpm; {DEFAULT_STEPS['images']} for every other sampler "
                         f"on images, {DEFAULT_STEPS['points']} on 2-D points, at most T)")
+    sde_sampling.configure(p)   # --eta and the SDE samplers' settings, as sample's
     p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="euler/heun/dpm++2m: the grid of noise levels (default trailing, leading where a start at T-1 "
-                        "is harmful; see sample --help)")
+                   help="the ODE and SDE samplers: the grid of noise levels (default trailing, leading where a start "
+                        "at T-1 is harmful; see sample --help)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="ddpm/ddim: which steps a shortened chain "
                                                                       "keeps (default leading)")
     p.add_argument("--nfe", default=None, metavar="LIST",
-                   help="e.g. 5,10,20,50: the quality at each number of network evaluations per sample (heun: the "
-                        "largest 2 steps - 1 within it), beside ddpm with all T steps; writes quality_vs_nfe.png")
+                   help="e.g. 5,10,20,50: the quality at each number of network evaluations per sample (the most "
+                        "steps whose NFE fits, with the sampler's settings: heun 2 steps - 1, pc (corrector steps + 1) "
+                        "steps, ...), beside ddpm with all T steps; writes quality_vs_nfe.png")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="with --nfe: also score ddpm with all T steps (T network calls per sample, the slow part of "
                         "a sweep); --no-baseline skips it")
@@ -74,8 +76,9 @@ def configure(p):
                    help=f"also write the figures as JSON here ({OUTPUT_RULE})")
 
 
-def parse_nfe(text, sampler):
-    """--nfe "5,10,20" -> sorted unique ints, refused naming the flag when not a list of NFE the sampler runs."""
+def parse_nfe(text, sampler, settings=None):
+    """--nfe "5,10,20" -> sorted unique ints, refused naming the flag when not a list of NFE the sampler runs (with
+    its SDE ``settings``, the defaults where omitted)."""
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
@@ -84,10 +87,13 @@ def parse_nfe(text, sampler):
     if not values or values[0] < 1:
         raise InputError(f"--nfe needs network-evaluation counts >= 1, got {text!r}")
     r = table.row(sampler)
-    least = r.nfe(r.min_steps)
-    if values[0] < least:
+    least = r.nfe(r.min_steps, **(settings or {}))
+    if values[0] < least and r.order > 1:
         raise InputError(f"--nfe {values[0]} is too small for the second-order --sampler {sampler}: it needs "
                          f"NFE >= {least} (one second-order step); use --sampler euler or ddim for fewer")
+    if values[0] < least:
+        raise InputError(f"--nfe {values[0]} is too small for --sampler {sampler}: one step with its settings takes "
+                         f"NFE {least}; ask for more, or fewer calls a step (--corrector-steps, --langevin-steps)")
     return values
 
 
@@ -104,6 +110,10 @@ def _check(args, B):
         raise InputError(f"--repeats must be >= 1, got {args.repeats}")
     scales = guidance_eval.check(args)
     args.classifier_scales = guidance_eval.check_classifier(args)
+    if (scales or args.classifier_scales) and (args.eta is not None or sde_sampling.given(args)):
+        flags = ["--eta"] * (args.eta is not None) + [table.flag(k) for k in sde_sampling.given(args)]
+        raise InputError(f"{' '.join(flags)} do(es) not apply with --guidance/--classifier-scale: the guidance sweeps "
+                         "draw with the sampler's default settings; drop them, or score one setting without the sweep")
     if args.json is not None:
         check_output(args.json, "--json")
     if args.plot is not None:
@@ -121,7 +131,12 @@ def _check(args, B):
         raise InputError("--nfe sets the steps of each run itself: drop --sample-steps")
     if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
         raise InputError(f"--plot must name a .png file, got {args.plot!r}")
-    return parse_nfe(args.nfe, args.sampler or DEFAULT_SAMPLER), None
+    return parse_nfe(args.nfe, args.sampler or DEFAULT_SAMPLER, _settings(args)), None
+
+
+def _settings(args):
+    """The SDE settings the flags give the sampler (eta among them where it takes it; the defaults elsewhere)."""
+    return sde_sampling.settings_for(args.sampler or DEFAULT_SAMPLER, args.eta, sde_sampling.given(args))
 
 
 def score_sampler(B, trainer, judge, n, args, sampler, steps=None, spacing=None, grid=None, tag="", extra=None):
@@ -134,9 +149,9 @@ def score_sampler(B, trainer, judge, n, args, sampler, steps=None, spacing=None,
     values, seconds = [], 0.0
     for r in range(args.repeats):
         t0 = time.perf_counter()
-        samples = draw(B, trainer, n, args.seed + r, sampler, p.steps, st.spacing, variance=st.variance,
+        samples = draw(B, trainer, n, args.seed + r, sampler, p.steps, st.spacing, st.eta or 0.0, st.variance,
                        grid=p.where if p.ode else None, clip_x0=st.clip_x0,
-                       progress=bar(f"sampling {tag}{r + 1}/{args.repeats}"), warn=r == 0)
+                       progress=bar(f"sampling {tag}{r + 1}/{args.repeats}"), warn=r == 0, sde=st.sde)
         seconds += time.perf_counter() - t0
         values.append(judge.score(samples))
     value = float(np.mean(values))
@@ -149,12 +164,12 @@ def score_sampler(B, trainer, judge, n, args, sampler, steps=None, spacing=None,
 def _check_nfe(B, T, args, nfes, images=True, objective="ddpm"):
     """The steps of each --nfe entry (the samplers' table's steps_for_nfe), refused naming --nfe where the
     checkpoint's T cannot give them (T None: a continuous objective's model, no cap)."""
-    steps = [table.steps_for_nfe(args.sampler, k) for k in nfes]
+    steps = [table.steps_for_nfe(args.sampler, k, **_settings(args)) for k in nfes]
     for k, n in zip(nfes, steps):
         if T is not None and n > T:
             raise InputError(f"--nfe {k} needs {n} steps of --sampler {args.sampler}, more than the checkpoint's T={T}")
-        check_sampler_flags(T, args.sampler, n, spacing=args.spacing, grid=args.grid, images=images,
-                            objective=objective)
+        check_sampler_flags(T, args.sampler, n, args.eta, spacing=args.spacing, grid=args.grid, images=images,
+                            objective=objective, sde=sde_sampling.given(args))
     return steps
 
 
@@ -163,7 +178,8 @@ def _sweep(B, trainer, judge, n, args, nfes, steps, res, extra=None):
     T = trainer.cfg.T
     rows = []
     for k, steps_k in zip(nfes, steps):
-        st = resolve(B, trainer, extra, args.sampler, steps_k, args.spacing, args.grid)
+        st = resolve(B, trainer, extra, args.sampler, steps_k, args.spacing, args.grid, eta=args.eta,
+                     sde=sde_sampling.given(args))
         rows.append(dict(score_sampler(B, trainer, judge, n, args, st, tag=f"NFE {k}, "), nfe_asked=k))
     has_base = args.baseline and table.serves(BASELINE, objective_of(trainer.cfg))   # a continuous model: none
     base = (score_sampler(B, trainer, judge, n, args, resolve(B, trainer, extra, BASELINE, T),
@@ -231,7 +247,8 @@ def run(args, B):
     cfg, images = trainer.cfg, len(trainer.item_shape) == 3
     args.sampler = args.sampler or DEFAULT_SAMPLER
     if nfes is None:   # what sample runs for the same flags
-        st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid)
+        st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid, eta=args.eta,
+                     sde=sde_sampling.given(args))
         args.sample_steps = st.plan.steps     # the guidance sweep draws with them too
     else:
         sweep_steps = _check_nfe(B, None if is_continuous(cfg) else cfg.T, args, nfes, images, objective_of(cfg))

@@ -17,7 +17,7 @@ from common.choices import CONTINUOUS_OBJECTIVES
 from reference.diffusion import LEARNED, VARIANCES
 from reference.errors import InputError
 
-from .. import classifier_run
+from .. import classifier_run, sde_sampling
 from ..classifier_sampling import check_pair, grad_fn_of, guided_draw
 from ..cli import OUTPUT_RULE, add_command, check_output
 from ..inversion import INVERT_DEFAULT_GRID, INVERT_DEFAULT_STEPS, INVERT_SAMPLER, encode_decode, load_items
@@ -39,21 +39,24 @@ def configure(p):
     invertible = " or ".join(r.name for r in table.ROWS if r.invertible)
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help=f"the discrete chain: {table.help_lines('chain')}. The probability-flow ODE "
-                        f"(derivations/solvers.md): {table.help_lines('ode')}. Default {DEFAULT_SAMPLER}, as "
-                        f"eval's. A model of a continuous objective (edm, flow) has no chain: the ODE samplers "
-                        f"only. With --invert: {invertible} ({INVERT_SAMPLER} by default)")
+                        f"(derivations/solvers.md): {table.help_lines('ode')}. The stochastic samplers "
+                        f"(derivations/sde_samplers.md), on the ODE's grids and noise drawn from --seed: "
+                        f"{table.help_lines('sde')}. Default {DEFAULT_SAMPLER}, as eval's. A model of a continuous "
+                        f"objective has no chain: the ODE and SDE samplers only. With --invert: {invertible} "
+                        f"({INVERT_SAMPLER} by default)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help=f"number of sampling steps (default: all T for ddpm; {DEFAULT_STEPS['images']} for every "
                         f"other sampler on images, {DEFAULT_STEPS['points']} on 2-D points, at most T; "
                         f"{INVERT_DEFAULT_STEPS} with --invert); fewer than T respaces the schedule. NFE (network "
-                        "calls per sample) = steps, heun 2 steps - 1")
+                        "calls per sample) = steps, heun and edm-sde 2 steps - 1, pc (corrector steps + 1) steps, "
+                        "langevin langevin steps x steps (+ 1)")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="ddpm/ddim: which timesteps a shortened sampler keeps. leading (default, or the "
                         "timestep_spacing a converted checkpoint records) skips the noisiest steps and warns if its "
                         "first step still holds signal; trailing/linspace start at T-1, where the cosine schedule's "
                         "clipped last step amplifies an eps-model's error in x0_hat unless x0_hat is clipped (images)")
     p.add_argument("--grid", choices=GRIDS, default=None,
-                   help=f"euler/heun/dpm++2m: the noise levels the ODE is solved on, all of them trained steps. "
+                   help=f"the ODE and SDE samplers: the noise levels they run on, all of them trained steps. "
                         "leading/trailing/linspace: the --spacing rules (--sampler euler --grid S equals --sampler "
                         "ddim --spacing S); karras: Karras et al.'s rho = 7 spacing in sigma from sigma_{T-1} down. "
                         f"Default {DEFAULT_GRID}, but leading where a start at T-1 is harmful: for an unclipped "
@@ -62,8 +65,7 @@ def configure(p):
                         "a continuous objective takes "
                         + "; ".join(f"{o}: {'/'.join(table.OBJECTIVE_GRIDS[o])} (default {table.DEFAULT_GRIDS[o]})"
                                     for o in CONTINUOUS_OBJECTIVES))
-    p.add_argument("--eta", type=float, default=None,
-                   help="DDIM only: the step's noise, 0 deterministic (default), 1 ancestral-like")
+    sde_sampling.configure(p)   # --eta and the SDE samplers' settings, as eval's
     p.add_argument("--variance", choices=VARIANCES + (LEARNED,), default=None,
                    help="DDPM only: the reverse variance, posterior beta~_t (fixed_small, the default) or beta_t "
                         "(fixed_large), or the network's own (learned, the default for a checkpoint trained with "
@@ -127,7 +129,8 @@ def _check(args, B):
         for flag, value in (("--n", args.n), ("--seed", args.seed), ("--eta", args.eta),
                             ("--variance", args.variance), ("--class", args.klass), ("--guidance", args.guidance),
                             ("--classifier", args.classifier), ("--classifier-scale", args.classifier_scale),
-                            ("--clip-x0" if args.clip_x0 else "--no-clip-x0", args.clip_x0)):
+                            ("--clip-x0" if args.clip_x0 else "--no-clip-x0", args.clip_x0),
+                            *((table.flag(k), v) for k, v in sde_sampling.given(args).items())):
             if value is not None:
                 raise InputError(f"{flag} does not apply with --invert: the inversion is deterministic and encodes "
                                  "every item of the file")
@@ -217,18 +220,19 @@ def _sample(args, B, out):
     else:
         y, n, k = _classes(args, trainer, args.ckpt)
     st = resolve(B, trainer, ck.extra, args.sampler, args.sample_steps, args.spacing, args.grid, args.variance,
-                 args.clip_x0, args.eta)
+                 args.clip_x0, args.eta, sde_sampling.given(args))
     p, sampler, spacing = st.plan, st.plan.sampler, st.spacing
     guidance = None if y is None else (DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
     seed = args.seed or 0
     if clf is not None:   # classifier guidance: the model unconditional, the classifier's gradient steers
         guidance = DEFAULT_GUIDANCE if args.classifier_scale is None else args.classifier_scale
         res = guided_draw(B, trainer, n, grad_fn_of(B, clf), y, guidance, seed, sampler, p.steps, spacing,
-                          args.eta or 0.0, st.variance, p.where if p.ode else None, st.clip_x0, bar("sampling"))
+                          args.eta or 0.0, st.variance, p.where if p.ode else None, st.clip_x0, bar("sampling"),
+                          sde=st.sde)
     else:
         res = draw(B, trainer, n, seed, sampler, p.steps, spacing, args.eta or 0.0, st.variance,
                    record=args.trajectory, progress=bar("sampling"), grid=p.where if p.ode else None, y=y,
-                   guidance=guidance, clip_x0=st.clip_x0)
+                   guidance=guidance, clip_x0=st.clip_x0, sde=st.sde)
     x, traj = res if args.trajectory else (res, None)
     x = np.asarray(x, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +311,9 @@ add_command(
     for images and {DEFAULT_STEPS['points']} for 2-D points. ddpm is the ancestral sampler (noise at every step
     but the last, all T steps by default); ddim with --eta 0 is deterministic. euler, heun and dpm++2m solve
     the probability-flow ODE on a --grid of trained noise levels (default {DEFAULT_GRID}; leading for 2-D data on
-    the cosine schedule, and for heun on it whatever the data). A model of a continuous objective
+    the cosine schedule, and for heun on it whatever the data). The stochastic samplers
+    ({', '.join(table.names('sde'))}) run on the same grids, their settings flags
+    from the table, their noise drawn from --seed after x_T. A model of a continuous objective
     (train --objective edm|flow) has no chain: the ODE samplers run on its own noise levels, by default
     on the {table.DEFAULT_GRIDS['edm']} grid for edm and the {table.DEFAULT_GRIDS['flow']} grid for flow; ddpm and
     ddim are refused (euler is DDIM with eta 0). A checkpoint converted from diffusers samples

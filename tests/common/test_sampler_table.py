@@ -11,6 +11,7 @@
   * The lists each side and the CLI expose are the table's, and every row has one function on each side.
 """
 import ast
+import inspect
 import math
 from pathlib import Path
 
@@ -21,12 +22,14 @@ import torch
 from common import sampler_table as table
 from common.choices import OBJECTIVES
 from reference import samplers as RSa
+from reference import sde as RSde
 from reference import solvers as RSo
 from reference.errors import InputError
 from reference.oracle import GaussianMixtureOracle
 from reference.schedules import Schedule, make_betas
 from tolerances import TOL
 from torch_port import samplers as TSa
+from torch_port import sde as TSde
 from torch_port import solvers as TSo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,15 +100,28 @@ def test_no_module_outside_the_table_compares_sampler_names():
 def test_every_side_lists_the_tables_samplers_and_has_one_function_for_each_row():
     import lab.sampling as LS
 
-    assert table.names() == ("ddpm", "ddim", "euler", "heun", "dpm++2m")
+    assert table.names() == ("ddpm", "ddim", "euler", "heun", "dpm++2m", "euler-maruyama", "ancestral", "pc",
+                             "edm-sde", "dpm++2m-sde", "langevin")
     assert RSo.SAMPLERS == TSo.SAMPLERS == table.names("ode") == ("euler", "heun", "dpm++2m")
     assert RSa.SAMPLERS == TSa.SAMPLERS == table.names("chain") == ("ddpm", "ddim")
-    assert LS.SAMPLERS == table.names() and LS.MIN_STEPS == {"heun": 2, "dpm++2m": 3}
+    assert LS.SAMPLERS == table.names()
+    assert LS.MIN_STEPS == {"heun": 2, "dpm++2m": 3, "edm-sde": 2, "dpm++2m-sde": 3}
     for side in (RSo, TSo):
         assert tuple(side.SOLVERS) == table.names("ode")
     for side in (RSa, TSa):
         assert tuple(side.CHAIN_STEPS) == table.names("chain")
-    assert table.names("sde") == ()   # reserved for the next issue's samplers
+    for side in (RSde, TSde):
+        assert tuple(side.SDE_SAMPLERS) == table.names("sde")
+
+
+@pytest.mark.parametrize("side", [RSde, TSde], ids=["reference", "torch"])
+def test_the_sde_rows_settings_are_their_functions_keywords_with_the_same_defaults(side):
+    for name in table.names("sde"):
+        r, params = table.row(name), inspect.signature(side.SDE_SAMPLERS[name]).parameters
+        own = {k: p.default for k, p in params.items() if k not in ("D", "x", "sigmas", "noise", "callback",
+                                                                     "progress")}
+        assert r.defaults() == own, name
+        assert set(own) <= r.flags and all(k in table.FLAGS for k in own), name
 
 
 def test_unknown_names_are_refused_listing_the_names():
@@ -177,19 +193,58 @@ def test_chain_rows_count_the_network_calls_of_the_loop(np_side, name):
         assert _counted_chain_calls(side, name, n) == table.nfe(name, n)
 
 
+# Settings of each SDE sampler whose network calls the table must count: the defaults and others.
+SDE_SETTINGS = {"euler-maruyama": [{}], "ancestral": [{}, {"eta": 0.3}], "pc": [{}, {"corrector_steps": 0},
+                                                                                  {"corrector_steps": 3}],
+                "edm-sde": [{}, {"s_churn": 2.0, "s_tmin": 1.0}], "dpm++2m-sde": [{}, {"eta": 0.5}],
+                "langevin": [{"langevin_eps": 1e-4}, {"langevin_steps": 3, "langevin_eps": 1e-4},
+                             {"langevin_steps": 2, "langevin_eps": 1e-4, "final_denoise": False}]}
+
+
+def _counted_sde_calls(side, name, n, to_zero, settings):
+    """Network calls of the side's SDE function itself on a Karras grid, fed zero noise draws."""
+    calls = []
+
+    def D(x, sigma):
+        calls.append(sigma)
+        out = MIX.denoise_sigma(np.asarray(x), sigma)
+        return out if side is RSde else torch.as_tensor(out)
+
+    g = RSo.karras_sigmas(n, 0.02, 40.0) if to_zero else RSo.karras_sigmas(n + 1, 0.02, 40.0)[:-1]
+    x = np.zeros((3, 2))
+    z = np.zeros_like(x) if side is RSde else torch.zeros(3, 2, dtype=torch.float64)
+    side.SDE_SAMPLERS[name](D, x if side is RSde else torch.as_tensor(x), g, lambda k: z, **settings)
+    return len(calls)
+
+
+@pytest.mark.parametrize("side", [RSde, TSde], ids=["reference", "torch"])
+@pytest.mark.parametrize("name", table.names("sde"))
+def test_sde_rows_count_the_network_calls_their_function_makes_with_its_settings(side, name):
+    for settings in SDE_SETTINGS[name]:
+        for n in (1, 2, 3, 5):
+            for to_zero in (True, False):
+                got = _counted_sde_calls(side, name, n, to_zero, settings)
+                assert got == table.row(name).nfe(n, ends_at_zero=to_zero, **settings), (settings, n, to_zero)
+                if to_zero:
+                    assert got == table.nfe(name, n, **settings)
+
+
 @pytest.mark.parametrize("name", table.names())
 def test_steps_for_nfe_is_the_most_steps_whose_counted_calls_fit(name):
     r = table.row(name)
-    counted = {n: (_counted_ode_calls(RSo, name, n, True) if r.family == "ode" else n) for n in range(1, 17)}
-    for k in range(1, 16):
-        fits = [n for n, c in counted.items() if c <= k and n >= r.min_steps]
-        if not fits:
-            with pytest.raises(InputError, match=f"NFE {k} is too small for the second-order sampler"):
-                table.steps_for_nfe(name, k)
-            continue
-        assert table.steps_for_nfe(name, k) == max(fits), k
-        if r.family == "ode":   # each side's solvers.steps_for_nfe reads the table
-            assert RSo.steps_for_nfe(name, k) == TSo.steps_for_nfe(name, k) == max(fits), k
+    for settings in SDE_SETTINGS.get(name, [{}]):
+        counted = {n: (_counted_ode_calls(RSo, name, n, True) if r.family == "ode" else
+                       _counted_sde_calls(RSde, name, n, True, settings) if r.family == "sde" else n)
+                   for n in range(1, 17)}
+        for k in range(1, 16):
+            fits = [n for n, c in counted.items() if c <= k and n >= r.min_steps]
+            if not fits:
+                with pytest.raises(InputError, match=f"NFE {k} is too small for the "):
+                    table.steps_for_nfe(name, k, **settings)
+                continue
+            assert table.steps_for_nfe(name, k, **settings) == max(fits), (settings, k)
+            if r.family == "ode":   # each side's solvers.steps_for_nfe reads the table
+                assert RSo.steps_for_nfe(name, k) == TSo.steps_for_nfe(name, k) == max(fits), k
 
 
 @pytest.mark.parametrize("side", [RSo, TSo], ids=["reference", "torch"])
@@ -231,6 +286,13 @@ def test_draws_noise_is_whether_the_sampler_consumes_the_generator(np_side):
             side.samplers_module.sample_loop(side.sched, lambda z, t: z * 0.0, x if np_side else torch.as_tensor(x),
                                              rng, sampler=r.name, steps=3, spacing="trailing")
             moved = rng.bit_generator.state["state"]["state"] != before
+        elif r.family == "sde":   # the SDE samplers take their draws as noise(k): count the draws asked for
+            drawn = []
+            z = np.zeros((2, 2)) if np_side else torch.zeros(2, 2, dtype=torch.float64)
+            fn = (RSde if np_side else TSde).SDE_SAMPLERS[r.name]
+            fn(lambda x, s: x * 0.0, x if np_side else torch.as_tensor(x), RSo.karras_sigmas(3, 0.1, 10.0),
+               lambda k: drawn.append(k) or z, **({"langevin_steps": 2} if "langevin_steps" in r.flags else {}))
+            moved = len(drawn) > 0
         else:   # the ODE solvers take no generator at all: nothing to consume
             moved = "rng" in (RSo.SOLVERS[r.name].__code__.co_varnames + TSo.SOLVERS[r.name].__code__.co_varnames)
         assert moved == r.draws_noise, r.name
@@ -245,12 +307,22 @@ def test_min_steps_rows_are_the_fewest_with_one_second_order_update():
 # ---- the flag checks, written from the rows, in the CLI's words ---------------------------------------------
 
 @pytest.mark.parametrize("name, kw, needle", [
-    ("euler", {"eta": 0.5}, "--eta applies to --sampler ddim only (the noise of the DDIM step); --sampler euler "
-                            "would ignore it"),
+    ("euler", {"eta": 0.5}, "--eta applies to --sampler ddim/ancestral/dpm++2m-sde only (the noise of a DDIM or "
+                            "SDE step, 0 deterministic); --sampler euler would ignore it"),
+    ("edm-sde", {"sde": {"s_churn": -1.0}}, "--s-churn must be a finite number >= 0"),
+    ("ancestral", {"eta": 0.0}, "--eta 0 makes --sampler ancestral deterministic: it is then --sampler euler exactly"),
+    ("dpm++2m-sde", {"eta": 0.0}, "it is then --sampler dpm++2m exactly"),
+    ("edm-sde", {"sde": {"s_churn": 0.0}}, "it is then --sampler heun exactly"),
+    ("ancestral", {"eta": 1.5}, "--eta must be a finite number >= 0 and <= 1"),
+    ("heun", {"sde": {"snr": 0.1}}, "--snr applies to --sampler pc only"),
+    ("langevin", {"sde": {"langevin_steps": 0}}, "--langevin-steps must be an integer >= 1"),
+    ("langevin", {"sde": {"final_denoise": 1}}, "--final-denoise is a switch"),
+    ("edm-sde", {"steps": 1}, "--sample-steps 1 is too few for --sampler edm-sde"),
     ("ddim", {"variance": "fixed_large"}, "--variance applies to --sampler ddpm only (the ancestral step's variance)"),
     ("heun", {"spacing": "trailing"}, "--spacing applies to --sampler ddpm/ddim (the chain's kept steps); --sampler "
                                       "heun runs on a --grid (leading/trailing/linspace/karras): use --grid trailing"),
-    ("ddpm", {"grid": "karras"}, "--grid applies to the ODE samplers (euler/heun/dpm++2m); --sampler ddpm shortens"),
+    ("ddpm", {"grid": "karras"}, "--grid applies to the ODE and SDE samplers (euler/heun/dpm++2m/euler-maruyama/"
+                                 "ancestral/pc/edm-sde/dpm++2m-sde/langevin); --sampler ddpm shortens"),
     ("dpm++2m", {"steps": 2}, "--sample-steps 2 is too few for --sampler dpm++2m: it takes a second-order step only "
                               "with --sample-steps 3 or more (NFE 3)"),
     ("heun", {"steps": 1}, "--sample-steps 1 is too few for --sampler heun: it takes a second-order step only with "
@@ -273,7 +345,7 @@ def test_the_chain_samplers_are_refused_for_a_continuous_model_by_name_pointing_
             with pytest.raises(InputError, match=rf"--sampler {name} steps the discrete chain .* this {objective} "
                                                  r"model has none: use --sampler euler, which is DDIM with eta 0"):
                 table.check_serves(name, objective)
-        for name in table.names("ode"):
+        for name in table.names("ode") + table.names("sde"):
             assert table.check_serves(name, objective) == name
     assert all(table.serves(n, "ddpm") for n in table.names())
     assert math.isfinite(table.nfe("heun", 3)) and table.nfe("heun", 3) == 5 and table.nfe("heun", 3, False) == 6
