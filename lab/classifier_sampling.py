@@ -21,7 +21,7 @@ from reference.schedules import PriorMismatchWarning
 from . import data
 from .classifier_run import side
 from .sde_sampling import solve
-from .late_start import LATE_START_PREFIX, amplified_start_message, late_start_message
+from .late_start import LATE_START_PREFIX, amplified_start_message, guided_grid, late_start_message
 from .sampling import _no_grad, _x_T, alpha_bar_table, is_continuous, network, ode_denoiser, plan, resolve_variance
 
 
@@ -70,6 +70,8 @@ def guided_draw(B, trainer, n, grad_fn, y, scale, seed=0, sampler="ddim", steps=
     ``sde``: an SDE sampler's settings, as draw's. s = 0 is the unguided sampler (the same samples as draw's)."""
     cfg = trainer.cfg
     clip = len(trainer.item_shape) == 3 if clip_x0 is None else bool(clip_x0)
+    if grid is None and "grid" in table.row(sampler).flags:   # the ODE and SDE samplers: not from T-1 (guided_grid)
+        grid = guided_grid(alpha_bar_table(B, trainer.sched))
     p = plan(B, trainer.sched, sampler, steps, spacing, grid, clip_x0=clip, prediction=cfg.prediction, sde=sde)
     variance = resolve_variance(trainer, sampler, variance)
     den = network(B, trainer, variance)

@@ -69,6 +69,17 @@ def default_grid(alpha_bar, images, prediction="eps", sampler=None):
     return "trailing" if images or amplification(alpha_bar, prediction) <= AMPLIFY_OK else "leading"
 
 
+def guided_grid(alpha_bar):
+    """The grid of a classifier-guided ODE or SDE sampler when --grid is omitted: leading wherever a start at T-1
+    amplifies more than AMPLIFY_OK-fold, else None (default_grid's). Classifier guidance's term (H4)
+    s sigma^2 grad_x~ log p(y | x~) = s (1 - abar) / sqrt(abar) grad_{x_t} log p(y | x_t) multiplies the classifier's
+    gradient at T-1 by about 1 / sqrt(abar_{T-1}) (2e4 on the clipped cosine). The exact gradient there is of
+    order sqrt(abar) and the product stays small. A trained classifier's gradient at pure noise is not that
+    small, and the first step carries its error, amplified, into every sample (derivations/classifier_guidance.md,
+    H4). Classifier-free guidance has no such term: eps_c - eps_u vanishes at pure noise."""
+    return "leading" if amplification(alpha_bar, "eps") > AMPLIFY_OK else None
+
+
 def late_start_message(plan, alpha_bar, images, prediction="eps"):
     """The CLI's warning for a sampler plan (lab.sampling.Plan) that starts late, or None when it does not.
     ``alpha_bar``: the schedule's (T,) float64 table; ``images``: x0_hat is clipped to [-1, 1]; ``prediction``

@@ -233,3 +233,21 @@ def test_eval_refuses_a_classifier_of_other_noise_levels(runs, capsys):
     code = cli.main(["eval", "--ckpt", str(runs["model"]), "--classifier", str(runs["clf_T30"]), "--bpd-n", "0",
                      "--n", "20"])
     assert code == 2 and "was trained on the chain with T=30" in capsys.readouterr().err
+
+
+def test_a_biased_classifier_gradient_ruins_a_start_at_T_minus_1_and_not_the_default_grid():
+    """derivations/classifier_guidance.md, "Where a guided solve starts": at T-1 of the clipped cosine H4 multiplies
+    the classifier's gradient by (1 - abar) / sqrt(abar) ~ 2e4. The exact gradient is ~ sqrt(abar) there; a small
+    constant bias (a trained classifier's error at pure noise) is not, and from T-1 it throws the samples far off."""
+    st, mc, y = StandIn(T=1000), mixture_classifier(MIX), np.array([0, 1] * 16)
+    B, exact = Backend("reference"), mc.chain_grad(st.sched)
+    biased = lambda x, t, yy: exact(x, t, yy) + 0.01   # noqa: E731
+    kw = dict(seed=3, sampler="dpm++2m", steps=20, warn=False)
+    want = guided_draw(B, st, len(y), exact, y, 1.0, grid="leading", **kw)
+    default = guided_draw(B, st, len(y), biased, y, 1.0, **kw)
+    from_top = guided_draw(B, st, len(y), biased, y, 1.0, grid="trailing", **kw)
+    # 0.5: the bias's honest effect from the leading start (0.01 times the levels' sigma^2 sqrt(abar), at most ~0.1)
+    # is small beside the mixture's spread (its means at -1 and 1); from T-1 the first step moves x~ by ~2e4 * 0.01,
+    # which the later levels pull only part of the way back: the samples end beyond 2, off the mixture's support
+    assert np.max(np.abs(default - want)) < 0.5
+    assert np.max(np.abs(from_top - want)) > 2.0
