@@ -26,8 +26,9 @@ EDM_DEFAULTS = _objectives.row("edm").defaults()
 FLOW_DEFAULTS = _objectives.row("flow").defaults()
 
 # The objectives whose weighting w(lambda) over the log-SNR is computed (Kingma & Gao 2023's form; the
-# design_space page, D16): the chain's L_simple and its relatives, EDM, flow matching.
-WEIGHTINGS = ("ddpm", "edm", "flow")
+# design_space page, D16): every objective of the table (the chain's L_simple and its relatives, EDM, flow
+# matching, NCSN's ladder).
+WEIGHTINGS = _objectives.names()
 
 # The chain's training losses (reference/vlb.py: L_simple, L_hybrid, the bound) and a run's network variances
 # (C output channels, or 2C with the variance's interpolation, V1); the rules between them: common/rules.py.

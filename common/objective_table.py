@@ -24,7 +24,9 @@ _T_SAMPLINGS = ("uniform", "logit-normal")
 _HYBRID_LAMBDA = 1e-3   # Nichol & Dhariwal's lambda (V4); common.rules.HYBRID_LAMBDA re-exports it
 
 # The kinds of value check a row's setting takes (common.rules.check_objective_values reads them).
-CHECK_KINDS = ("positive", "finite", "choice")
+# "optional-positive": None (measured from the data by the recipe) or > 0; "integer": an integer >= choices[0];
+# "below": a number below the setting named choices[0] (when that one is set).
+CHECK_KINDS = ("positive", "finite", "choice", "optional-positive", "integer", "below")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,17 @@ ROWS = (
               checks=(("t_sampling", "choice", _T_SAMPLINGS), ("shift", "positive", ()),
                       ("logit_std", "positive", ()), ("logit_mean", "finite", ())),
               reflow=True),
+    # NCSN (Song & Ermon 2019, 2020): sigma_max None is measured from the data (the largest pairwise distance,
+    # reference.ladder.max_pairwise_distance) by the dataset's recipe; extra gives the top of the ladder a
+    # namespace without the field samples on (score_sde's VE sigma_max). Default grid: "linspace", uniform in the
+    # VE process's own t, is the ladder's own geometric spacing (at n = num_levels, the ladder itself).
+    Objective("ncsn", "ve", True, {"sigma_min": 0.01, "sigma_max": None, "num_levels": 10},
+              "it is a setting of NCSN's sigma ladder (--objective ncsn)",
+              "linspace", _CONTINUOUS_GRIDS,
+              "NCSN's score network s = F / sigma on x = x0 + sigma eps over a geometric sigma ladder (Song & Ermon)",
+              checks=(("sigma_min", "positive", ()), ("sigma_max", "optional-positive", ()),
+                      ("num_levels", "integer", (2,)), ("sigma_min", "below", ("sigma_max",))),
+              extra=(("sigma_max", 50.0),)),
 )
 _BY_NAME = {r.name: r for r in ROWS}
 

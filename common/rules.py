@@ -15,8 +15,7 @@ import math
 from types import SimpleNamespace
 
 from . import objective_table as _objective_table
-from .choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, T_SAMPLINGS, \
-    TRAIN_VARIANCES
+from .choices import CONTINUOUS_OBJECTIVES, LOSSES, OBJECTIVES, TRAIN_VARIANCES
 from .errors import InputError, check_choice, check_number
 
 FLAGS, ARGS = "flags", "args"
@@ -128,12 +127,27 @@ def check_objective_values(cfg, words=FLAGS):
         v = getattr(cfg, name, NEUTRAL[name])
         if kind == "choice":
             check_choice(v, choices, say(name, words=words))
-        elif not (_finite_at_least(v, 0, True) if kind == "positive" else _finite_at_least(v, -math.inf, False)):
-            raise InputError(f"{say(name, words=words)} must be a finite number{' > 0' if kind == 'positive' else ''}"
+        elif kind in ("integer", "below"):
+            _check_order(cfg, name, kind, choices, v, words)
+        elif kind == "optional-positive" and v is None:
+            continue
+        elif not (_finite_at_least(v, 0, True) if kind != "finite" else _finite_at_least(v, -math.inf, False)):
+            raise InputError(f"{say(name, words=words)} must be a finite number{' > 0' if kind != 'finite' else ''}"
                              f", got {v!r}")
     if r.reflow:
         _check_reflow(cfg, words)
     return objective
+
+
+def _check_order(cfg, name, kind, choices, v, words):
+    """kind "integer": an integer >= choices[0]; "below": a number below the setting choices[0] (when that is set)."""
+    if kind == "integer":
+        if isinstance(v, bool) or not isinstance(v, int) or v < choices[0]:
+            raise InputError(f"{say(name, words=words)} must be an integer >= {choices[0]}, got {v!r}")
+        return
+    other = getattr(cfg, choices[0], NEUTRAL[choices[0]])
+    if other is not None and _finite_at_least(v, -math.inf, False) and not v < other:
+        raise InputError(f"{say(name, v, words)} must lie below {say(choices[0], other, words)}")
 
 
 def _check_reflow(cfg, words):
@@ -168,18 +182,16 @@ def is_continuous(cfg):
 
 
 def continuous_settings(cfg):
-    """A continuous objective's settings read from ``cfg`` (defaults from common/choices.py), checked; a namespace.
-    Not math: both sides' objectives.settings are this function."""
-    d = {**EDM_DEFAULTS, **FLOW_DEFAULTS}
-    s = SimpleNamespace(objective=getattr(cfg, "objective", "ddpm"),
-                        **{k: getattr(cfg, k, d[k]) for k in
-                           ("sigma_data", "p_mean", "p_std", "t_sampling", "logit_mean", "logit_std", "shift")})
-    check_choice(s.objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
-    s.sigma_data = check_number(s.sigma_data, "--sigma-data (the data's standard deviation)", lo_open=True)
-    s.p_std = check_number(s.p_std, "--p-std (std of ln sigma)", lo_open=True)
-    s.p_mean = check_number(s.p_mean, "--p-mean (mean of ln sigma)", lo=-math.inf)
-    check_choice(s.t_sampling, T_SAMPLINGS, "--t-sampling")
-    s.logit_mean = check_number(s.logit_mean, "--logit-mean", lo=-math.inf)
-    s.logit_std = check_number(s.logit_std, "--logit-std", lo_open=True)
-    s.shift = check_number(s.shift, "--shift (SD3's timestep shift)", lo_open=True)
+    """A continuous objective's settings read from ``cfg`` (defaults: the table rows'), checked by its row's checks;
+    a namespace holding every continuous row's settings (a field ``cfg`` lacks takes its row's default). Not math:
+    both sides' objectives.settings are this function."""
+    objective = getattr(cfg, "objective", OBJECTIVES[0])
+    check_choice(objective, CONTINUOUS_OBJECTIVES, "continuous objective (--objective; 'ddpm' is the chain)")
+    d = {k: r.defaults()[k] for r in map(_objective_table.row, CONTINUOUS_OBJECTIVES) for k in r.settings
+         if k in r.defaults()}   # each row's own settings (its extra may give one a default no flag leaves None)
+    s = SimpleNamespace(objective=objective, **{k: getattr(cfg, k, v) for k, v in d.items()})
+    check_objective_values(s)   # the row's value checks, in the flags' words
+    for name, kind, _ in _objective_table.row(objective).checks:
+        if kind in ("positive", "finite") or (kind == "optional-positive" and getattr(s, name) is not None):
+            setattr(s, name, float(getattr(s, name)))
     return s

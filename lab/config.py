@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common import rules
+from common import objective_table, rules
 from common.plans import NORMS, check_resblock_updown
 from common.choices import CONTINUOUS_OBJECTIVES, EDM_DEFAULTS, FLOW_DEFAULTS, LOSSES, OBJECTIVES, TRAIN_VARIANCES
 from reference.diffusion import PREDICTIONS
 from reference.errors import InputError, check_choice
+from reference.ladder import num_levels_for
 from reference.losses import WEIGHTINGS as LOSS_WEIGHTINGS
 from reference.optim import LR_SCHEDULES
 
-from .data import POINT_SETS
+from .data import POINT_SETS, info
 
 __all__ = ["TrainConfig", "RECIPES", "SIGMA_DATA", "recipe_for", "recipe_dict", "make_config", "config_from_json",
            "with_classes", "fit_unet", "WEIGHTINGS", "PREDICTIONS", "LOSSES", "TRAIN_VARIANCES", "OBJECTIVES",
@@ -28,6 +29,9 @@ __all__ = ["TrainConfig", "RECIPES", "SIGMA_DATA", "recipe_for", "recipe_dict", 
 
 # The L_simple weightings as the CLI names them: "none" is the loss functions' None.
 WEIGHTINGS = ("none",) + tuple(w for w in LOSS_WEIGHTINGS if w is not None)
+
+
+_NCSN = objective_table.row("ncsn").settings   # the ladder's neutral values (TrainConfig's defaults below)
 
 
 @dataclass
@@ -66,6 +70,11 @@ class TrainConfig:
     teacher: str | None = None       # reflow: the teacher checkpoint
     reflow_pairs: int | None = None  # reflow: how many pairs (None: the dataset's size)
     teacher_steps: int = 50          # reflow: the teacher's ODE steps per pair
+    # ncsn: the geometric sigma ladder sigma_max > ... > sigma_min of num_levels levels (derivations/ncsn.md J2, J3);
+    # sigma_max None: not measured (every named dataset's recipe sets it, NCSN_SIGMA_MAX)
+    sigma_min: float = _NCSN["sigma_min"]
+    sigma_max: float | None = _NCSN["sigma_max"]
+    num_levels: int = _NCSN["num_levels"]
     classifier: bool = False         # a noise-conditional classifier's run (lab/classifier_run.py): model holds its
                                      # constructor arguments, num_classes the dataset's; no denoiser, no samples
     seed: int = 0
@@ -242,18 +251,44 @@ SIGMA_DATA = {**{name: 1.0 for name in POINT_SETS}, "digits": 0.75, "mnist": 0.6
               "cifar10": 0.5}
 
 
+# NCSN's sigma_1 (technique 1 of Song & Ermon 2020): the largest pairwise distance of the training split in model
+# space, measured by reference.ladder.max_pairwise_distance and rounded up (tests/lab/test_ncsn_recipes.py
+# re-measures the sets it can load). mnist and fashion-mnist, whose files a recipe cannot assume, take 2 sqrt(D),
+# the largest distance in [-1, 1]^D (an upper bound: a larger sigma_1 costs only levels); cifar10 Song & Ermon's
+# sigma_1 = 50 on [0, 1] pixels (their technique 1), doubled for [-1, 1]. A folder of images: --sigma-max (no
+# recipe knows its data).
+NCSN_SIGMA_MAX = {"moons": 4.0, "swissroll": 3.9, "gaussians8": 3.9, "checkerboard": 4.9, "digits": 9.7,
+                  "mnist": 56.0, "fashion-mnist": 56.0, "cifar10": 100.0}
+# sigma_L: Song & Ermon's 0.01 for the 2-D sets (continuous data, unit variance), their 0.01 on [0, 1] pixels doubled
+# for the 8-bit image sets in [-1, 1]; digits (17 levels, 0.125 apart) from a sweep of 0.01 .. 0.3: levels far below
+# the spacing of its values change no sample but take their share of a ladder drawn uniformly over its indices.
+NCSN_SIGMA_MIN = {"points": 0.01, "image": 0.02, "digits": 0.1}
+# The overlap rule (J3) does not bind in 2-D: 50 levels keep neighbours within 13%, so that an ODE grid, which
+# need not sit on the ladder, runs between trained levels that are close.
+NCSN_LEVELS_2D = 50
+
+
+def _ncsn_recipe(data):
+    top = NCSN_SIGMA_MAX.get(data)
+    dim = 2 if data in POINT_SETS or top is None else int(np.prod(info(data).shape))
+    low = NCSN_SIGMA_MIN.get(data, NCSN_SIGMA_MIN["points" if data in POINT_SETS else "image"])
+    levels = num_levels_for(top, low, dim, fallback=NCSN_LEVELS_2D) if top else NCSN_LEVELS_2D
+    return dict(sigma_min=low, sigma_max=top, num_levels=levels)
+
+
 # A continuous objective's own settings in a recipe, from the dataset's name, keyed by objective (one without an
-# entry takes its table row's defaults): edm's sigma_data follows the data.
+# entry takes its table row's defaults): edm's sigma_data follows the data, ncsn's ladder its spread (J2, J3).
 OBJECTIVE_RECIPES = {
     "edm": lambda data: dict(sigma_data=SIGMA_DATA.get(data, EDM_DEFAULTS["sigma_data"]),
                              p_mean=EDM_DEFAULTS["p_mean"], p_std=EDM_DEFAULTS["p_std"]),
+    "ncsn": _ncsn_recipe,
 }
 
 
 def recipe_for(data, objective="ddpm"):
     """The tuned recipe of ``data`` for ``objective``: the chain's (RECIPES), and for a continuous objective the
     same network, optimiser and training length (so that the objectives compare at equal steps) with its own
-    settings: edm the data's sigma_data, flow the defaults (uniform t, no shift)."""
+    settings: edm the data's sigma_data, flow the defaults (uniform t, no shift), ncsn the data's ladder."""
     check_choice(objective, OBJECTIVES, "objective")
     base = RECIPES["digits"] if data == "digits" else RECIPES["2d"] if data in POINT_SETS else RECIPES["image"]
     if objective not in CONTINUOUS_OBJECTIVES:

@@ -56,7 +56,9 @@ VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_large": "fixed_large", "l
 # Why a continuous objective's model does not convert: the network is only part of the function it was trained as
 _NO_DIFFUSERS = {"edm": "EDM's preconditioning around the network (c_skip, c_out, c_in of sigma_data, the time input "
                         "250 ln sigma) has no field in UNet2DModel",
-                 "flow": "the velocity at the time input 1000 t has no prediction type or time scale there"}
+                 "flow": "the velocity at the time input 1000 t has no prediction type or time scale there",
+                 "ncsn": "the score F / sigma at the time input 1000 t of the sigma ladder has no field there (diffusers' "
+                         "ScoreSdeVe models embed ln sigma in random Fourier features, not this sinusoidal input)"}
 
 
 def require_diffusers():

@@ -1,14 +1,15 @@
-"""The continuous objectives of the design space: EDM's preconditioned denoiser and flow matching.
+"""The continuous objectives of the design space: EDM's preconditioned denoiser, flow matching and NCSN.
 
-Derivations: derivations/design_space.md (D1-D16). Both train a network ``net(net_in, time_in) -> output`` on
-a per-example noise level drawn from one uniform per example, and both become a denoiser D(x~, sigma~) for the
+Derivations: derivations/design_space.md (D1-D16), derivations/ncsn.md (J1-J7). Each trains a network
+``net(net_in, time_in) -> output`` on a per-example noise level drawn from one uniform per example, and each becomes a denoiser D(x~, sigma~) for the
 existing ODE solvers (reference/solvers.py), whose state is x~ = x / alpha at the noise level sigma~ = sigma /
 alpha. The "level" of an example is the process's own time: EDM's sigma (alpha = 1, sigma = t, the one stated
-exception to t in [0, 1]), flow matching's t in (0, 1) with x_t = (1 - t) x0 + t eps (t = 0 data, t = 1 noise).
+exception to t in [0, 1]), flow matching's t in (0, 1) with x_t = (1 - t) x0 + t eps (t = 0 data, t = 1 noise),
+NCSN's sigma on its ladder (alpha = 1, sigma = sigma~).
 
-``cfg`` is anything with the fields objective, sigma_data, p_mean, p_std, t_sampling, logit_mean, logit_std,
-shift (lab.config.TrainConfig); a field it lacks takes the default of common/choices.py. The objective "ddpm"
-is the discrete chain (reference/losses.py): these functions take "edm" and "flow" only, except ``weighting``.
+``cfg`` is anything with the fields of the continuous rows' settings (lab.config.TrainConfig); a field it lacks
+takes its row's default (common/objective_table.py). The objective "ddpm" is the discrete chain
+(reference/losses.py): these functions take the continuous objectives only, except ``weighting``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from common.rules import continuous_settings as settings   # the settings check 
 
 from . import processes
 from .diffusion import _data
+from .ladder import sigma_ladder
 from .errors import InputError, check_choice, check_int, check_number, check_same_shape
 from .solvers import karras_sigmas
 
@@ -70,9 +72,13 @@ class _Continuous:
         """The process's own noise coordinate the network embeds, before TIME_SCALE."""
         raise NotImplementedError
 
-    def sigma_grid_linspace(self, hi, ramp):
-        """sigma~ at a ramp 1 .. 0 uniform in the process's own time between t(sigma~_max) and 0."""
+    def sigma_grid_linspace(self, lo, hi, ramp):
+        """sigma~ at a ramp 1 .. 0 uniform in the process's own time between t(sigma~_max) and t(sigma~_min)."""
         raise NotImplementedError
+
+    def sigma_range(self, s):
+        """(sigma~_min, sigma~_max) it samples between: EDM's (0.002, 80) unless the objective has its own."""
+        return float(EDM_DEFAULTS["sigma_min"]), float(EDM_DEFAULTS["sigma_max"])
 
     def weighting(self, lam, **kw):
         """(D16) w(lambda) of this objective at the settings ``kw`` (checked as a cfg would be)."""
@@ -109,7 +115,7 @@ class EDM(_Continuous):
         F = net((c_in * x).astype(x.dtype), np.full(x.shape[0], tau))
         return c_skip * x + c_out * np.asarray(F)                              # (D6)
 
-    def sigma_grid_linspace(self, hi, ramp):
+    def sigma_grid_linspace(self, lo, hi, ramp):
         return hi * ramp                                                       # own time t = sigma = sigma~
 
     def weighting_of(self, cfg, lam):
@@ -149,7 +155,7 @@ class Flow(_Continuous):
         xt = ((1.0 - t) * x).astype(x.dtype)                                   # (D3)  x_t = alpha x~
         return xt - t * np.asarray(net(xt, np.full(x.shape[0], TIME_SCALE * t)))   # (D10)  x0 = x_t - t u
 
-    def sigma_grid_linspace(self, hi, ramp):
+    def sigma_grid_linspace(self, lo, hi, ramp):
         t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)  own t, then sigma~
         return t / (1.0 - t)
 
@@ -167,6 +173,61 @@ class Flow(_Continuous):
         return 2.0 * p / expit(0.5 * lam) ** 2
 
 
+class NCSN(_Continuous):
+    """Song & Ermon 2019, 2020: x = x0 + sigma eps (alpha = 1) on a geometric ladder sigma_max .. sigma_min, the
+    score s(x, sigma) = F(x, tau) / sigma trained by denoising score matching with lambda(sigma) = sigma^2 (J1-J7).
+    The network's time tau is 1000 t of the VE process sigma = sigma_min (sigma_max / sigma_min)^t (J5)."""
+    name = "ncsn"
+
+    def sigma_range(self, s):
+        if s.sigma_max is None:
+            raise InputError("--sigma-max is not set: the recipe measures it for a named dataset (the largest pairwise "
+                             "distance, reference.ladder.max_pairwise_distance); give --sigma-max for this data")
+        return s.sigma_min, s.sigma_max
+
+    def ladder(self, s):
+        return sigma_ladder(*self.sigma_range(s)[::-1], s.num_levels)        # (J2)  ladder[0] = sigma_max
+
+    def network_time(self, s, lv):
+        lo, hi = self.sigma_range(s)
+        return np.log(lv / lo) / math.log(hi / lo)                             # (J5)  VE's own t(sigma)
+
+    def level(self, s, u):
+        # (J5)  i ~ U{0 .. L-1} from one uniform each: floor(u L), then sigma_i of the ladder
+        return self.ladder(s)[np.minimum((u * s.num_levels).astype(np.int64), s.num_levels - 1)]
+
+    def target(self, s, x064, e64, lv, x0):
+        sig = _col(lv, x0)
+        x = x064 + sig * e64                                                   # (J1)  x~ = x0 + sigma eps
+        score_target = -(x - x064) / sig ** 2                                  # (J1)  grad log q(x~ | x0)
+        # (J4)  s = F / sigma: F's target is sigma s*
+        # (J1)  lambda(sigma) ||s - s*||^2 = (lambda / sigma^2) ||F - F*||^2
+        lam = lv ** 2                                                          # (J1)  lambda(sigma) = sigma^2
+        return x, sig * score_target, lam / lv ** 2
+
+    def coefficients(self, s, sigma):
+        """(E9, J6) D = x~ + sigma F(x~, tau): (1, sigma, 1, tau)."""
+        return 1.0, float(sigma), 1.0, float(TIME_SCALE * self.network_time(s, float(sigma)))
+
+    def denoise(self, s, net, x, sg):
+        F = np.asarray(net(x, np.full(x.shape[0], TIME_SCALE * self.network_time(s, sg))))
+        score = F / sg                                                         # (J4)  s = F / sigma
+        return x + sg ** 2 * score                                             # (J6)  Tweedie: D = x~ + sigma^2 s
+
+    def sigma_grid_linspace(self, lo, hi, ramp):
+        # (J5)  uniform in VE's t over the n levels, from sigma_max to sigma_min: geometric, the ladder at n = L
+        k = np.arange(ramp.size, dtype=np.float64) / max(ramp.size - 2, 1)
+        return hi * (lo / hi) ** k
+
+    def weighting_of(self, cfg, lam):
+        # (J7)  the L levels equally spaced in lambda = -2 ln sigma, each 1/L over its cell of width d: p = 1 / (L d)
+        lo, hi = self.sigma_range(cfg)
+        d = 2.0 * math.log(hi / lo) / (cfg.num_levels - 1)
+        inside = (lam >= -2.0 * math.log(hi) - d / 2) & (lam <= -2.0 * math.log(lo) + d / 2)
+        # (J7)  omega = 1: ||F - F*||^2 = ||eps_hat - eps||^2 (F = -eps_hat)
+        return np.where(inside, 2.0 / (cfg.num_levels * d), 0.0)
+
+
 class ChainWeighting:
     """The discrete chain's weighting on a VP process (D16); the chain's training math is reference/losses.py."""
     name = "ddpm"
@@ -176,12 +237,13 @@ class ChainWeighting:
 
 
 # One instance per continuous objective, keyed by its common.objective_table name; WEIGHTING_MATH adds the chain's.
-OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow())}
+OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow(), NCSN())}
 WEIGHTING_MATH = {**OBJECTIVE_MATH, ChainWeighting.name: ChainWeighting()}
 
 
 def network_time(cfg, level):
-    """The float the network's time embedding receives: edm 1000 c_noise = 250 ln sigma; flow 1000 t. float64."""
+    """The float the network's time embedding receives: edm 1000 c_noise = 250 ln sigma; flow 1000 t; ncsn 1000 t of
+    the VE process (J5). float64."""
     s, lv = settings(cfg), _levels(level)
     return TIME_SCALE * OBJECTIVE_MATH[s.objective].network_time(s, lv)
 
@@ -257,16 +319,17 @@ def denoiser(cfg, net, clip_x0=False):
 
 
 def sigma_range(cfg):
-    """(sigma~_min, sigma~_max) for sampling: EDM's (0.002, 80) for both (flow: t_max = 80 / 81, D12)."""
-    settings(cfg)
-    return float(EDM_DEFAULTS["sigma_min"]), float(EDM_DEFAULTS["sigma_max"])
+    """(sigma~_min, sigma~_max) for sampling: EDM's (0.002, 80) for edm and flow (flow: t_max = 80 / 81, D12);
+    ncsn its ladder's (sigma_min, sigma_max)."""
+    s = settings(cfg)
+    return OBJECTIVE_MATH[s.objective].sigma_range(s)
 
 
 def sigma_grid(cfg, n, grid):
     """(N5, D12) n levels of sigma~, strictly decreasing, then 0: (n + 1,) float64.
 
     "karras": rho = 7 over sigma_range; "linspace": uniform in the process's own time (edm: sigma, flow: t)
-    between t(sigma~_max) and 0.
+    between t(sigma~_max) and 0; ncsn: n levels uniform in VE's t from sigma_max to sigma_min (J5).
     """
     s = settings(cfg)
     check_choice(grid, CONTINUOUS_GRIDS, "grid (a continuous model samples on)")
@@ -275,7 +338,7 @@ def sigma_grid(cfg, n, grid):
     if grid == "karras":
         return karras_sigmas(n, lo, hi)
     ramp = 1.0 - np.arange(n + 1, dtype=np.float64) / n                        # 1 .. 0
-    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(hi, ramp)
+    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(lo, hi, ramp)
     out[0], out[-1] = hi, 0.0
     return out
 
@@ -288,7 +351,8 @@ def weighting(objective, lam, **kw):
       "ddpm"  process "vp-cosine" | "vp-linear" (t uniform), prediction "eps" | "x0" | "v", loss_weighting
               None | "snr" | "min_snr" (gamma, default 5) as reference/losses.py's snr_weights; other keywords
               are the process's settings (make_process);
-      "edm"   sigma_data, p_mean, p_std;   "flow"  t_sampling, logit_mean, logit_std, shift.
+      "edm"   sigma_data, p_mean, p_std;   "flow"  t_sampling, logit_mean, logit_std, shift;
+      "ncsn"  sigma_min, sigma_max, num_levels (J7: the ladder's cells, uniform over its indices).
     """
     check_choice(objective, WEIGHTINGS, "objective")
     return WEIGHTING_MATH[objective].weighting(np.asarray(lam, dtype=np.float64), **kw)

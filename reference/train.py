@@ -12,9 +12,9 @@ The default (fixed, simple) step is the one above, unchanged. cfg.class_cond: th
 (cfg.model["num_classes"] = K, W1), each step takes the batch's labels y and replaces each by the null class
 K with probability cfg.p_uncond, drawn after t and eps from the same stream (derivations/guidance.md).
 
-cfg.objective "edm" | "flow" (reference/objectives.py, derivations/design_space.md): one uniform u per example
-gives its noise level (D7, D14, D15), the objective gives the network's input, float time input, target and
-weight (D5-D8, D10), and the step minimises the weighted MSE; the clipping, AdamW and EMA are the chain's.
+cfg.objective "edm" | "flow" | "ncsn" (reference/objectives.py, derivations/design_space.md, ncsn.md): one uniform
+u per example gives its noise level (D7, D14, D15, J5), the objective gives the network's input, float time input,
+target and weight (D5-D8, D10, J1, J4), and the step minimises the weighted MSE; the clipping, AdamW and EMA are the chain's.
 ``objective_step``; with a reflow coupling the pair's z stands in for eps (D11).
 
 The loop itself (data order, progress, JSONL log, checkpoints, pictures, resume) is not math and is
@@ -50,7 +50,7 @@ def build_schedule(cfg):
 
 
 def is_continuous(cfg):
-    """A continuous objective's run (edm, flow): a float time input, no chain to train."""
+    """A continuous objective's run (edm, flow, ncsn): a float time input, no chain to train."""
     return getattr(cfg, "objective", "ddpm") in CONTINUOUS_OBJECTIVES
 
 
@@ -98,7 +98,7 @@ def train_step(model, opt, ema, sched, x0, t, eps, prediction="eps", lr=None, gr
 
 
 def objective_step(model, opt, ema, cfg, x0, u, eps, lr=None, grad_clip=1.0, y=None):
-    """One optimisation step of a continuous objective (cfg.objective "edm" | "flow") on the batch x0 (N, ...):
+    """One optimisation step of a continuous objective (cfg.objective "edm" | "flow" | "ncsn") on the batch x0:
     the levels from the uniforms u (N,) in (0, 1), eps like x0 (a reflow pair's z in its place, D11), ``y`` as
     train_step's. The model takes a float time input (build_model). Returns (loss, grad_norm) as floats, as
     train_step, with the same clipping, AdamW, EMA and NonFiniteError."""

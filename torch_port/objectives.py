@@ -1,9 +1,10 @@
-"""The continuous objectives (EDM, flow matching) in torch.
+"""The continuous objectives (EDM, flow matching, NCSN) in torch.
 
 Mirror of reference/objectives.py (see its docstring): same functions, arguments, meaning and errors; the math in
-torch. Derivations: derivations/design_space.md (D5-D16). Tensors stay on the data's device: levels from ``level``
-follow u's device, ``training_target`` returns everything on x0's device with time_in float64; ``loss`` is the
-training loss for autograd. Grids come back as float64 CPU tensors (host data, as torch_port.solvers' grids).
+torch. Derivations: derivations/design_space.md (D5-D16), derivations/ncsn.md (J1-J7). Tensors stay on the data's
+device: levels from ``level`` follow u's device, ``training_target`` returns everything on x0's device with time_in
+float64; ``loss`` is the training loss for autograd. Grids come back as float64 CPU tensors (host data, as
+torch_port.solvers' grids).
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ class _Continuous:
         """(D16) w(lambda) of this objective at the settings ``kw``."""
         return self.weighting_of(settings(SimpleNamespace(objective=self.name, **kw)), lam)
 
+    def sigma_range(self, s):
+        return float(EDM_DEFAULTS["sigma_min"]), float(EDM_DEFAULTS["sigma_max"])
+
 
 class EDM(_Continuous):
     """Karras et al. 2022's preconditioned denoiser on x = x0 + sigma eps (D5-D8)."""
@@ -89,7 +93,7 @@ class EDM(_Continuous):
         tt = torch.full((n,), TIME_SCALE * math.log(sg) / 4.0, dtype=_F64, device=x.device)
         return c_skip * x + c_out * net((c_in * x).to(dt), tt)
 
-    def sigma_grid_linspace(self, hi, ramp):
+    def sigma_grid_linspace(self, lo, hi, ramp):
         return hi * ramp
 
     def weighting_of(self, cfg, lam):
@@ -122,7 +126,7 @@ class Flow(_Continuous):
         xt = ((1.0 - t) * x).to(x.dtype)                                       # (D3)
         return xt - t * net(xt, torch.full((x.shape[0],), TIME_SCALE * t, dtype=_F64, device=x.device))   # (D10)
 
-    def sigma_grid_linspace(self, hi, ramp):
+    def sigma_grid_linspace(self, lo, hi, ramp):
         t = processes.flow_t_of_sigma_tilde(hi) * ramp                         # (D12)
         return t / (1.0 - t)
 
@@ -137,6 +141,51 @@ class Flow(_Continuous):
         return 2.0 * p / torch.sigmoid(0.5 * lam) ** 2                         # (D13)
 
 
+class NCSN(_Continuous):
+    """Song & Ermon's score network s = F / sigma on x = x0 + sigma eps over a geometric ladder (J1-J7)."""
+    name = "ncsn"
+
+    def sigma_range(self, s):
+        if s.sigma_max is None:
+            raise InputError("--sigma-max is not set: the recipe measures it for a named dataset (the largest pairwise "
+                             "distance, reference.ladder.max_pairwise_distance); give --sigma-max for this data")
+        return s.sigma_min, s.sigma_max
+
+    def network_time(self, s, lv):
+        lo, hi = self.sigma_range(s)
+        return torch.log(lv / lo) / math.log(hi / lo)                          # (J5)  VE's own t(sigma)
+
+    def level(self, s, u):
+        lo, hi = self.sigma_range(s)
+        n = s.num_levels
+        i = torch.clamp(torch.floor(u * n), max=n - 1)                         # (J5)  i ~ U{0 .. L-1}
+        return hi * (lo / hi) ** (i / (n - 1))                                 # (J2)  sigma_i
+
+    def target(self, s, x64, e64, lv, x0):
+        sig = _col(lv, x0)
+        x = x64 + sig * e64                                                    # (J1)
+        score_target = -(x - x64) / sig ** 2                                   # (J1)  grad log q(x~ | x0)
+        lam = lv ** 2                                                          # (J1)  lambda(sigma) = sigma^2
+        return x, sig * score_target, lam / lv ** 2                            # (J4)  F = sigma s
+
+    def denoise(self, s, net, x, sg):
+        lo, hi = self.sigma_range(s)
+        tau = TIME_SCALE * math.log(sg / lo) / math.log(hi / lo)               # (J5)
+        F = net(x, torch.full((x.shape[0],), tau, dtype=_F64, device=x.device))
+        score = F / sg                                                         # (J4)  s = F / sigma
+        return x + sg ** 2 * score                                             # (J6)
+
+    def sigma_grid_linspace(self, lo, hi, ramp):
+        k = torch.arange(ramp.numel(), dtype=_F64) / max(ramp.numel() - 2, 1)  # (J5)  the ladder's spacing
+        return hi * (lo / hi) ** k
+
+    def weighting_of(self, cfg, lam):
+        lo, hi = self.sigma_range(cfg)
+        d = 2.0 * math.log(hi / lo) / (cfg.num_levels - 1)                     # (J7)  cell width in lambda
+        inside = (lam >= -2.0 * math.log(hi) - d / 2) & (lam <= -2.0 * math.log(lo) + d / 2)
+        return torch.where(inside, torch.full_like(lam, 2.0 / (cfg.num_levels * d)), torch.zeros_like(lam))
+
+
 class ChainWeighting:
     """The discrete chain's weighting on a VP process (D16)."""
     name = "ddpm"
@@ -145,12 +194,12 @@ class ChainWeighting:
         return _ddpm_weighting(lam, **kw)
 
 
-OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow())}
+OBJECTIVE_MATH = {m.name: m for m in (EDM(), Flow(), NCSN())}
 WEIGHTING_MATH = {**OBJECTIVE_MATH, ChainWeighting.name: ChainWeighting()}
 
 
 def network_time(cfg, level):
-    """edm: 250 ln sigma; flow: 1000 t. float64."""
+    """edm: 250 ln sigma; flow: 1000 t; ncsn: 1000 t of the VE process (J5). float64."""
     s, lv = settings(cfg), _levels(level)
     return TIME_SCALE * OBJECTIVE_MATH[s.objective].network_time(s, lv)
 
@@ -214,9 +263,9 @@ def denoiser(cfg, net, clip_x0=False):
 
 
 def sigma_range(cfg):
-    """(sigma~_min, sigma~_max): EDM's (0.002, 80) for both."""
-    settings(cfg)
-    return float(EDM_DEFAULTS["sigma_min"]), float(EDM_DEFAULTS["sigma_max"])
+    """(sigma~_min, sigma~_max): EDM's (0.002, 80) for edm and flow; ncsn its ladder's."""
+    s = settings(cfg)
+    return OBJECTIVE_MATH[s.objective].sigma_range(s)
 
 
 def sigma_grid(cfg, n, grid):
@@ -228,7 +277,7 @@ def sigma_grid(cfg, n, grid):
     if grid == "karras":
         return karras_sigmas(n, lo, hi)
     ramp = 1.0 - torch.arange(n + 1, dtype=_F64) / n
-    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(hi, ramp)
+    out = OBJECTIVE_MATH[s.objective].sigma_grid_linspace(lo, hi, ramp)
     out[0], out[-1] = hi, 0.0
     return out
 

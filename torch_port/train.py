@@ -6,7 +6,7 @@ The same step as reference/train.py (Ho et al. Algorithm 1):
   grads by autograd, global-norm clip, AdamW, EMA of the weights.                   (O1-O3)
 cfg.class_cond: the labels travel with the data (``prepare_labels``) and each is dropped to the null class
 with probability cfg.p_uncond, drawn on the device after t and eps from the step's generator (W1).
-cfg.objective "edm" | "flow": ``objective_step``, the reference's (u, then eps, then the drops; D5-D8, D10,
+cfg.objective "edm" | "flow" | "ncsn": ``objective_step``, the reference's (u, then eps, then the drops; D5-D8, D10,
 D14, D15), the loss by autograd.
 
 What makes it quick on a GPU (each is a Trainer option, on by default on CUDA, off on the CPU):
@@ -67,7 +67,7 @@ def build_schedule(cfg, device="cpu"):
 
 
 def is_continuous(cfg):
-    """A continuous objective's run (edm, flow): a float time input, no chain to train."""
+    """A continuous objective's run (edm, flow, ncsn): a float time input, no chain to train."""
     return getattr(cfg, "objective", "ddpm") in CONTINUOUS_OBJECTIVES
 
 

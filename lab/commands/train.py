@@ -94,6 +94,11 @@ _OBJECTIVE_FIELDS = {
     "teacher": (str, "--reflow: the checkpoint that draws the pairs (z, x0 = ODE(z)) once at the start"),
     "reflow_pairs": (_positive_int, "--reflow: how many pairs the teacher draws (default: the dataset's size)"),
     "teacher_steps": (_positive_int, "--reflow: the teacher's sampler steps per pair (default 50)"),
+    "sigma_max": (float, "ncsn: the ladder's largest sigma, sigma_1 (default: the dataset's recipe, the data's largest "
+                         "pairwise distance; a folder of images needs it)"),
+    "sigma_min": (float, "ncsn: the ladder's smallest sigma, sigma_L (default: the dataset's recipe)"),
+    "num_levels": (int, "ncsn: the ladder's number of levels L >= 2, geometric from --sigma-max to --sigma-min "
+                        "(default: the dataset's recipe, Song & Ermon's overlap rule)"),
 }
 RECIPE_DEFAULT = " (default: the dataset's recipe; --show-recipe lists it)"
 _ADM = ("norm", "num_heads", "resblock_updown")  # UNet options no recipe sets (their defaults are DDPM's network)
@@ -166,8 +171,8 @@ def configure(p):
     p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="ddpm (default): the discrete chain, integer t (--prediction, --loss, --weighting apply); edm: "
                         "Karras et al.'s preconditioned denoiser, ln sigma lognormal; flow: flow matching, the "
-                        "velocity on x_t = (1 - t) x0 + t eps. edm and flow take a float time input and sample with "
-                        "the ODE solvers")
+                        "velocity on x_t = (1 - t) x0 + t eps; ncsn: Song & Ermon's score network over a geometric "
+                        "sigma ladder. edm, flow and ncsn take a float time input and sample with the ODE solvers")
     p.add_argument("--t-sampling", dest="t_sampling", choices=T_SAMPLINGS, default=None,
                    help="flow: how t is drawn: uniform (default) or logit-normal (SD3)")
     p.add_argument("--reflow", action="store_true", default=None,
@@ -306,7 +311,9 @@ add_command(
     model classifier-free guidance needs). --objective edm | flow trains the design space's continuous objectives
     instead (derivations/design_space.md): EDM's preconditioned denoiser with ln sigma ~ N(--p-mean, --p-std^2)
     and the data's --sigma-data, or flow matching's velocity (--t-sampling, --shift), on the same network with a
-    float time input; they sample with the ODE solvers. --reflow --teacher CKPT trains rectified flow's second
+    float time input; they sample with the ODE solvers. --objective ncsn trains Song & Ermon's noise-conditional
+    score network over a geometric ladder of --num-levels sigmas from --sigma-max down to --sigma-min
+    (derivations/ncsn.md). --reflow --teacher CKPT trains rectified flow's second
     round on the pairs the teacher draws. With only --data and --out it uses the dataset's tuned recipe
     (lab/config.py): `--data NAME --show-recipe` prints it, every setting and its value. It writes into DIR
     (created if missing):
@@ -324,6 +331,7 @@ add_command(
       python -m torch_port train --data digits --out runs/digits-vlb --variance learned --loss vlb --importance-sampling
       python -m torch_port train --data digits --out runs/digits-edm --objective edm
       python -m torch_port train --data checkerboard --out runs/cb-flow --objective flow
+      python -m torch_port train --data moons --out runs/moons-ncsn --objective ncsn
       python -m torch_port train --data checkerboard --out runs/cb2 --objective flow --reflow --teacher runs/cb-flow/ckpt.npz
       torchrun --nproc_per_node=2 -m torch_port train --data cifar10 --out runs/cifar
     """)

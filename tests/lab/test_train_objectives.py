@@ -87,7 +87,7 @@ def test_the_cli_refuses_with_exit_code_2_and_the_configuration_refuses_the_same
     # built by hand (no flags): a value away from the neutral one is refused in the fields' flag words
     for bad, words in [(dict(objective="edm", prediction="v"), "--prediction v does not apply to --objective edm"),
                        (dict(objective="flow", p_mean=0.0), "--p-mean 0.0 does not apply to --objective flow"),
-                       (dict(objective="ncsn"), "unknown --objective 'ncsn'")]:
+                       (dict(objective="ncsm"), "unknown --objective 'ncsm'")]:
         with pytest.raises(InputError, match=re.escape(words)):
             TrainConfig(**bad).validate()
     TrainConfig(objective="edm", T=50, schedule="linear").validate()   # no neutral value: only a given flag is refused

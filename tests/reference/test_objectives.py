@@ -27,7 +27,7 @@ def test_bad_settings_name_their_flag(field, value, flag):
 
 
 def test_ddpm_and_unknown_objectives_are_refused_where_only_continuous_ones_apply():
-    for bad in ("ddpm", "ncsn"):
+    for bad in ("ddpm", "ncsm"):
         with pytest.raises(InputError, match="continuous objective"):
             O.training_target(NS(objective=bad), np.zeros((2, 2)), np.zeros((2, 2)), np.array([0.5, 0.5]))
     with pytest.raises(InputError, match="objective"):
