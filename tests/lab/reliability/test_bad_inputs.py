@@ -162,7 +162,7 @@ CLI_CASES = {
     "sample more steps than T": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy",
                                   "--sample-steps", "5000"], "--sample-steps 5000 must lie in 1..T=50"),
     "sample eta with ddpm": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy", "--eta", "0.5"],
-                             "--eta applies to --sampler ddim only"),
+                             "--eta applies to --sampler ddim/ancestral/dpm++2m-sde only"),
     "sample variance with ddim": (["sample", "--ckpt", "{tmp}/run/ckpt.npz", "--out", "{tmp}/s.npy", "--sampler",
                                    "ddim", "--variance", "fixed_large"], "--variance applies to --sampler ddpm only"),
     "eval more steps than T": (["eval", "--ckpt", "{tmp}/run/ckpt.npz", "--sample-steps", "5000"],
@@ -179,7 +179,7 @@ CLI_CASES = {
     "eval data of another shape": (["eval", "--ckpt", "{tmp}/run/ckpt.npz", "--data", "digits"],
                                    "do not have the shape"),
     # the ODE samplers (issue 15): flags a sampler would ignore, too few steps, bad grids
-    "sample grid with ddpm": (_sample("--sampler", "ddpm", "--grid", "karras"), "--grid applies to the ODE samplers"),
+    "sample grid with ddpm": (_sample("--sampler", "ddpm", "--grid", "karras"), "--grid applies to the ODE and SDE samplers"),
     "sample spacing with an ODE sampler": (_sample("--sampler", "euler", "--spacing", "trailing"),
                                            "--spacing applies to --sampler ddpm/ddim"),
     "sample unknown grid": (_sample("--sampler", "euler", "--grid", "karas"), "invalid choice: 'karas'"),
@@ -188,7 +188,7 @@ CLI_CASES = {
     "sample too few steps for heun": (_sample("--sampler", "heun", "--sample-steps", "1"),
                                       "--sample-steps 1 is too few for --sampler heun"),
     "sample eta with an ODE sampler": (_sample("--sampler", "dpm++2m", "--eta", "0.5"),
-                                       "--eta applies to --sampler ddim only"),
+                                       "--eta applies to --sampler ddim/ancestral/dpm++2m-sde only"),
     "sample ODE steps above T": (_sample("--sampler", "heun", "--sample-steps", "51"),
                                  "--sample-steps 51 must lie in 1..T=50"),
     # sample --invert: the data file and the flags that would be ignored
@@ -218,7 +218,7 @@ CLI_CASES = {
     "eval plot without nfe": (_eval("--plot", "{tmp}/q.png"), "--plot applies with --nfe only"),
     "eval plot not png": (_eval("--nfe", "5", "--plot", "{tmp}/q.jpg"), "--plot must name a .png file"),
     "eval spacing with an ODE sampler": (_eval("--spacing", "trailing"), "--spacing applies to --sampler ddpm/ddim"),
-    "eval grid with ddim": (_eval("--sampler", "ddim", "--grid", "karras"), "--grid applies to the ODE samplers"),
+    "eval grid with ddim": (_eval("--sampler", "ddim", "--grid", "karras"), "--grid applies to the ODE and SDE samplers"),
 }
 
 
