@@ -71,7 +71,11 @@ class Sampler:
     per), ...), each adding the setting's value in network calls per "step", per nonzero "level" of the grid or
     "once" (a switch counts 1); ``deterministic_at``: ((name, value, ode sampler), ...), the setting's value at which
     the sampler is that ODE sampler exactly; ``leaves_grid``: it calls the denoiser at levels off the grid (EDM's
-    churned sigma^ = (1 + gamma) sigma), which a model of the chain answers at its nearest trained level (K8)."""
+    churned sigma^ = (1 + gamma) sigma), which a model of the chain answers at its nearest trained level (K8);
+    ``noise_of_the_step``: its step draws noise of std sqrt(sigma^2 - sigma'^2) (Euler-Maruyama's, the
+    reverse-diffusion predictor's; Q2, Q6), about sigma itself on a large step, where ancestral and DPM-Solver++ SDE
+    keep it below the next level sigma' (Q4, Q9): from the cosine's sigma_{T-1} ~ 2e4 that is far above the next
+    level, so lab.late_start.default_grid starts such a sampler on the leading grid there, as it does Heun."""
     name: str
     family: str
     help: str
@@ -92,6 +96,7 @@ class Sampler:
     setting_calls: tuple = ()
     deterministic_at: tuple = ()
     leaves_grid: bool = False
+    noise_of_the_step: bool = False
 
     def defaults(self):
         """The SDE settings' defaults, {name: value} ({} for a chain or ODE sampler)."""
@@ -128,14 +133,14 @@ ROWS = (
     Sampler("dpm++2m", "ode", "DPM-Solver++(2M) (Lu et al. 2022), one call a step", _ODE, False, "trailing",
             order=2, first_order_steps=1, min_steps=3),
     Sampler("euler-maruyama", "sde", "Euler-Maruyama steps of the reverse SDE (Song et al. 2021; Q2), one call a "
-            "step, the step to sigma = 0 Tweedie's mean (Q3)", _ODE, True, "trailing"),
+            "step, the step to sigma = 0 Tweedie's mean (Q3)", _ODE, True, "trailing", noise_of_the_step=True),
     Sampler("ancestral", "sde", "k-diffusion's euler_ancestral (Q4): an Euler step down to sigma_down and fresh "
             "noise up to sigma', one call a step; DDIM with the same --eta on the chain's levels (Q5), default eta 1",
             _ODE | {"eta"}, True, "trailing", settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "euler"),)),
     Sampler("pc", "sde", "predictor-corrector (Song et al. 2021, Algorithm 2; Q6, Q7): --corrector-steps Langevin "
             "steps at --snr, then a reverse-diffusion step; (corrector steps + 1) calls a step",
             _ODE | {"snr", "corrector_steps"}, True, "trailing", settings=(("snr", 0.16), ("corrector_steps", 1)),
-            setting_calls=(("corrector_steps", "step"),)),
+            setting_calls=(("corrector_steps", "step"),), noise_of_the_step=True),
     Sampler("edm-sde", "sde", "Karras et al. 2022, Algorithm 2 (Q8): churn by --s-churn between --s-tmin and --s-tmax "
             "with --s-noise, then Heun's step; 2 calls a step, the last one to sigma = 0 an Euler step",
             _ODE | {"s_churn", "s_tmin", "s_tmax", "s_noise"}, True, "trailing", calls_per_step=2,

@@ -60,11 +60,14 @@ def default_grid(alpha_bar, images, prediction="eps", sampler=None):
     the leading grid wherever sigma_{T-1} > AMPLIFY_OK, whatever the model: its trapezoid correction adds
     (sigma_1 - sigma_0) / (2 sigma_1) (x0_hat_0 - x0_hat_1) to its first step, a large multiple of the change of
     x0_hat from the cosine's sigma_{T-1} ~ 2e4 to the trailing grid's next level (derivations/solvers.md, Heun;
-    the README's quality-against-NFE table has each grid's figures)."""
+    the README's quality-against-NFE table has each grid's figures). Euler-Maruyama and the predictor-corrector
+    start there too: their first step's noise sqrt(sigma_{T-1}^2 - sigma_1^2) is about sigma_{T-1} (the table's
+    noise_of_the_step; derivations/sde_samplers.md, Q2, Q6)."""
     if float(alpha_bar[-1]) == 0:
         return "leading"
-    if sampler is not None and sampler_table.row(sampler).evaluates_ahead and \
-            amplification(alpha_bar, "eps") > AMPLIFY_OK:   # heun: the table's samplers that evaluate ahead
+    r = None if sampler is None else sampler_table.row(sampler)
+    # heun and edm-sde evaluate ahead; euler-maruyama and pc draw noise of about sigma_{T-1} in their first step
+    if r is not None and (r.evaluates_ahead or r.noise_of_the_step) and amplification(alpha_bar, "eps") > AMPLIFY_OK:
         return "leading"
     return "trailing" if images or amplification(alpha_bar, prediction) <= AMPLIFY_OK else "leading"
 

@@ -189,8 +189,33 @@ def test_edm_sde_starts_on_the_leading_grid_where_heun_does_and_the_others_on_he
     from reference.schedules import Schedule, make_betas
     abar = Schedule(make_betas("cosine", 1000)).alpha_bar
     assert default_grid(abar, True, "eps", "heun") == default_grid(abar, True, "eps", "edm-sde") == "leading"
-    for name in ("euler-maruyama", "ancestral", "pc", "dpm++2m-sde", "langevin"):
+    # euler-maruyama and pc: their first step's noise is about sigma_{T-1} (the table's noise_of_the_step)
+    assert default_grid(abar, True, "eps", "euler-maruyama") == default_grid(abar, True, "eps", "pc") == "leading"
+    for name in ("ancestral", "dpm++2m-sde", "langevin"):
         assert default_grid(abar, True, "eps", name) == default_grid(abar, True, "eps", "euler") == "trailing"
+
+
+def test_a_reverse_diffusion_step_from_T_minus_1_overshoots_and_the_leading_start_does_not():
+    """Why euler-maruyama and pc start on leading on the cosine chain: with the mixture oracle's exact D, 20 steps
+    from sigma_{T-1} ~ 2e4 (trailing) draw a first step's noise of std ~ sigma_{T-1}, far above the next level; pc
+    ends with a spread many times the data's, and euler-maruyama further from the data's spread than from leading.
+    Ancestral keeps its noise below the next level (Q4) and is right from either start."""
+    from reference import sde as RS, solvers as RSo
+    from reference.oracle import GaussianMixtureOracle
+    from reference.schedules import Schedule, make_betas
+    mix = GaussianMixtureOracle([0.4, 0.6], [[-1.0, 0.5], [1.0, -0.25]], var=[[0.05, 0.1], [0.1, 0.02]])
+    sched = Schedule(make_betas("cosine", 1000))
+    D = RSo.model_denoiser(sched, mix.denoiser(sched, "eps"), "eps")
+    rng = np.random.default_rng(0)
+    x_T, Z = rng.standard_normal((2000, 2)), rng.standard_normal((100, 2000, 2))
+    # the mixture's exact standard deviations: Var = sum_k w_k (Sigma_k + (mu_k - mu)^2)
+    want = np.sqrt([0.4 * (0.05 + 1.44) + 0.6 * (0.1 + 0.64), 0.4 * (0.1 + 0.3025) + 0.6 * (0.02 + 0.04)])
+
+    def err(name, grid):
+        x = RS.sample(D, x_T, RSo.sigma_grid(sched, 20, grid), name, lambda k: Z[k]).x
+        return float(np.max(np.abs(x.std(axis=0) / want - 1.0)))
+    assert err("pc", "trailing") > 5.0 > 10 * err("pc", "leading")
+    assert err("euler-maruyama", "trailing") > 2 * err("euler-maruyama", "leading")
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
