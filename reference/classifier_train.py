@@ -13,8 +13,8 @@ import numpy as np
 from .classifier import Classifier, PointClassifier
 from .diffusion import q_sample
 from .errors import InputError
-from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .train import NonFiniteError, build_schedule
+from .optim import EMA, AdamW, clip_grad_norm
+from .train import NonFiniteError, build_schedule, load_live_params, run_lr
 
 __all__ = ["ClassifierTrainer", "build_classifier"]
 
@@ -69,9 +69,7 @@ class ClassifierTrainer:
         return loss, norm
 
     def _lr(self, step):
-        # (O4)  as the denoiser's run: a run that ends within its warmup keeps "constant"
-        schedule = self.cfg.lr_schedule if self.cfg.steps > self.cfg.warmup else "constant"
-        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
+        return run_lr(self.cfg, step)   # (O4)  as the denoiser's run
 
     def classifier(self, use_ema=True):
         """A classifier holding the EMA (or raw) weights: .grad_log_prob(x_t, t, y) is a chain grad_fn."""
@@ -84,12 +82,7 @@ class ClassifierTrainer:
                 "opt_state": self.opt.state_dict(), "rng_state": {"noise": self.rng.bit_generator.state}}
 
     def load_state_dict(self, ck):
-        # the optimiser and the EMA update the live arrays in place: copy the values into those
-        live = self.model.params
-        self.model.load_params(ck["params"])
-        for k, v in self.model.params.items():
-            live[k][...] = v
-        self.model.params = live
+        load_live_params(self.model, ck["params"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt_state"])
         if "noise" in (ck.get("rng_state") or {}):

@@ -38,6 +38,24 @@ from .unet import MLP, UNet
 from .vlb import HYBRID_LAMBDA, loss_settings, training_loss_and_grad
 
 
+
+def run_lr(cfg, step):
+    """The learning rate of a run's step (O4), for the denoiser's and the classifier's trainers alike: a run that
+    ends within its warmup never reaches a decay, so "constant" gives the same rates."""
+    schedule = getattr(cfg, "lr_schedule", "constant") if cfg.steps > cfg.warmup else "constant"
+    return lr_at(step, cfg.lr, warmup_steps=cfg.warmup, total_steps=cfg.steps, schedule=schedule)
+
+
+def load_live_params(model, params):
+    """Load ``params`` into ``model`` keeping its arrays: load_params checks names, shapes and finiteness but binds
+    new arrays, while the optimiser and the EMA hold the old ones and update them in place, so the values are
+    copied into those."""
+    live = model.params
+    model.load_params(params)
+    for k, v in model.params.items():
+        live[k][...] = v
+    model.params = live
+
 class NonFiniteError(FloatingPointError):
     """The loss or the gradient norm is NaN or inf: the update is refused, the parameters are untouched."""
 
@@ -194,9 +212,7 @@ class Trainer:
                           None if self.resampler is None else self.resampler.update, y=y)
 
     def _lr(self, step):
-        # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
-        schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
-        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
+        return run_lr(self.cfg, step)
 
     def _drop_labels(self, y, n):
         """(W1) The labels, each replaced by the null class K with probability p_uncond; None unconditional."""
@@ -232,11 +248,7 @@ class Trainer:
     def load_state_dict(self, ck):
         # load_params checks names, shapes and finiteness but binds new arrays; the optimiser and the
         # EMA hold the old ones and update them in place, so the values are copied into those.
-        live = self.model.params
-        self.model.load_params(ck["params"])
-        for k, v in self.model.params.items():
-            live[k][...] = v
-        self.model.params = live
+        load_live_params(self.model, ck["params"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["opt_state"])
         self.rng.bit_generator.state = ck["rng_state"]["noise"]

@@ -15,8 +15,8 @@ from reference.errors import InputError, check_labels
 from .classifier import Classifier, PointClassifier
 from .device import resolve_device
 from .diffusion import q_sample
-from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .train import NonFiniteError, build_schedule, noise_seed
+from .optim import EMA, AdamW, clip_grad_norm
+from .train import NonFiniteError, build_schedule, noise_seed, run_lr
 
 __all__ = ["ClassifierTrainer", "build_classifier"]
 
@@ -84,8 +84,7 @@ class ClassifierTrainer:
         return loss.detach(), norm.detach()
 
     def _lr(self, step):
-        schedule = self.cfg.lr_schedule if self.cfg.steps > self.cfg.warmup else "constant"
-        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
+        return run_lr(self.cfg, step)   # (O4)  as the denoiser's run
 
     def classifier(self, use_ema=True):
         """A classifier module holding the EMA (or raw) weights, in eval mode."""

@@ -53,6 +53,13 @@ from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
 from .unet import MLP, UNet
 from .vlb import HYBRID_LAMBDA, loss_settings, training_loss
 
+
+def run_lr(cfg, step):
+    """The learning rate of a run's step (O4), for the denoiser's and the classifier's trainers alike: a run that
+    ends within its warmup never reaches a decay, so "constant" gives the same rates."""
+    schedule = getattr(cfg, "lr_schedule", "constant") if cfg.steps > cfg.warmup else "constant"
+    return lr_at(step, cfg.lr, warmup_steps=cfg.warmup, total_steps=cfg.steps, schedule=schedule)
+
 class NonFiniteError(FloatingPointError):
     """The loss or the gradient norm is NaN or inf: the update is refused, the parameters are untouched."""
 
@@ -312,9 +319,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier graph outputs may be reused
 
     def _lr(self, step):
-        # (O4)  a run that ends within its warmup never reaches a decay: "constant" gives the same rates
-        schedule = getattr(self.cfg, "lr_schedule", "constant") if self.cfg.steps > self.cfg.warmup else "constant"
-        return lr_at(step, self.cfg.lr, warmup_steps=self.cfg.warmup, total_steps=self.cfg.steps, schedule=schedule)
+        return run_lr(self.cfg, step)
 
     def _record(self, t, terms):
         """The importance sampler's history gets every rank's (t, L_t), in rank order (as improved-diffusion)."""
