@@ -97,6 +97,12 @@ class Sampler:
     deterministic_at: tuple = ()
     leaves_grid: bool = False
     noise_of_the_step: bool = False
+    draws: object = None
+
+    def noise_draws(self, n, ends_at_zero=True, **settings):
+        """The standard-normal draws an SDE sampler consumes for n steps (a grid of n + 1 levels), with its settings
+        (omitted ones at their defaults): what lab's generator must give; 0 for a sampler that draws none here."""
+        return 0 if self.draws is None else self.draws(n, {**self.defaults(), **settings}, int(bool(ends_at_zero)))
 
     def defaults(self):
         """The SDE settings' defaults, {name: value} ({} for a chain or ODE sampler)."""
@@ -133,29 +139,34 @@ ROWS = (
     Sampler("dpm++2m", "ode", "DPM-Solver++(2M) (Lu et al. 2022), one call a step", _ODE, False, "trailing",
             order=2, first_order_steps=1, min_steps=3),
     Sampler("euler-maruyama", "sde", "Euler-Maruyama steps of the reverse SDE (Song et al. 2021; Q2), one call a "
-            "step, the step to sigma = 0 Tweedie's mean (Q3)", _ODE, True, "trailing", noise_of_the_step=True),
+            "step, the step to sigma = 0 Tweedie's mean (Q3)", _ODE, True, "trailing", noise_of_the_step=True,
+            draws=lambda n, st, z: n - z),
     Sampler("ancestral", "sde", "k-diffusion's euler_ancestral (Q4): an Euler step down to sigma_down and fresh "
             "noise up to sigma', one call a step; DDIM with the same --eta on the chain's levels (Q5), default eta 1",
-            _ODE | {"eta"}, True, "trailing", settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "euler"),)),
+            _ODE | {"eta"}, True, "trailing", settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "euler"),),
+            draws=lambda n, st, z: n - z),
     Sampler("pc", "sde", "predictor-corrector (Song et al. 2021, Algorithm 2; Q6, Q7): --corrector-steps Langevin "
             "steps at --snr, then a reverse-diffusion step; (corrector steps + 1) calls a step",
             _ODE | {"snr", "corrector_steps"}, True, "trailing", settings=(("snr", 0.16), ("corrector_steps", 1)),
-            setting_calls=(("corrector_steps", "step"),), noise_of_the_step=True),
+            setting_calls=(("corrector_steps", "step"),), noise_of_the_step=True,
+            draws=lambda n, st, z: st["corrector_steps"] * n + n - z),
     Sampler("edm-sde", "sde", "Karras et al. 2022, Algorithm 2 (Q8): churn by --s-churn between --s-tmin and --s-tmax "
             "with --s-noise, then Heun's step; 2 calls a step, the last one to sigma = 0 an Euler step",
             _ODE | {"s_churn", "s_tmin", "s_tmax", "s_noise"}, True, "trailing", calls_per_step=2,
             calls_saved_at_zero=1, order=2, min_steps=2, evaluates_ahead=True,
             settings=(("s_churn", 40.0), ("s_tmin", 0.05), ("s_tmax", 50.0), ("s_noise", 1.003)),
-            deterministic_at=(("s_churn", 0.0, "heun"),), leaves_grid=True),
+            deterministic_at=(("s_churn", 0.0, "heun"),), leaves_grid=True, draws=lambda n, st, z: n),
     Sampler("dpm++2m-sde", "sde", "DPM-Solver++(2M) SDE (Lu et al. 2022; Q9), one call a step, --eta the share of "
             "noise (default 1)", _ODE | {"eta"}, True, "trailing", order=2, first_order_steps=1, min_steps=3,
-            settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "dpm++2m"),)),
+            settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "dpm++2m"),),
+            draws=lambda n, st, z: (n - z) if st["eta"] > 0 else 0),
     Sampler("langevin", "sde", "annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Q10-Q12): "
             "--langevin-steps steps at each nonzero level of the grid with step --langevin-eps sigma_i^2 / sigma_L^2, "
             "then the final denoising step (--no-final-denoise: none); langevin steps x levels (+ 1) calls",
             _ODE | {"langevin_steps", "langevin_eps", "final_denoise"}, True, "trailing", calls_per_step=0,
             settings=(("langevin_steps", 100), ("langevin_eps", 2e-5), ("final_denoise", True)),
-            setting_calls=(("langevin_steps", "level"), ("final_denoise", "once"))),
+            setting_calls=(("langevin_steps", "level"), ("final_denoise", "once")),
+            draws=lambda n, st, z: st["langevin_steps"] * (n + 1 - z)),
 )
 TABLE = {r.name: r for r in ROWS}
 

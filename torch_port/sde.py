@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from common import sampler_table as table
 from reference.errors import InputError, check_choice, check_int, check_number, check_progress
 
 from .diffusion import _data
@@ -228,23 +229,10 @@ SDE_SAMPLERS = {"euler-maruyama": euler_maruyama, "ancestral": ancestral, "pc": 
                 "dpm++2m-sde": dpmpp_2m_sde, "langevin": langevin}
 
 
-def _get(settings, key, default):
-    return settings.get(key, default)
-
-
-def _levels(n, ends_at_zero):
-    return n if ends_at_zero else n + 1
-
-
 # Noise draws of each sampler for n steps (grid of n + 1 levels), with its settings: what lab's generator must give.
-NOISE_DRAWS = {
-    "euler-maruyama": lambda n, st, ends_at_zero=True: n - int(ends_at_zero),
-    "ancestral": lambda n, st, ends_at_zero=True: n - int(ends_at_zero),
-    "pc": lambda n, st, ends_at_zero=True: _get(st, "corrector_steps", 1) * n + n - int(ends_at_zero),
-    "edm-sde": lambda n, st, ends_at_zero=True: n,
-    "dpm++2m-sde": lambda n, st, ends_at_zero=True: (n - int(ends_at_zero)) if _get(st, "eta", 1.0) > 0 else 0,
-    "langevin": lambda n, st, ends_at_zero=True: _get(st, "langevin_steps", LANGEVIN_STEPS) * _levels(n, ends_at_zero),
-}
+# Bookkeeping, not math: the samplers' table counts them once for both sides (common.sampler_table Sampler.noise_draws).
+NOISE_DRAWS = {name: (lambda n, st, ends_at_zero=True, _r=table.row(name): _r.noise_draws(n, ends_at_zero, **st))
+               for name in SDE_SAMPLERS}
 
 
 def sample(D, x_T, sigmas, sampler, noise, record=False, progress=None, **settings):
