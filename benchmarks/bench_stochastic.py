@@ -24,7 +24,8 @@ Part B: `train --objective ncsn` with each dataset's recipe on --ncsn-data, each
 annealed Langevin on the trained ladder (its defaults: the table's langevin settings; --langevin-steps
 overrides), the others at each NFE of --ncsn-nfe and at Langevin's own NFE when it is at most --match-max-nfe.
 Sliced Wasserstein / floor for the 2-D sets (--n-points), FD / floor for digits (--n). Target: the digits model
-within 1.5x of the floor with its best sampler.
+within 1.5x of the floor with its best sampler. The picture (ncsn_samples.png in --out, or --ncsn-figure): per
+dataset, its held-out data above each sampler's samples at that sampler's best row, drawn from the first seed.
 
 Resumable: every (model, sampler, settings) keeps its rows in one JSON in --out, written after each row; with
 --reuse a row measured before with the same n and seeds is taken, not measured again.
@@ -324,7 +325,7 @@ def figure(S, res, path):
 
 
 def part_b(S, args, out, pkg):
-    res, seeds = {}, list(range(args.seed, args.seed + args.repeats))
+    res, seeds, columns = {}, list(range(args.seed, args.seed + args.repeats)), []
     for data in args.ncsn_data:
         folder = out / "ncsn" / data
         if not (args.reuse and (folder / "ckpt.npz").exists()):
@@ -356,7 +357,30 @@ def part_b(S, args, out, pkg):
             r["nfe_asked"] = r["nfe_asked"] if r["nfe_asked"] is not None else r["nfe"]
         res[data] = {"floor": judge.floor, "metric": judge.metric, "short": "SW" if len(trainer.item_shape) == 1
                      else "FD", "rows": rows, "nfes": nfes}
+        columns.append(picture_column(S, trainer, data, n, rows, judge.floor, args.seed))
+    if columns:
+        from lab import plots
+        print("figure:", plots.sample_table(columns, args.ncsn_figure or out / "ncsn_samples.png"), flush=True)
     return res
+
+
+def picture_column(S, trainer, data, n, rows, floor, seed):
+    """The picture's column of one NCSN model: its held-out data, then each sampler at its best row (lowest mean),
+    drawn again from the first seed (all n points of a 2-D set; 36 digits)."""
+    from lab import data as datasets
+    points = len(trainer.item_shape) == 1
+    k = n if points else 36
+    real = datasets.load(data, n=k, split="test") if points else datasets.load(data, split="test")[:k]
+    cells = [(f"{data}: real (held out)", real)]
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        best = min((r for r in rows if r["sampler"] == name), key=lambda r: mean_se(r["values"])[0])
+        kw = {"sde": dict(best["settings"]) or None} if S.family(name) == "sde" else {}
+        x = S.np.asarray(S.draw(S.B, trainer, k, seed=seed, sampler=name, steps=best["steps"], grid=best["grid"],
+                                warn=False, **kw))
+        m = mean_se(best["values"])[0] / floor
+        cells.append((f"{label(name, best['settings'])}, NFE {best['nfe']}: {m:.2f}x floor",
+                      x if S.np.all(S.np.isfinite(x)) else S.np.zeros_like(real)))
+    return cells
 
 
 def report_b(res, samplers):
@@ -407,6 +431,8 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true", help="reuse the checkpoints and rows already in --out")
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS threads")
     ap.add_argument("--figure", default=None, help="part A's picture (default: families_vs_nfe.png in --out)")
+    ap.add_argument("--ncsn-figure", default=None, help="part B's picture: per dataset its data above each sampler's "
+                    "samples at its best row (default: ncsn_samples.png in --out)")
     args = ap.parse_args(argv)
     parts = {p.strip().upper() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - {"A", "B"}:

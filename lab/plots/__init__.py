@@ -5,5 +5,5 @@ from .common import (BANNER_PX, DPI, GRID_PAD, MIN_IMAGE_PX, PANEL_PX, SCATTER_P
                      upscale_factor, with_banner)
 from .curves import loss_curve, schedule_plot, smooth_in_steps  # noqa: F401
 from .forward import SAMPLE_IMAGE, forward_process_figure, forward_timesteps, sample_image  # noqa: F401
-from .samples import image_grid, recipes_figure, scatter_2d  # noqa: F401
+from .samples import image_grid, recipes_figure, sample_table, scatter_2d  # noqa: F401
 from .trajectories import FINAL, column_label, frame_label, trajectory_gif, trajectory_strip  # noqa: F401

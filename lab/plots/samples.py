@@ -86,18 +86,31 @@ def _inversion_points(x0, latents, recon, path, title):
 
 def recipes_figure(panels, path, per_panel_px=300):
     """Real data above samples, one column per (caption of the real row, caption of the sample row, real,
-    samples) of ``panels``: images (NCHW in [-1, 1], the first 36 as a 6 x 6 grid) or 2-D points (scatters
-    on square axes, without ticks). Each column per_panel_px wide; 2 per_panel_px + 20 high."""
-    if not panels:
-        raise InputError("no panels to draw")
-    k, side = len(panels), int(per_panel_px)
-    fig, axes = scatter_figure(k * side, 2 * side + 20, 2, k, squeeze=False)
-    for j, (top, bottom, real, fake) in enumerate(panels):
-        for i, (what, arr) in enumerate(((top, np.asarray(real)), (bottom, np.asarray(fake)))):
-            ax = axes[i][j]
-            if arr.ndim == 2:
+    samples) of ``panels``: sample_table's columns of two cells."""
+    return sample_table([[(top, real), (bottom, fake)] for top, bottom, real, fake in panels], path, per_panel_px)
+
+
+def sample_table(columns, path, per_panel_px=300):
+    """A table of sample pictures, one column per entry of ``columns`` (a list of cells (caption, array), the
+    same number in every column; e.g. a dataset's real data, then one sampler's samples per row): images (NCHW
+    in [-1, 1], the first 36 as a 6 x 6 grid) or 2-D points (scatters on square axes, without ticks; the first
+    cell grey, the rest blue, all on the first cell's square limits). Each cell per_panel_px wide and high, plus 10 px a row for the captions."""
+    if not columns or not all(columns):
+        raise InputError("no panels to draw" if not columns else "a column of sample_table has no cells")
+    rows = {len(c) for c in columns}
+    if len(rows) != 1:
+        raise InputError(f"every column of sample_table needs the same number of cells, got {sorted(rows)}")
+    k, r, side = len(columns), rows.pop(), int(per_panel_px)
+    fig, axes = scatter_figure(k * side, r * side + 10 * r, r, k, squeeze=False)
+    for j, column in enumerate(columns):
+        first = np.asarray(column[0][1])
+        lim = limits(check_points(first, f"column {j}'s first cell")) if first.ndim == 2 else None
+        for i, (what, arr) in enumerate(column):
+            ax, arr = axes[i][j], np.asarray(arr)
+            if arr.ndim == 2:   # every cell of a column on its first cell's axes, so that spreads compare
                 p = check_points(arr)
                 ax.scatter(p[:, 0], p[:, 1], s=1, c="0.3" if i == 0 else "tab:blue", rasterized=True)
+                ax.set_xlim(*lim), ax.set_ylim(*lim)
                 ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
             else:
                 ax.imshow(grid_array(check_images(arr)[:36], nrow=6, scale=1)), ax.axis("off")

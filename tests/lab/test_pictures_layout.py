@@ -15,6 +15,7 @@ from lab.pictures import trajectory_pictures
 from lab.plots.guidance import class_scatter
 from lab.plots.samples import inversion_picture
 from reference import schedules as S
+from reference.errors import InputError
 
 # a title as long as the commands write when every setting is named: five lines at 600 px
 LONG_TITLE = ("moons, one colour per class (0..1), 256 each, guidance s=2 (EMA weights), step 12000 · dpm++2m, 50 "
@@ -260,3 +261,18 @@ def test_the_recipes_figure_fits_its_captions(tmp_path, rng, figures):
     assert (w, h) == (2 * 300, 2 * 300 + 20)
     (fig,) = figures
     assert {"moons: real", "digits: reference"} <= {t.get_text() for _, t in assert_all_inside(fig)}
+
+
+def test_the_sample_table_fits_its_captions_and_refuses_ragged_columns(tmp_path, rng, figures):
+    """benchmarks/bench_stochastic.py's NCSN picture: per dataset its real data above one row per sampler."""
+    cols = [[("moons: real", rng.standard_normal((200, 2))), ("langevin NFE 5001: 1.53x floor",
+             rng.standard_normal((200, 2))), ("euler-maruyama NFE 100", rng.standard_normal((200, 2)))],
+            [("digits: real", rng.uniform(-1, 1, (36, 1, 8, 8))), ("langevin", rng.uniform(-1, 1, (36, 1, 8, 8))),
+             ("euler-maruyama", rng.uniform(-1, 1, (36, 1, 8, 8)))]]
+    h, w = _png(plots.sample_table(cols, tmp_path / "t.png")).shape[:2]
+    assert (w, h) == (2 * 300, 3 * 300 + 30)
+    (fig,) = figures
+    assert {"moons: real", "langevin NFE 5001: 1.53x floor", "euler-maruyama"} <= \
+        {t.get_text() for _, t in assert_all_inside(fig)}
+    with pytest.raises(InputError, match="same number of cells, got \\[1, 3\\]"):
+        plots.sample_table([cols[0], cols[1][:1]], tmp_path / "u.png")
