@@ -45,6 +45,8 @@ SETTING_RULES = {"eta": ("number", 0.0, False), "s_churn": ("number", 0.0, False
                  "s_tmax": ("number", 0.0, False), "s_noise": ("number", 0.0, True), "snr": ("number", 0.0, True),
                  "corrector_steps": ("int", 0, False), "langevin_steps": ("int", 1, False),
                  "langevin_eps": ("number", 0.0, True), "final_denoise": ("bool", None, False)}
+# A setting whose default follows the grid (None in its row's settings): the words the help gives for it.
+GRID_DEFAULTS = {"langevin_eps": "0.2 sigma_L^2, sigma_L the grid's smallest nonzero level (Q13)"}
 _HIGHEST = {"eta": 1.0}   # eta 1 is the full noise of the step (DDPM's beta~ for ancestral, Q5)
 # The grid an ODE sampler runs on when --grid is omitted, per objective (the one place that says it): a model of
 # the trained chain starts on "trailing" (lab.late_start.default_grid turns it to leading where a start at T-1
@@ -161,10 +163,11 @@ ROWS = (
             settings=(("eta", 1.0),), deterministic_at=(("eta", 0.0, "dpm++2m"),),
             draws=lambda n, st, z: (n - z) if st["eta"] > 0 else 0),
     Sampler("langevin", "sde", "annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Q10-Q12): "
-            "--langevin-steps steps at each nonzero level of the grid with step --langevin-eps sigma_i^2 / sigma_L^2, "
+            "--langevin-steps steps at each nonzero level of the grid with step --langevin-eps sigma_i^2 / sigma_L^2 "
+            "(default eps 0.2 sigma_L^2, Q13), "
             "then the final denoising step (--no-final-denoise: none); langevin steps x levels (+ 1) calls",
             _ODE | {"langevin_steps", "langevin_eps", "final_denoise"}, True, "trailing", calls_per_step=0,
-            settings=(("langevin_steps", 100), ("langevin_eps", 2e-5), ("final_denoise", True)),
+            settings=(("langevin_steps", 100), ("langevin_eps", None), ("final_denoise", True)),
             setting_calls=(("langevin_steps", "level"), ("final_denoise", "once")),
             draws=lambda n, st, z: st["langevin_steps"] * (n + 1 - z)),
 )

@@ -23,7 +23,8 @@ FLAG_TYPES = {"s_churn": float, "s_tmin": float, "s_tmax": float, "s_noise": flo
 def _default(key):
     """"default X" (or "default X for <sampler>" for each taker) of a setting, from the table's rows."""
     found = [(r.name, r.defaults()[key]) for r in table.ROWS if key in r.defaults()]
-    return "; ".join(f"default {v:g}" + (f" for {n}" if len(found) > 1 else "") for n, v in found)
+    return "; ".join(f"default {table.GRID_DEFAULTS[key] if v is None else format(v, 'g')}"
+                     + (f" for {n}" if len(found) > 1 else "") for n, v in found)
 
 
 def configure(p):
@@ -73,7 +74,7 @@ def plan_nfe(B, sampler, sigmas, sde=None):
 def check_grid(B, sampler, sigmas, settings):
     """Refuse a Langevin step that diverges on the grid's first level (Q11), naming --langevin-eps and the largest
     stable step, 4 sigma_L^2 with sigma_L the grid's smallest nonzero level."""
-    if "langevin_eps" not in settings:
+    if settings.get("langevin_eps") is None:   # not Langevin, or its default 0.2 sigma_L^2: stable on any grid
         return
     s = np.asarray(sigmas, dtype=np.float64)
     low = float(s[s > 0][-1])
@@ -82,8 +83,8 @@ def check_grid(B, sampler, sigmas, settings):
         raise InputError(f"--langevin-eps {eps:g} diverges on the first level of this grid: its step eps sigma_1^2 / "
                          f"sigma_L^2 is not below 4 sigma_1^2 (Q11). The largest stable --langevin-eps here is 4 "
                          f"sigma_L^2 = {bound:.4g} (sigma_L = {low:.4g}, the grid's smallest nonzero level): use a "
-                         f"smaller one, e.g. --langevin-eps {0.05 * bound:.3g} (Song & Ermon's ratio, 2e-5 at "
-                         "sigma_L = 0.01)")
+                         f"smaller one, e.g. the default (--langevin-eps omitted), 0.2 sigma_L^2 = "
+                         f"{float(B.sde.langevin_default_eps(low)):.3g} (Q13)")
 
 
 def noise_source(B, rng, like, dtype, device=None):

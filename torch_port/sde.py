@@ -21,6 +21,9 @@ from .solvers import _recorder, check_sigmas
 EDM_CHURN = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
 SNR = 0.16              # score_sde's Langevin corrector for VE models (configs/ve: sampling.snr)
 LANGEVIN_STEPS, LANGEVIN_EPS = 100, 2e-5   # Song & Ermon 2019, Section 4.2: T = 100, epsilon = 2e-5
+# ... on their ladder down to sigma_L = 0.01: only eps / sigma_L^2 is free of the data's scale (Q13), so the
+# default step is that ratio times the grid's sigma_L^2
+LANGEVIN_RATIO = LANGEVIN_EPS / 0.01 ** 2
 
 
 def _draws(noise, x):
@@ -197,17 +200,26 @@ def langevin_bound(sigma_min):
     return 4.0 * sigma_min ** 2
 
 
+def langevin_default_eps(sigma_min):
+    """(Q13) The default langevin_eps on a grid whose smallest nonzero level is sigma_min: Song & Ermon's step in
+    units of sigma_L^2, eps = 0.2 sigma_L^2 (their 2e-5 at sigma_L = 0.01), so that the sampler commutes with a
+    rescaling of the data and its ladder, and each step contracts a noise-dominated level alike on any data."""
+    return LANGEVIN_RATIO * sigma_min ** 2
+
+
 def langevin(D, x, sigmas, noise, callback=None, progress=None, langevin_steps=LANGEVIN_STEPS,
-             langevin_eps=LANGEVIN_EPS, final_denoise=True):
+             langevin_eps=None, final_denoise=True):
     """(Q10-Q12) Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over the grid's nonzero levels.
 
     T = langevin_steps steps per level, step alpha_i = eps sigma_i^2 / sigma_L^2, x~ <- x~ + alpha/2 score +
     sqrt(alpha) z; then, with final_denoise, x~ <- D(x~, sigma_L) (Q12, Tweedie). A step that diverges on the first
-    level (eps >= 4 sigma_L^2, Q11) is refused. NFE = T L (+ 1), noise draws T L, L the nonzero levels.
+    level (eps >= 4 sigma_L^2, Q11) is refused. langevin_eps None: the grid's default, 0.2 sigma_L^2 (Q13).
+    NFE = T L (+ 1), noise draws T L, L the nonzero levels.
     """
     T = check_int(langevin_steps, "langevin_steps", lo=0)
     levels = [v for v in check_sigmas(sigmas) if v > 0]
-    eps = check_number(langevin_eps, "langevin_eps", lo=0.0, lo_open=True)
+    eps = langevin_default_eps(levels[-1]) if langevin_eps is None else \
+        check_number(langevin_eps, "langevin_eps", lo=0.0, lo_open=True)
     if eps >= langevin_bound(levels[-1]):
         raise InputError(f"langevin_eps {eps:g} diverges on the first level: its step eps sigma_1^2 / sigma_L^2 is not "
                          f"below 4 sigma_1^2 (Q11); the largest stable langevin_eps is 4 sigma_L^2 = "

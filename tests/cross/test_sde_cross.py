@@ -24,21 +24,23 @@ RMIX, TMIX = RO.GaussianMixtureOracle(W, MEANS, cov=COVS), TO.GaussianMixtureOra
 GRID = karras_sigmas(8, 0.02, 80.0).tolist()
 SETTINGS = {"euler-maruyama": {}, "ancestral": {"eta": 0.7}, "pc": {"snr": 0.16, "corrector_steps": 2},
             "edm-sde": {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003},
-            "dpm++2m-sde": {"eta": 1.0}, "langevin": {"langevin_steps": 3, "langevin_eps": 2e-4}}
+            "dpm++2m-sde": {"eta": 1.0}, "langevin": {"langevin_steps": 3, "langevin_eps": 2e-4},
+            "langevin-default": {"langevin_steps": 3}}   # its step the grid's 0.2 sigma_L^2 (Q13) on each side
 
 
-@pytest.mark.parametrize("name", list(RD.SDE_SAMPLERS))
-def test_Q2_to_Q12_every_sde_sampler_numpy_vs_torch_step_for_step(name):
+@pytest.mark.parametrize("case", list(RD.SDE_SAMPLERS) + ["langevin-default"])
+def test_Q2_to_Q13_every_sde_sampler_numpy_vs_torch_step_for_step(case):
+    name = case.split("-default")[0]
     rng = np.random.default_rng(7)
     x_T = rng.standard_normal((12, 2))
-    n_draws = RD.NOISE_DRAWS[name](len(GRID) - 1, SETTINGS[name])
-    assert TD.NOISE_DRAWS[name](len(GRID) - 1, SETTINGS[name]) == n_draws
+    n_draws = RD.NOISE_DRAWS[name](len(GRID) - 1, SETTINGS[case])
+    assert TD.NOISE_DRAWS[name](len(GRID) - 1, SETTINGS[case]) == n_draws
     Z = rng.standard_normal((n_draws, 12, 2))
     used_r, used_t = [], []
     ref = RD.sample(RMIX.denoise_sigma, x_T, GRID, name, lambda k: used_r.append(k) or Z[k], record=True,
-                    **SETTINGS[name])
+                    **SETTINGS[case])
     port = TD.sample(TMIX.denoise_sigma, torch.from_numpy(x_T), GRID, name,
-                     lambda k: used_t.append(k) or torch.from_numpy(Z[k]), record=True, **SETTINGS[name])
+                     lambda k: used_t.append(k) or torch.from_numpy(Z[k]), record=True, **SETTINGS[case])
     assert used_r == used_t == list(range(n_draws))          # every draw consumed once, in order (NOISE_DRAWS)
     close(port.x, ref.x, TOL["solve64"])
     assert len(port.trajectory) == len(ref.trajectory)

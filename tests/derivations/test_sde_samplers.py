@@ -1,4 +1,4 @@
-"""The SDE samplers (derivations/sde_samplers.md, Q1-Q12) against exact laws and independent implementations.
+"""The SDE samplers (derivations/sde_samplers.md, Q1-Q13) against exact laws and independent implementations.
 
 Gaussian data x0 ~ N(m, s^2): the Bayes denoiser is affine, D(x~, sigma) = m + s^2 / (s^2 + sigma^2) (x~ - m), derived
 here from the Gaussian posterior (not taken from reference/oracle.py), so every step of every sampler is affine in
@@ -220,6 +220,25 @@ def test_Q12_the_final_langevin_step_is_the_posterior_mean_by_tweedie():
     a = 1.0 / (1.0 + 0.1 ** 2)
     tweedie = before + 0.1 ** 2 * math.sqrt(a) * MIX.score(before * math.sqrt(a), a)
     np.testing.assert_allclose(after, tweedie, rtol=TOL["equiv64"], atol=TOL["equiv64"])
+
+
+def test_Q13_the_default_langevin_step_commutes_with_rescaling_the_data_and_is_song_and_ermons_at_sigma_L_0_01():
+    rng = np.random.default_rng(5)
+    grid, c = [3.0, 1.0, 0.3, 0.1, 0.0], 10.0
+    x, Z = rng.standard_normal((64, 2)) * 3.0, rng.standard_normal((4 * 6, 64, 2))
+    big = RO.GaussianMixtureOracle(W, (c * np.asarray(MEANS)).tolist(), cov=(c * c * np.asarray(COVS)).tolist())
+    run_at = lambda oracle, scale, **kw: sde.langevin(oracle.denoise_sigma, scale * x, [scale * g for g in grid],  # noqa
+                                                      lambda k: Z[k], langevin_steps=6, **kw)
+    # (Q13)  the data and its ladder scaled by c: the default step's samples are the unscaled ones times c
+    np.testing.assert_allclose(run_at(big, c), c * run_at(MIX, 1.0), rtol=TOL["equiv64"], atol=TOL["equiv64"] * c)
+    # ... where one absolute step for both (the unscaled default) is not: 100x too short a step at the scaled ladder
+    eps = 0.2 * 0.1 ** 2
+    assert np.abs(run_at(big, c, langevin_eps=eps) - c * run_at(MIX, 1.0)).max() > 0.1 * c
+    # Song & Ermon's epsilon = 2e-5 (Section 4.2) on their ladder down to sigma_L = 0.01
+    song = [1.0, 0.1, 0.01, 0.0]
+    np.testing.assert_array_equal(
+        sde.langevin(MIX.denoise_sigma, x, song, lambda k: Z[k], langevin_steps=2),
+        sde.langevin(MIX.denoise_sigma, x, song, lambda k: Z[k], langevin_steps=2, langevin_eps=2e-5))
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.5])

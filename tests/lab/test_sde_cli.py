@@ -24,8 +24,8 @@ TINY = ["--steps", "40", "--save-every", "0", "--log-every", "20", "--sample-eve
         "--no-final-samples"]
 OBJECTIVES = ("ddpm", "edm", "flow")
 SDE = table.names("sde")
-# Settings that keep each run short; langevin's step below the bound of EDM's sigma_min = 0.002 (4 sigma^2 = 1.6e-5)
-FAST = {"langevin": ["--langevin-steps", "3", "--langevin-eps", "1e-6"], "pc": ["--corrector-steps", "2"]}
+# Settings that keep each run short; langevin at its default step 0.2 sigma_L^2 (Q13), stable on every model's grid
+FAST = {"langevin": ["--langevin-steps", "3"], "pc": ["--corrector-steps", "2"]}
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,11 @@ def test_eval_nfe_of_an_sde_sampler_buys_steps_through_the_table(ckpts, tmp_path
 
 @pytest.mark.parametrize("objective, flags, words", [
     ("ddpm", ["--sampler", "edm-sde", "--s-churn", "-1"], "--s-churn must be a finite number >= 0"),
-    ("edm", ["--sampler", "langevin"], "--langevin-eps 2e-05 diverges on the first level of this grid"),
-    ("edm", ["--sampler", "langevin"], "The largest stable --langevin-eps here is 4 sigma_L^2 = 1.6e-05"),
+    ("edm", ["--sampler", "langevin", "--langevin-eps", "2e-5"], "--langevin-eps 2e-05 diverges on the first level"),
+    ("edm", ["--sampler", "langevin", "--langevin-eps", "2e-5"],
+     "The largest stable --langevin-eps here is 4 sigma_L^2 = 1.6e-05"),
+    ("edm", ["--sampler", "langevin", "--langevin-eps", "2e-5"], "the default (--langevin-eps omitted), 0.2 sigma_L^2 "
+     "= 8e-07"),
     ("ddpm", ["--sampler", "ancestral", "--eta", "0"], "it is then --sampler euler exactly"),
     ("flow", ["--sampler", "dpm++2m-sde", "--eta", "0"], "it is then --sampler dpm++2m exactly"),
     ("ddpm", ["--sampler", "edm-sde", "--s-churn", "0"], "it is then --sampler heun exactly"),
