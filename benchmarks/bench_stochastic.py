@@ -24,11 +24,12 @@ Part B: `train --objective ncsn` with each dataset's recipe on --ncsn-data, each
 annealed Langevin on the trained ladder (its defaults: the table's langevin settings; --langevin-steps
 overrides), the others at each NFE of --ncsn-nfe and at Langevin's own NFE when it is at most --match-max-nfe.
 Sliced Wasserstein / floor for the 2-D sets (--n-points), FD / floor for digits (--n). Target: the digits model
-within 1.5x of the floor with its best sampler. The picture (ncsn_samples.png in --out, or --ncsn-figure): per
-dataset, its held-out data above each sampler's samples at that sampler's best row, drawn from the first seed.
+within 1.5x of the floor with its best sampler. The picture (ncsn_samples.png in --out, or --ncsn-figure): a row per
+dataset, its held-out data beside each sampler's samples at that sampler's best row, drawn from the first seed.
 
 Resumable: every (model, sampler, settings) keeps its rows in one JSON in --out, written after each row; with
---reuse a row measured before with the same n and seeds is taken, not measured again.
+--reuse a row measured before with the same n and seeds is taken, not measured again, and one whose seeds were
+measured in several runs (--seed 8 --repeats 8 beside --seed 0 --repeats 8 is --repeats 16) is pooled from them.
 """
 from __future__ import annotations
 
@@ -155,6 +156,20 @@ def _same(a, b):
     return all(a[k] == b[k] for k in ("steps", "n", "seeds", "grid"))
 
 
+def pooled(old, want):
+    """[a row of want's seeds] assembled from the stored rows of the same steps, n and grid measured with other
+    seeds (a run extended with --seed S --repeats k beside an earlier one; every seed's value is its own draw),
+    or [] when some seed of want has no value; ms_per_sample the mean of the rows it takes."""
+    like = [r for r in old if all(r[k] == want[k] for k in ("steps", "n", "grid"))]
+    value = {s: v for r in like for s, v in zip(r["seeds"], r["values"])}
+    if not like or any(s not in value for s in want["seeds"]):
+        return []
+    used = [r for r in like if set(r["seeds"]) & set(want["seeds"])]
+    return [dict(used[0], seeds=list(want["seeds"]), values=[value[s] for s in want["seeds"]],
+                 ms_per_sample=sum(r["ms_per_sample"] for r in used) / len(used),
+                 pooled_from=[r["seeds"] for r in used])]
+
+
 def run_setting(S, out, key, trainer, judge, n, seeds, name, grid, settings, nfes, reuse, steps_of=None):
     """Every NFE of one (model, sampler, settings), resumable -> its rows (dicts). ``steps_of``: the steps to run
     in place of the NFE list (annealed Langevin: its ladder), as [(nfe_asked or None, steps)]. The rows already in
@@ -174,7 +189,7 @@ def run_setting(S, out, key, trainer, judge, n, seeds, name, grid, settings, nfe
             print(f"  {key} {label(name, settings)}: NFE {k} cannot buy its fewest steps; skipped", flush=True)
             continue
         want = {"steps": steps, "n": n, "seeds": seeds, "grid": grid}
-        done = [r for r in old if _same(r, want)]
+        done = [r for r in old if _same(r, want)] or pooled(old, want)
         if done:
             rows.append(dict(done[0], nfe_asked=k))
             continue
@@ -360,7 +375,8 @@ def part_b(S, args, out, pkg):
         columns.append(picture_column(S, trainer, data, n, rows, judge.floor, args.seed))
     if columns:
         from lab import plots
-        print("figure:", plots.sample_table(columns, args.ncsn_figure or out / "ncsn_samples.png"), flush=True)
+        print("figure:", plots.sample_table(columns, args.ncsn_figure or out / "ncsn_samples.png", across=True),
+              flush=True)
     return res
 
 
@@ -431,7 +447,7 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true", help="reuse the checkpoints and rows already in --out")
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS threads")
     ap.add_argument("--figure", default=None, help="part A's picture (default: families_vs_nfe.png in --out)")
-    ap.add_argument("--ncsn-figure", default=None, help="part B's picture: per dataset its data above each sampler's "
+    ap.add_argument("--ncsn-figure", default=None, help="part B's picture: a row per dataset, its data beside each sampler's "
                     "samples at its best row (default: ncsn_samples.png in --out)")
     args = ap.parse_args(argv)
     parts = {p.strip().upper() for p in args.parts.split(",") if p.strip()}

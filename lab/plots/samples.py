@@ -90,23 +90,25 @@ def recipes_figure(panels, path, per_panel_px=300):
     return sample_table([[(top, real), (bottom, fake)] for top, bottom, real, fake in panels], path, per_panel_px)
 
 
-def sample_table(columns, path, per_panel_px=300):
+def sample_table(columns, path, per_panel_px=300, across=False):
     """A table of sample pictures, one column per entry of ``columns`` (a list of cells (caption, array), the
-    same number in every column; e.g. a dataset's real data, then one sampler's samples per row): images (NCHW
-    in [-1, 1], the first 36 as a 6 x 6 grid) or 2-D points (scatters on square axes, without ticks; the first
-    cell grey, the rest blue, all on the first cell's square limits). Each cell per_panel_px wide and high, plus 10 px a row for the captions."""
+    same number in every column; e.g. a dataset's real data, then one sampler's samples per row), or with
+    ``across`` one row per entry (the cells side by side): images (NCHW in [-1, 1], the first 36 as a 6 x 6 grid)
+    or 2-D points (scatters on square axes, without ticks; the first cell grey, the rest blue, all on the first
+    cell's square limits). Each cell per_panel_px wide and high, plus 10 px a row for the captions."""
     if not columns or not all(columns):
         raise InputError("no panels to draw" if not columns else "a column of sample_table has no cells")
-    rows = {len(c) for c in columns}
-    if len(rows) != 1:
-        raise InputError(f"every column of sample_table needs the same number of cells, got {sorted(rows)}")
-    k, r, side = len(columns), rows.pop(), int(per_panel_px)
-    fig, axes = scatter_figure(k * side, r * side + 10 * r, r, k, squeeze=False)
+    cells = {len(c) for c in columns}
+    if len(cells) != 1:
+        raise InputError(f"every column of sample_table needs the same number of cells, got {sorted(cells)}")
+    k, r, side = len(columns), cells.pop(), int(per_panel_px)
+    rows, cols = (k, r) if across else (r, k)
+    fig, axes = scatter_figure(cols * side, rows * side + 10 * rows, rows, cols, squeeze=False)
     for j, column in enumerate(columns):
         first = np.asarray(column[0][1])
         lim = limits(check_points(first, f"column {j}'s first cell")) if first.ndim == 2 else None
         for i, (what, arr) in enumerate(column):
-            ax, arr = axes[i][j], np.asarray(arr)
+            ax, arr = (axes[j][i] if across else axes[i][j]), np.asarray(arr)
             if arr.ndim == 2:   # every cell of a column on its first cell's axes, so that spreads compare
                 p = check_points(arr)
                 ax.scatter(p[:, 0], p[:, 1], s=1, c="0.3" if i == 0 else "tab:blue", rasterized=True)

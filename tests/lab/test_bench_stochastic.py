@@ -39,3 +39,14 @@ def test_beats_reads_the_paired_standard_error_not_the_rows_own():
 def test_a_diverged_draw_makes_the_mean_infinite_not_a_number():
     m, se = bench.mean_se([1.0, math.inf])
     assert m == math.inf and se == math.inf
+
+
+def test_a_row_of_more_seeds_is_pooled_from_runs_that_measured_them_and_only_when_all_are_there():
+    base = {"sampler": "euler", "steps": 20, "n": 500, "grid": "karras"}
+    first = dict(base, seeds=[0, 1], values=[1.0, 2.0], ms_per_sample=4.0)
+    second = dict(base, seeds=[2, 3], values=[3.0, 4.0], ms_per_sample=6.0)
+    other = dict(base, steps=50, seeds=[4], values=[9.0], ms_per_sample=1.0)   # another NFE: never taken
+    (row,) = bench.pooled([first, second, other], dict(base, seeds=[3, 0, 1, 2]))
+    assert row["seeds"] == [3, 0, 1, 2] and row["values"] == [4.0, 1.0, 2.0, 3.0]
+    assert row["ms_per_sample"] == 5.0 and row["pooled_from"] == [[0, 1], [2, 3]]
+    assert bench.pooled([first, second, other], dict(base, seeds=[0, 4])) == []   # seed 4 is of another row

@@ -274,5 +274,8 @@ def test_the_sample_table_fits_its_captions_and_refuses_ragged_columns(tmp_path,
     (fig,) = figures
     assert {"moons: real", "langevin NFE 5001: 1.53x floor", "euler-maruyama"} <= \
         {t.get_text() for _, t in assert_all_inside(fig)}
+    h, w = _png(plots.sample_table(cols, tmp_path / "a.png", across=True)).shape[:2]
+    assert (w, h) == (3 * 300, 2 * 300 + 20)                        # across: a row per entry
+    assert {"moons: real", "euler-maruyama"} <= {t.get_text() for _, t in assert_all_inside(plt.gcf())}
     with pytest.raises(InputError, match="same number of cells, got \\[1, 3\\]"):
         plots.sample_table([cols[0], cols[1][:1]], tmp_path / "u.png")
