@@ -290,6 +290,11 @@ def _check_settings(r, given):
                              f"{ode} exactly; use --sampler {ode}, or a {flag(key)} above {value:g} for noise")
 
 
+def grid_default(key):
+    """A setting left to follow the grid, in a summary line's words: "0.2 sigma_L^2 (default)" for langevin_eps."""
+    return GRID_DEFAULTS[key].split(",")[0] + " (default)"
+
+
 def help_lines(family=None):
     """The --sampler help: "name: description" of every sampler (of one family), joined by "; "."""
     return "; ".join(f"{r.name}: {r.help}" for r in ROWS if family is None or r.family == family)

@@ -203,14 +203,9 @@ class Settings:
         where = (f"{p.where} grid" if p.ode else f"{self.spacing} spacing{mark('spacing')}" if p.steps < p.T
                  else "every step")
         variance = f", variance {self.variance}{mark('variance')}" if self.variance else ""
-        variance += "".join(f", {k} {grid_default(k) if v is None else v if isinstance(v, bool) else format(v, 'g')}"
+        variance += "".join(f", {k} {table.grid_default(k) if v is None else v if isinstance(v, bool) else format(v, 'g')}"
                             for k, v in (self.sde or {}).items())
         return f"{where}{variance}, x0_hat {'clipped to [-1, 1]' if self.clip_x0 else 'not clipped'}{mark('clip_x0')}"
-
-
-def grid_default(key):
-    """A setting left to follow the grid, in the summary's words: "0.2 sigma_L^2 (default)" for langevin_eps."""
-    return table.GRID_DEFAULTS[key].split(",")[0] + " (default)"
 
 
 def recorded_sampling(extra):
