@@ -244,7 +244,8 @@ def part_a(S, args, out, pkg):
             settings = {"s_churn": tuned[name]} if name in tuned else {}
             grid = design.MODELS[model][2].get(name) if S.family(name) != "sde" else None
             try:
-                rows += run_setting(S, out, model, trainer, judge, args.n, seeds, name, grid, settings, nfes,
+                own = args.sde_nfe if args.sde_nfe and S.family(name) == "sde" else nfes
+                rows += run_setting(S, out, model, trainer, judge, args.n, seeds, name, grid, settings, own,
                                     args.reuse)
             except S.InputError as e:   # a sampler this model cannot run: said, and the sweep goes on
                 print(f"  {model} {label(name, settings)}: refused ({e})", flush=True)
@@ -428,6 +429,8 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(design.MODELS))
     ap.add_argument("--samplers", default=f"{ODE},{SDE}", help="part A's samplers (ODE and SDE families)")
     ap.add_argument("--nfe", default="10,20,50,100,250")
+    ap.add_argument("--sde-nfe", default=None, help="part A's NFE for the SDE samplers only (default: --nfe), e.g. "
+                    "100 to extend the rows the target reads with more seeds")
     ap.add_argument("--churns", default="0,2,5,10,20,40",
                     help="the S_churn values swept (EDM's Algorithm 2: gamma = min(S_churn / steps, sqrt(2) - 1), so "
                          "values above (sqrt(2) - 1) steps are one sampler; 0 is Heun's ODE sampler, refused by name)")
@@ -459,6 +462,7 @@ def main(argv=None):
         ap.error(f"unknown --models {', '.join(unknown)}; choose from {', '.join(design.MODELS)}")
     try:
         args.nfe, args.ncsn_nfe = _ints(args.nfe), _ints(args.ncsn_nfe)
+        args.sde_nfe = _ints(args.sde_nfe) if args.sde_nfe else None
         args.churns = [float(c) for c in args.churns.split(",") if c.strip()]
     except ValueError as e:
         ap.error(f"--nfe, --ncsn-nfe and --churns take comma-separated numbers: {e}")
